@@ -1,0 +1,128 @@
+"""Configuration of a W-Gates run: one frozen dataclass that validates itself on construction."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .errors import ConfigError, ConfigTypeError
+from .gates import ScoreInput
+
+__all__ = ["BudgetMode", "WGatesConfig", "LayerBounds"]
+
+
+class BudgetMode(str, enum.Enum):
+    """How the efficiency loss is formed.
+
+    ``PAPER``: ``alpha * log(1 + Eff(c) / Eff_0)`` (Eq. 12 with the cost normalized by the unpruned
+    model's, so ``alpha`` means the same on every model); the budget is whatever ``alpha`` reaches.
+    ``TARGET``: a Lagrangian term ``lambda_t * (Eff(c) / Eff_0 - target) / target`` whose multiplier
+    follows dual ascent ``lambda_{t+1} = max(0, lambda_t + rate * (Eff(c) / Eff_0 - target) / target)``,
+    then an exact projection onto the budget when the gates are frozen.
+    ``NONE``: no efficiency term (fixed per-layer ratios, e.g. NNI ``sparse_ratio``).
+    """
+
+    PAPER = "paper"
+    TARGET = "target"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class LayerBounds:
+    """Bounds on the kept fraction of one group's channels; ``min_keep <= kept / size <= max_keep``."""
+
+    min_keep: float = 0.0
+    max_keep: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_fraction("min_keep", self.min_keep, lo_open=False)
+        _check_fraction("max_keep", self.max_keep, lo_open=True)
+        if self.min_keep > self.max_keep:
+            raise ConfigError(f"min_keep={self.min_keep} must not exceed max_keep={self.max_keep}")
+
+
+@dataclass(frozen=True)
+class WGatesConfig:
+    """Every knob of a W-Gates run, with its documented default.
+
+    Attributes:
+        mode: see :class:`BudgetMode`. Default ``TARGET`` when ``target`` is given, else ``PAPER``.
+        target: budget as a fraction of the unpruned cost, in (0, 1]; required in ``TARGET`` mode.
+        alpha: ``alpha`` of Eq. (12) in ``PAPER`` mode; the initial multiplier in ``TARGET`` mode.
+        controller_rate: dual-ascent step of the ``TARGET`` multiplier.
+        tolerance: relative distance to ``target`` the frozen gates must land within.
+        prune_shortcuts: also gate residual-coupled groups (one gate per coupled group). The paper
+            keeps them; off by default.
+        score_input: what the gate FC reads (:class:`~wgates_plugin.gates.ScoreInput`).
+        weight_grad: let the gate path send gradients into conv weights.
+        init_score: initial score of every channel (inside ``(0, 0.5)``: open and trainable).
+        bounds: default kept-fraction bounds of every group.
+        layer_bounds: per-layer overrides, keyed by a producer layer's qualified name.
+        exclude: qualified layer names never to prune (any group containing one stays intact).
+        exclude_types: layer classes never to prune.
+        root_types: layer classes whose output channels may be gated.
+    """
+
+    mode: BudgetMode | None = None
+    target: float | None = None
+    alpha: float = 1.0
+    controller_rate: float = 0.05
+    tolerance: float = 0.01
+    prune_shortcuts: bool = False
+    score_input: ScoreInput = ScoreInput.WEIGHT
+    weight_grad: bool = False
+    init_score: float = 0.25
+    bounds: LayerBounds = field(default_factory=LayerBounds)
+    layer_bounds: Mapping[str, LayerBounds] = field(default_factory=dict)
+    exclude: tuple[str, ...] = ()
+    exclude_types: tuple[type, ...] = ()
+    root_types: tuple[type, ...] = ()
+
+    def __post_init__(self) -> None:
+        mode = self.mode if self.mode is not None else (BudgetMode.TARGET if self.target is not None else BudgetMode.PAPER)
+        object.__setattr__(self, "mode", _enum(BudgetMode, "mode", mode))
+        object.__setattr__(self, "score_input", _enum(ScoreInput, "score_input", self.score_input))
+        if self.target is not None:
+            _check_fraction("target", self.target, lo_open=True)
+        if self.mode is BudgetMode.TARGET and self.target is None:
+            raise ConfigError("mode='target' needs target=<fraction of the original cost in (0, 1]>")
+        for name in ("alpha", "controller_rate"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{name}={value!r} must be a number >= 0")
+        if not 0 < self.tolerance < 0.5:
+            raise ConfigError(f"tolerance={self.tolerance!r} must be in (0, 0.5)")
+        if not 0 < self.init_score < 0.5:
+            raise ConfigError(f"init_score={self.init_score!r} must be in (0, 0.5): open and inside the gradient window")
+        if not isinstance(self.bounds, LayerBounds):
+            raise ConfigTypeError(f"bounds must be a LayerBounds, got {type(self.bounds).__name__}")
+        for key, value in self.layer_bounds.items():
+            if not isinstance(value, LayerBounds):
+                raise ConfigTypeError(f"layer_bounds[{key!r}] must be a LayerBounds, got {type(value).__name__}")
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "exclude_types", tuple(self.exclude_types))
+
+    def bounds_for(self, layer_names: list[str]) -> LayerBounds:
+        """Bounds of a group: the tightest of its layers' overrides, else the default."""
+        hits = [self.layer_bounds[n] for n in layer_names if n in self.layer_bounds]
+        if not hits:
+            return self.bounds
+        return LayerBounds(max(b.min_keep for b in hits), min(b.max_keep for b in hits))
+
+
+def _check_fraction(name: str, value: object, lo_open: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigTypeError(f"{name}={value!r} must be a number")
+    ok = (0 < value <= 1) if lo_open else (0 <= value <= 1)
+    if not ok:
+        interval = "(0, 1]" if lo_open else "[0, 1]"
+        raise ConfigError(f"{name}={value!r} must be in {interval}")
+
+
+def _enum(cls: type[enum.Enum], name: str, value: object) -> enum.Enum:
+    try:
+        return cls(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in cls)  # type: ignore[attr-defined]
+        raise ConfigError(f"{name}={value!r} is not one of {allowed}") from None

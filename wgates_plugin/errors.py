@@ -1,0 +1,36 @@
+"""Error hierarchy: every error the package raises on bad input is a ``WGatesError``.
+
+Each subclass also derives from the built-in type a caller would expect (``ValueError`` for a bad
+value, ``TypeError`` for a wrong type, ``RuntimeError`` for a failed operation), so
+``except ValueError`` keeps working for users who do not know this package.
+"""
+
+from __future__ import annotations
+
+
+class WGatesError(Exception):
+    """Base class of every error raised by wgates_plugin."""
+
+
+class ConfigError(WGatesError, ValueError):
+    """A configuration value is invalid; the message names the field, the value and what is allowed."""
+
+
+class ConfigTypeError(WGatesError, TypeError):
+    """A configuration value has the wrong type."""
+
+
+class TracingError(WGatesError, RuntimeError):
+    """torch-pruning could not trace the model's channel dependencies."""
+
+
+class BudgetError(WGatesError, ValueError):
+    """A FLOPs / latency budget cannot be met under the per-layer bounds."""
+
+
+class ExportError(WGatesError, RuntimeError):
+    """The pruned model does not reproduce the gated model, or pruning failed."""
+
+
+class StateError(WGatesError, RuntimeError):
+    """An operation was called in the wrong state (e.g. training after ``freeze()``)."""

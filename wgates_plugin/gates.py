@@ -1,0 +1,209 @@
+"""The W-Gates themselves: the binary activation (Eq. 3-7) and the weight-dependent gate module (Eq. 2).
+
+A :class:`WeightGate` scores every output channel of one channel group from the filter weights of the
+convolutions that produce it, and turns the scores into 0/1 gates.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+__all__ = ["BinaryGate", "ScoreInput", "Producer", "WeightGate", "binary_gate"]
+
+
+class BinaryGate(torch.autograd.Function):
+    """``(sign(s) + 1) / 2`` forward, the Bi-Real piecewise-polynomial derivative (Eq. 7) backward.
+
+    ``s == 0`` gives 1: a filter whose score is exactly zero is kept (ties go to keeping, matching the
+    ``0 <= s < 1/2`` branch of Eq. 7 and the fact that an all-zero FC vector must not prune anything).
+
+    The backward uses ``d lambda / ds = 2 + 4s`` on ``[-1/2, 0)``, ``2 - 4s`` on ``[0, 1/2)`` and ``0``
+    elsewhere.
+    """
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(scores)
+        return (scores >= 0).to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (s,) = ctx.saved_tensors
+        slope = torch.where(s < 0, 2 + 4 * s, 2 - 4 * s)  # (C,)
+        slope = torch.where(s.abs() < 0.5, slope, torch.zeros_like(s))
+        # s == -1/2 belongs to the left branch, where 2 + 4s = 0 anyway.
+        return grad_out * slope
+
+
+def binary_gate(scores: torch.Tensor) -> torch.Tensor:
+    """Apply :class:`BinaryGate` to a score tensor."""
+    return BinaryGate.apply(scores)
+
+
+class ScoreInput(str, enum.Enum):
+    """What the gate's FC layer reads for each filter.
+
+    ``WEIGHT`` is the paper's Eq. (2). ``ABS`` feeds ``|W|`` (lets the score express magnitude, which a
+    linear function of W cannot). ``CONSTANT`` feeds ones: the paper's "constant input" ablation
+    (Table I), where the gate cannot tell filters apart by their weights.
+    """
+
+    WEIGHT = "weight"
+    ABS = "abs"
+    CONSTANT = "constant"
+
+
+@dataclass(frozen=True)
+class Producer:
+    """A layer whose output filters belong to a gated group.
+
+    Attributes:
+        module: the Conv2d / Linear producing the channels.
+        rows: which of the module's output filters belong to the group, shape ``(n,)``.
+        channels: the group channel each of those rows is, shape ``(n,)``.
+    """
+
+    module: nn.Module
+    rows: torch.Tensor
+    channels: torch.Tensor
+
+    @property
+    def features(self) -> int:
+        return int(self.module.weight[0].numel())
+
+
+class WeightGate(nn.Module):
+    """Weight-dependent gate of one channel group (paper Fig. 2, Eq. 2-4).
+
+    The reshaped filters of every producer are concatenated per channel into ``X`` of shape
+    ``(C, sum_j D_j)``: a group spanning several convolutions (a depthwise pair, a residual-coupled
+    stack) is scored by one FC vector over all of its filters, ``s = X @ fc + bias``. This equals the sum
+    of one FC score per producer, so for a single conv it is exactly the paper's ``s = W* w``.
+
+    Initialization: ``fc = 0`` and ``bias = init_score`` (default 0.25): every gate is open, and every
+    score lies inside the gradient window ``|s| < 1/2`` of Eq. (7), so gates can move from step 0.
+
+    ``tie > 1`` (groups feeding or produced by a grouped convolution with ``tie`` groups) makes the
+    channel pattern identical in every conv group: channel ``c`` shares the gate of ``c % (C / tie)``,
+    and that unit's score is the mean of its channels' scores. This keeps grouped convolutions valid
+    after removal.
+
+    Args:
+        producers: the layers whose filters are scored.
+        channels: number of channels ``C`` in the group.
+        score_input: what the FC reads, see :class:`ScoreInput`.
+        weight_grad: whether the gate path sends gradients into the conv weights. Default False: the
+            weights are trained by the task loss only; letting the efficiency loss shrink filters
+            through the score would change the network to fit the pruning criterion instead of
+            letting the criterion learn from the network, and costs a backward through every weight.
+        tie: conv-group count the pattern must repeat over (1 = free).
+        min_keep / max_keep: bounds on the number of open channels, enforced in every forward by
+            opening the best-scored / closing the worst-scored channels.
+        init_score: initial score of every channel.
+    """
+
+    def __init__(
+        self,
+        producers: list[Producer],
+        channels: int,
+        score_input: ScoreInput = ScoreInput.WEIGHT,
+        weight_grad: bool = False,
+        tie: int = 1,
+        min_keep: int = 1,
+        max_keep: int | None = None,
+        init_score: float = 0.25,
+    ) -> None:
+        super().__init__()
+        if not producers:
+            raise ConfigError("WeightGate needs at least one producer layer to score")
+        if channels % tie:
+            raise ConfigError(f"tie={tie} must divide the group's {channels} channels")
+        self.producers = producers
+        self.channels = channels
+        self.score_input = ScoreInput(score_input)
+        self.weight_grad = weight_grad
+        self.tie = tie
+        self.units = channels // tie
+        self.min_keep = min_keep
+        self.max_keep = self.units if max_keep is None else max_keep
+        features = sum(p.features for p in producers)
+        self.fc = nn.Parameter(torch.zeros(features))
+        self.bias = nn.Parameter(torch.tensor(float(init_score)))
+        self.register_buffer("frozen", torch.ones(0))  # empty = not frozen
+
+    @property
+    def is_frozen(self) -> bool:
+        return self.frozen.numel() > 0
+
+    def filter_features(self) -> torch.Tensor:
+        """``X``: the group's reshaped filters, shape ``(C, sum_j D_j)``."""
+        blocks = []
+        for p in self.producers:
+            w = p.module.weight if self.weight_grad else p.module.weight.detach()
+            w2d = w.reshape(w.shape[0], -1).index_select(0, p.rows)  # (n, D_j)
+            if self.score_input is ScoreInput.ABS:
+                w2d = w2d.abs()
+            elif self.score_input is ScoreInput.CONSTANT:
+                w2d = torch.ones_like(w2d)
+            block = w2d.new_zeros(self.channels, w2d.shape[1])
+            blocks.append(block.index_copy(0, p.channels, w2d))  # (C, D_j)
+        return torch.cat(blocks, dim=1)  # (C, D)
+
+    def unit_scores(self) -> torch.Tensor:
+        """Real-valued score per gate unit, shape ``(C / tie,)``; rank by these, never by the gates."""
+        fc = self.fc.to(self.producers[0].module.weight.dtype)
+        s = self.filter_features() @ fc + self.bias  # (C,)
+        return s.view(self.tie, self.units).mean(dim=0)  # (units,)
+
+    def channel_scores(self) -> torch.Tensor:
+        """Real-valued score per channel (unit scores repeated over tied conv groups), ``(C,)``."""
+        return self.unit_scores().repeat(self.tie)
+
+    def forward(self) -> torch.Tensor:
+        """Current 0/1 gate per channel, shape ``(C,)``, differentiable through Eq. (7)."""
+        if self.is_frozen:
+            return self.frozen
+        s = self.unit_scores()  # (units,)
+        gate = binary_gate(s)
+        mask = bounded_mask(s.detach(), gate.detach(), self.min_keep, self.max_keep)
+        gate = gate + (mask - gate).detach()  # forward value = mask, gradient = Eq. (7)
+        return gate.repeat(self.tie)  # (C,)
+
+    def freeze(self, units_mask: torch.Tensor | None = None) -> None:
+        """Fix the gates to ``units_mask`` (default: the current gates); ``forward`` returns them after."""
+        with torch.no_grad():
+            mask = self.forward().view(self.tie, self.units)[0] if units_mask is None else units_mask
+            self.frozen = mask.float().repeat(self.tie).to(self.fc.device)
+
+    def unfreeze(self) -> None:
+        self.frozen = self.fc.new_ones(0)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        frozen = state_dict.get(prefix + "frozen")
+        if frozen is not None and frozen.numel() not in (0, self.channels):
+            raise ConfigError(f"saved gate '{prefix}' has {frozen.numel()} channels, this one {self.channels}")
+        if frozen is not None:
+            self.frozen = torch.empty_like(frozen)  # frozen / not frozen changes the buffer's size
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def bounded_mask(scores: torch.Tensor, gate: torch.Tensor, min_keep: int, max_keep: int) -> torch.Tensor:
+    """``gate`` with its count clamped into ``[min_keep, max_keep]`` by score rank, shape ``(n,)``."""
+    kept = int(gate.sum())
+    if min_keep <= kept <= max_keep:
+        return gate
+    return top_k_mask(scores, min(max(kept, min_keep), max_keep))
+
+
+def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """1 on the ``k`` highest scores (ties broken by lower index), 0 elsewhere."""
+    mask = torch.zeros_like(scores)
+    order = torch.argsort(scores, descending=True, stable=True)
+    mask[order[:k]] = 1
+    return mask

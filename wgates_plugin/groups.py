@@ -1,0 +1,293 @@
+"""Channel groups from torch-pruning's dependency graph.
+
+A *channel group* is a set of output channels that must be removed together: the filters of one conv,
+or of several convs coupled by a depthwise partner, a residual addition, a concatenation or an
+element-wise product. Every group rooted at a Conv2d / Linear becomes one gated unit. For each group we
+record who *produces* its channels (their filters are what the gate scores), who *consumes* them (the
+points where the channels leave the group: the gates are applied there, so zeroing equals removing),
+and whether it may be pruned at all, with the reason when not.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch_pruning import ops
+
+from .errors import TracingError
+
+__all__ = ["Role", "Member", "ChannelGroup", "GroupGraph", "trace_groups", "is_depthwise"]
+
+# Normalizations that mix channels: removing a channel changes the others' statistics, so neither
+# zeroing nor removing is exact.
+_CHANNEL_MIXING = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+_CHANNEL_WISE = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.PReLU)
+_UNSUPPORTED_TYPES = {
+    ops.OPTYPE.MHA: "multi-head attention",
+    ops.OPTYPE.LSTM: "LSTM",
+    ops.OPTYPE.EMBED: "embedding",
+    ops.OPTYPE.CUSTOMIZED: "customized layer",
+}
+
+
+class Role(str, enum.Enum):
+    PRODUCER = "producer"  # its output filters are the group's channels
+    CONSUMER = "consumer"  # reads the group's channels as inputs; gates are applied at its input
+    PASS = "pass"  # per-channel layer inside the group (BN, PReLU, a depthwise conv's input side)
+
+
+@dataclass
+class Member:
+    """One layer touched by a group.
+
+    Attributes:
+        name: qualified module name in the model.
+        module: the module.
+        role: how the group touches it.
+        idxs: positions in the module's output (PRODUCER/PASS) or input (CONSUMER) dimension.
+        channels: the group channel each position carries, same length as ``idxs``.
+    """
+
+    name: str
+    module: nn.Module
+    role: Role
+    idxs: torch.Tensor
+    channels: torch.Tensor
+
+    @property
+    def channel_dim(self) -> int:
+        """Dimension of the module input that holds channels (consumers only)."""
+        return -1 if isinstance(self.module, nn.Linear) else 1
+
+
+@dataclass
+class ChannelGroup:
+    """A set of coupled channels that are kept or removed together."""
+
+    name: str  # qualified name of the root layer
+    root: nn.Module
+    size: int
+    members: list[Member] = field(default_factory=list)
+    shortcut: bool = False  # coupled through a residual addition
+    tie: int = 1  # pattern must repeat over this many grouped-conv groups
+    reason: str | None = None  # why it cannot be pruned; None when it can
+
+    @property
+    def producers(self) -> list[Member]:
+        return [m for m in self.members if m.role is Role.PRODUCER]
+
+    @property
+    def consumers(self) -> list[Member]:
+        return [m for m in self.members if m.role is Role.CONSUMER]
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [m.name for m in self.producers]
+
+
+@dataclass
+class GroupGraph:
+    """The traced dependency graph and every output-channel group found in it."""
+
+    graph: tp.DependencyGraph
+    groups: list[ChannelGroup]
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels > 1
+
+
+def build_graph(model: nn.Module, example_inputs: object) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph, with a tracing failure turned into a :class:`TracingError`."""
+    try:
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(model, example_inputs, verbose=False)
+    except Exception as exc:  # torch-pruning raises bare ZeroDivisionError/IndexError/... on unsupported ops
+        where = _failing_node(sys.exc_info()[2])
+        raise TracingError(
+            f"torch-pruning cannot trace the channel dependencies of {type(model).__name__}"
+            f"{where}: {type(exc).__name__}: {exc}. "
+            "Nothing was pruned: without a dependency graph no channel can be removed safely. "
+            "HINT: reshapes that interleave channels (e.g. a channel shuffle) are what torch-pruning "
+            "cannot map; models without them trace."
+        ) from exc
+
+
+def _failing_node(tb: object) -> str:
+    """Where torch-pruning was when it failed: the graph node and the nearest named layer feeding it."""
+    node = None
+    while tb is not None:  # innermost frame whose arguments include a graph node
+        code = tb.tb_frame.f_code  # type: ignore[attr-defined]
+        for arg in code.co_varnames[: code.co_argcount]:
+            value = tb.tb_frame.f_locals.get(arg)  # type: ignore[attr-defined]
+            if isinstance(value, tp.dependency.Node):
+                node = value
+        tb = tb.tb_next  # type: ignore[attr-defined]
+    if node is None:
+        return ""
+    layer, frontier, seen = None, [node], set()
+    while frontier and layer is None:
+        current = frontier.pop(0)
+        seen.add(current)
+        if current is not node and isinstance(current.module, nn.Module) and current._name:
+            layer = current._name
+        frontier += [n for n in current.inputs if n not in seen]
+    after = f" (right after layer '{layer}')" if layer else ""
+    return f" at the operation {node.name}{after}"
+
+
+def trace_groups(
+    model: nn.Module,
+    example_inputs: object,
+    root_types: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear),
+) -> GroupGraph:
+    """Trace ``model`` and return its output-channel groups rooted at ``root_types``.
+
+    Groups that cannot be pruned exactly carry a ``reason``; callers decide about shortcut groups
+    (``shortcut=True``) and user exclusions.
+    """
+    graph = build_graph(model, example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    visited: set[nn.Module] = set()
+    groups = []
+    for module in list(graph.module2node):
+        if module in visited or not isinstance(module, root_types):
+            continue
+        group = _group_of(graph, module, names)
+        visited.update(m.module for m in group.members if m.role is not Role.CONSUMER)
+        visited.add(module)
+        groups.append(group)
+    return GroupGraph(graph, groups)
+
+
+def _group_of(graph: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module, str]) -> ChannelGroup:
+    pruner = graph.get_pruner_of_module(root)
+    size = int(pruner.get_out_channels(root))
+    group = ChannelGroup(names.get(root, type(root).__name__), root, size)
+    try:
+        tp_group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(size)))
+    except Exception as exc:  # torch-pruning fails inside index mapping on e.g. channel shuffles
+        group.reason = f"torch-pruning cannot map its channels ({type(exc).__name__}: {exc})"
+        return group
+    reasons = []
+    for item in tp_group:
+        reason = _add_item(group, graph, item, names)
+        if reason:
+            reasons.append(reason)
+    if _reaches_output(graph, group):
+        reasons.append("it produces the model's output")
+    reasons += _check_coverage(group)
+    reasons += _set_tie(group)
+    group.reason = "; ".join(dict.fromkeys(reasons)) or None
+    return group
+
+
+def _add_item(group: ChannelGroup, graph: tp.DependencyGraph, item: object, names: dict) -> str | None:
+    dep, idxs = item.dep, item.idxs  # type: ignore[attr-defined]
+    module, handler = dep.target.module, dep.handler
+    idx_t = torch.as_tensor(list(idxs), dtype=torch.long)
+    chan_t = torch.as_tensor(list(item.root_idxs), dtype=torch.long)  # type: ignore[attr-defined]
+    name = names.get(module, str(module))
+    node_type = dep.target.type
+    if isinstance(module, ops._ElementWiseOp):
+        fn = str(module._grad_fn)
+        if "AddBackward" in fn or "SubBackward" in fn:
+            group.shortcut = True
+        return None
+    if node_type in _UNSUPPORTED_TYPES:
+        return f"its channels pass through a {_UNSUPPORTED_TYPES[node_type]} ({name})"
+    if node_type == ops.OPTYPE.OUTPUT:
+        return "it produces the model's output"
+    if isinstance(module, _CHANNEL_MIXING) and not _is_channelwise_groupnorm(module):
+        return f"{type(module).__name__} '{name}' normalizes across its channels"
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        return _add_layer(group, graph, module, handler, name, idx_t, chan_t)
+    if isinstance(module, nn.Module) and isinstance(module, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose2d)):
+        return f"{type(module).__name__} '{name}' is not supported"
+    if isinstance(module, _CHANNEL_WISE) or isinstance(module, nn.Parameter):
+        group.members.append(Member(name, module, Role.PASS, idx_t, chan_t))
+    return None
+
+
+def _add_layer(group, graph, module, handler, name, idx_t, chan_t) -> str | None:
+    if is_depthwise(module):
+        group.members.append(Member(name, module, Role.PRODUCER, idx_t, chan_t))
+        return None
+    if graph.is_out_channel_pruning_fn(handler):
+        group.members.append(Member(name, module, Role.PRODUCER, idx_t, chan_t))
+    elif graph.is_in_channel_pruning_fn(handler):
+        group.members.append(Member(name, module, Role.CONSUMER, idx_t, chan_t))
+    return None
+
+
+def _is_channelwise_groupnorm(module: nn.Module) -> bool:
+    return isinstance(module, nn.GroupNorm) and module.num_groups == module.num_channels
+
+
+def _reaches_output(graph: tp.DependencyGraph, group: ChannelGroup) -> bool:
+    """True when the group's channels reach the model output without passing a consumer layer."""
+    consumers = {m.module for m in group.consumers}
+    stack = [graph.module2node[m.module] for m in group.producers if m.module in graph.module2node]
+    seen = set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.type == ops.OPTYPE.OUTPUT or not node.outputs:
+            return True
+        stack += [n for n in node.outputs if n.module not in consumers]
+    return False
+
+
+def _check_coverage(group: ChannelGroup) -> list[str]:
+    """Every layer must carry every group channel equally often, so channel counts determine its cost."""
+    reasons = []
+    for m in group.members:
+        if m.role is Role.PASS:
+            continue
+        counts = torch.bincount(m.channels, minlength=group.size)
+        if counts.min() != counts.max():
+            reasons.append(f"'{m.name}' reads only part of its channels (split/slice)")
+    return reasons
+
+
+def _set_tie(group: ChannelGroup) -> list[str]:
+    """Grouped (not depthwise) convs need the same channel pattern in each of their conv groups."""
+    tie = 1
+    for m in group.members:
+        mod = m.module
+        if isinstance(mod, nn.Conv2d) and mod.groups > 1 and not is_depthwise(mod):
+            if not torch.equal(m.idxs, m.channels):
+                return [f"grouped conv '{m.name}' reads the group through an index mapping"]
+            tie = math.lcm(tie, mod.groups)
+    if group.size % tie:
+        return [f"its {group.size} channels cannot be split evenly over {tie} conv groups"]
+    group.tie = tie
+    return []
+
+
+def select_groups(
+    groups: Iterable[ChannelGroup],
+    include: Callable[[str, nn.Module], bool],
+    exclude: Callable[[str, nn.Module], bool],
+    prune_shortcuts: bool,
+) -> list[ChannelGroup]:
+    """The groups that will be gated: prunable, selected by ``include``, not hit by ``exclude``."""
+    chosen = []
+    for g in groups:
+        producers = g.producers
+        if g.reason or not producers or (g.shortcut and not prune_shortcuts):
+            continue
+        if any(exclude(p.name, p.module) for p in producers):
+            continue
+        if any(include(p.name, p.module) for p in producers):
+            chosen.append(g)
+    return chosen
