@@ -80,8 +80,8 @@ class WGatesConfig:
     root_types: tuple[type, ...] = ()
 
     def __post_init__(self) -> None:
-        mode = self.mode if self.mode is not None else (BudgetMode.TARGET if self.target is not None else BudgetMode.PAPER)
-        object.__setattr__(self, "mode", _enum(BudgetMode, "mode", mode))
+        default = BudgetMode.TARGET if self.target is not None else BudgetMode.PAPER
+        object.__setattr__(self, "mode", _enum(BudgetMode, "mode", default if self.mode is None else self.mode))
         object.__setattr__(self, "score_input", _enum(ScoreInput, "score_input", self.score_input))
         if self.target is not None:
             _check_fraction("target", self.target, lo_open=True)
@@ -94,7 +94,9 @@ class WGatesConfig:
         if not 0 < self.tolerance < 0.5:
             raise ConfigError(f"tolerance={self.tolerance!r} must be in (0, 0.5)")
         if not 0 < self.init_score < 0.5:
-            raise ConfigError(f"init_score={self.init_score!r} must be in (0, 0.5): open and inside the gradient window")
+            raise ConfigError(
+                f"init_score={self.init_score!r} must be in (0, 0.5): open and inside the gradient window"
+            )
         if not isinstance(self.bounds, LayerBounds):
             raise ConfigTypeError(f"bounds must be a LayerBounds, got {type(self.bounds).__name__}")
         for key, value in self.layer_bounds.items():

@@ -186,7 +186,17 @@ def _group_of(graph: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module,
     reasons += _check_coverage(group)
     reasons += _set_tie(group)
     group.reason = "; ".join(dict.fromkeys(reasons)) or None
+    _name_after_first_producer(group, names)
     return group
+
+
+def _name_after_first_producer(group: ChannelGroup, names: dict[nn.Module, str]) -> None:
+    """Name a group after its first producer in the model's module order (stable, readable)."""
+    order = {m: i for i, m in enumerate(names)}
+    producers = [m for m in group.producers if isinstance(m.module, nn.Module)]
+    if producers:
+        first = min(producers, key=lambda m: order.get(m.module, len(order)))
+        group.root, group.name = first.module, first.name
 
 
 def _add_item(group: ChannelGroup, graph: tp.DependencyGraph, item: object, names: dict) -> str | None:

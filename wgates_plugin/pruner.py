@@ -72,6 +72,7 @@ class WGates(nn.Module):
         self._model = [model]  # a list keeps the model out of this module's parameters and state_dict
         self.example_inputs = example_inputs
         self.traced = trace_groups(model, example_inputs, _root_types(self.config))
+        self.groups: list[ChannelGroup] = []
         self.groups = self._select(select)
         self.gates = nn.ModuleList(self._make_gate(g) for g in self.groups)
         self.flops = FlopsModel(record_layer_shapes(model, example_inputs), self.groups)
@@ -159,9 +160,10 @@ class WGates(nn.Module):
         """Register the hooks that apply the gates (done by the constructor)."""
         if self._handles:
             return
-        self._handles.append(self.model.register_forward_pre_hook(self._refresh))
+        self._handles.append(self.model.register_forward_pre_hook(_GateHook(self._refresh)))
+        self._handles.append(self.model.register_forward_hook(_GateHook(self._forget)))
         for module, feeds in self._consumer_feeds().items():
-            self._handles.append(module.register_forward_pre_hook(self._gate_input_hook(feeds)))
+            self._handles.append(module.register_forward_pre_hook(_GateHook(self._gate_input_hook(feeds))))
 
     def remove(self) -> None:
         """Remove every hook: the model computes exactly what it computed before attaching."""
@@ -178,12 +180,16 @@ class WGates(nn.Module):
         return feeds
 
     def _refresh(self, _module: nn.Module, _args: Any) -> None:
+        """Compute every gate once per forward of the model (consumer hooks read them)."""
         self._current = [g() for g in self.gates]
+
+    def _forget(self, *_args: Any) -> None:
+        self._current = None
 
     def _gate_input_hook(self, feeds: list[tuple[int, Member]]) -> Callable:
         def hook(_module: nn.Module, args: tuple) -> tuple:
             x = args[0]
-            gates = self._current if self._current is not None else self.current_gates()
+            gates = self.current_gates()
             dim = feeds[0][1].channel_dim % x.dim()
             scale = x.new_ones(x.shape[dim])
             for gi, m in feeds:
@@ -196,11 +202,10 @@ class WGates(nn.Module):
 
     # ------------------------------------------------------------------ training-time API
     def current_gates(self) -> list[torch.Tensor]:
-        """The 0/1 gate vector of every gated group (from the last forward if there was one)."""
-        if self._current is None or (torch.is_grad_enabled() and not self._current[0].requires_grad
-                                     and any(p.requires_grad for p in self.parameters())):
-            self._current = [g() for g in self.gates]
-        return self._current
+        """The 0/1 gate vector of every gated group, computed now from the current weights."""
+        if self._current is not None:  # inside a forward of the model
+            return self._current
+        return [g() for g in self.gates]
 
     def counts(self) -> torch.Tensor:
         """The network encoding ``c``: live channels per gated group, shape ``(G,)`` (Eq. 9)."""
@@ -289,6 +294,24 @@ class WGates(nn.Module):
             raise ConfigError(f"state was saved for groups {state['groups'][:4]}..., these are {names[:4]}...")
         self.multiplier.value = float(state["multiplier"])
         self._current = None
+
+
+class _GateHook:
+    """A gate hook that ``copy.deepcopy`` turns into a no-op.
+
+    The gates live in :class:`WGates`, bound to the original model. A deep copy of a gated model (NNI
+    and torch-pruning's op counter both make one) is the plain, ungated model; use
+    :meth:`WGates.export` for a pruned copy.
+    """
+
+    def __init__(self, fn: Callable | None) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return None if self.fn is None else self.fn(*args)
+
+    def __deepcopy__(self, memo: dict) -> _GateHook:
+        return _GateHook(None)
 
 
 def _root_types(config: WGatesConfig) -> tuple[type, ...]:
