@@ -91,8 +91,9 @@ def layer_macs(shape: LayerShape, c_in: torch.Tensor, c_out: torch.Tensor) -> to
 def count_macs(model: nn.Module, example_inputs: object) -> int:
     """Conv + linear MACs (+ bias adds) per sample of ``model`` as it is, counted the same way."""
     total = 0.0
-    for s in record_layer_shapes(model, example_inputs):
-        total += float(layer_macs(s, torch.tensor(float(s.in_channels)), torch.tensor(float(s.out_channels))))
+    for s in record_layer_shapes(model, example_inputs):  # float64: float32 rounds counts above 2**24
+        c_in, c_out = (torch.tensor(float(c), dtype=torch.float64) for c in (s.in_channels, s.out_channels))
+        total += float(layer_macs(s, c_in, c_out))
     return int(round(total))
 
 
