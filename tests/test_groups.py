@@ -1,0 +1,123 @@
+"""Channel groups traced from real torchvision models (random weights): who produces, who consumes,
+what is coupled, and what cannot be pruned."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from wgates_plugin.groups import ChannelGroup, GroupGraph, Role, trace_groups
+
+
+def traced(name: str, side: int = 64) -> GroupGraph:
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(num_classes=10)
+    return trace_groups(model, torch.randn(1, 3, side, side))
+
+
+def by_name(graph: GroupGraph) -> dict[str, ChannelGroup]:
+    return {g.name: g for g in graph.groups}
+
+
+def names(group: ChannelGroup, role: Role) -> set[str]:
+    return {m.name for m in group.members if m.role is role}
+
+
+@pytest.fixture(scope="module")
+def resnet18() -> GroupGraph:
+    return traced("resnet18")
+
+
+def test_resnet18_shortcut_groups_are_the_stem_and_each_stage_output(resnet18):
+    coupled = sorted((sorted(names(g, Role.PRODUCER)) for g in resnet18.groups if g.shortcut), key=len)
+    expected = [["conv1", "layer1.0.conv2", "layer1.1.conv2"]] + [
+        [f"layer{i}.0.conv2", f"layer{i}.0.downsample.0", f"layer{i}.1.conv2"] for i in (2, 3, 4)
+    ]
+    assert sorted(coupled) == sorted(expected)
+    assert all(g.reason is None for g in resnet18.groups if g.shortcut)  # prunable with prune_shortcuts
+    stage4 = next(g for g in resnet18.groups if "layer4.1.conv2" in names(g, Role.PRODUCER))
+    assert names(stage4, Role.CONSUMER) == {"layer4.1.conv1", "fc"}
+    assert names(stage4, Role.PASS) == {"layer4.0.bn2", "layer4.1.bn2", "layer4.0.downsample.1"}
+
+
+@pytest.mark.parametrize("block", [f"layer{i}.{j}" for i in (1, 2, 3, 4) for j in (0, 1)])
+def test_resnet18_first_conv_of_each_block_is_a_prunable_group_read_by_conv2(resnet18, block):
+    group = by_name(resnet18)[f"{block}.conv1"]
+    assert (group.shortcut, group.reason, group.tie) == (False, None, 1)
+    assert names(group, Role.PRODUCER) == {f"{block}.conv1"}
+    assert names(group, Role.PASS) == {f"{block}.bn1"}
+    assert names(group, Role.CONSUMER) == {f"{block}.conv2"}
+    consumer = group.consumers[0]
+    assert torch.equal(consumer.idxs, torch.arange(group.size))
+    assert torch.equal(consumer.channels, torch.arange(group.size))
+
+
+def test_resnet18_classifier_output_is_not_prunable(resnet18):
+    fc = by_name(resnet18)["fc"]
+    assert fc.size == 10
+    assert fc.reason == "it produces the model's output"
+
+
+def test_mobilenet_v2_expand_conv_and_its_depthwise_partner_share_one_group():
+    groups = by_name(traced("mobilenet_v2"))
+    for i in range(2, 18):
+        block = f"features.{i}.conv"
+        group = groups[f"{block}.0.0"]
+        assert group.reason is None and not group.shortcut
+        assert names(group, Role.PRODUCER) == {f"{block}.0.0", f"{block}.1.0"}
+        assert names(group, Role.PASS) == {f"{block}.0.1", f"{block}.1.1"}
+        assert names(group, Role.CONSUMER) == {f"{block}.2"}
+        depthwise = next(m for m in group.producers if m.name == f"{block}.1.0")
+        assert depthwise.module.groups == group.size == depthwise.module.out_channels
+
+
+def test_resnext50_grouped_convs_tie_their_groups_to_the_32_conv_groups():
+    groups = by_name(traced("resnext50_32x4d"))
+    blocks = [f"layer{i}.{j}" for i, n in zip((1, 2, 3, 4), (3, 4, 6, 3)) for j in range(n)]
+    for block in blocks:
+        conv2 = groups[f"{block}.conv2"]
+        assert conv2.root.groups == 32
+        assert (conv2.tie, conv2.reason) == (32, None)
+        assert names(conv2, Role.CONSUMER) == {f"{block}.conv3"}
+        conv1 = groups[f"{block}.conv1"]  # feeds the grouped conv: same constraint on its pattern
+        assert conv1.tie == 32 and names(conv1, Role.CONSUMER) == {f"{block}.conv2"}
+    assert all(g.tie == 1 for g in groups.values() if g.shortcut)
+
+
+def test_squeezenet_classifier_conv_is_found_to_produce_the_output():
+    groups = by_name(traced("squeezenet1_1"))
+    head = groups["classifier.1"]
+    assert isinstance(head.root, nn.Conv2d) and head.size == 10
+    assert head.reason == "it produces the model's output"
+    # both expand convs of the last fire module are concatenated into the head conv's input
+    low, high = groups["features.12.expand1x1"], groups["features.12.expand3x3"]
+    assert torch.equal(next(m.idxs for m in low.consumers if m.name == "classifier.1"), torch.arange(256))
+    assert torch.equal(next(m.idxs for m in high.consumers if m.name == "classifier.1"), torch.arange(256, 512))
+    assert low.reason is None and high.reason is None
+
+
+def test_densenet_concat_consumers_read_the_group_through_index_mapped_positions():
+    groups = by_name(traced("densenet121"))
+    for k in range(1, 6):  # the new features of denselayer k reach every later layer of the block
+        group = groups[f"features.denseblock1.denselayer{k}.conv2"]
+        assert group.size == 32 and group.reason is None
+        offset = 64 + 32 * (k - 1)  # 64 stem channels, then 32 per earlier layer
+        consumers = {m.name: m for m in group.consumers}
+        expected = {f"features.denseblock1.denselayer{j}.conv1" for j in range(k + 1, 7)}
+        assert set(consumers) == expected | {"features.transition1.conv"}
+        for m in consumers.values():
+            assert torch.equal(m.idxs, torch.arange(offset, offset + 32)), m.name
+            assert torch.equal(m.channels, torch.arange(32)), m.name
+        norms = {m.name for m in group.members if m.role is Role.PASS}
+        assert {f"features.denseblock1.denselayer{j}.norm1" for j in range(k + 1, 7)} <= norms
+
+
+def test_vgg_last_conv_feeds_the_classifier_with_49_inputs_per_channel():
+    group = by_name(traced("vgg11_bn", side=32))["features.25"]
+    assert group.size == 512 and group.reason is None
+    (consumer,) = group.consumers
+    assert consumer.name == "classifier.0" and consumer.channel_dim == -1
+    assert torch.equal(consumer.idxs, torch.arange(512 * 49))
+    assert torch.equal(consumer.channels, torch.arange(512).repeat_interleave(49))
