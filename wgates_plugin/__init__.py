@@ -6,6 +6,8 @@ The public API is small; framework integrations (NNI, torch-pruning) live in
 
 from __future__ import annotations
 
+from typing import Any
+
 from .config import BudgetMode, LayerBounds, WGatesConfig
 from .efficiency import EfficiencyModel, FlopsModel, count_macs
 from .errors import (
@@ -19,12 +21,33 @@ from .errors import (
 )
 from .gates import ScoreInput
 from .pruner import WGates
+from .speedup import speedup  # eager: a lazy function named like its module would be shadowed by it
 
 __version__ = "0.1.0"
+
+# Imported on first access, so that ``import wgates_plugin`` does not import nni.
+_LAZY = {
+    "WGatesPruner": "wgates_plugin.integrations.nni",
+    "WGatesImportance": "wgates_plugin.integrations.torch_pruning",
+    "WGatesMetaPruner": "wgates_plugin.integrations.torch_pruning",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'wgates_plugin' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
 
 __all__ = [
     "WGates",
     "WGatesConfig",
+    "WGatesPruner",
+    "WGatesImportance",
+    "WGatesMetaPruner",
+    "speedup",
     "BudgetMode",
     "LayerBounds",
     "ScoreInput",

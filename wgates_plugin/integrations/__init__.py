@@ -1,0 +1,23 @@
+"""Front ends for the host frameworks, imported only when used.
+
+- :mod:`wgates_plugin.integrations.nni` — :class:`WGatesPruner`, an NNI 3 pruner (needs ``nni``).
+- :mod:`wgates_plugin.integrations.torch_pruning` — :class:`WGatesImportance` and
+  :class:`WGatesMetaPruner` for torch-pruning's pruning loop.
+
+``import wgates_plugin.integrations`` imports neither; each name loads its module on first access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["WGatesPruner", "WGatesImportance", "WGatesMetaPruner"]
+
+_HOMES = {"WGatesPruner": ".nni", "WGatesImportance": ".torch_pruning", "WGatesMetaPruner": ".torch_pruning"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name], __name__), name)

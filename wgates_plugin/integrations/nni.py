@@ -1,0 +1,357 @@
+"""W-Gates as an NNI 3 pruner: a drop-in for ``L1NormPruner`` / ``FPGMPruner`` that learns from data.
+
+How it sits in NNI (the way NNI's own training-aware ``SlimPruner`` / ``TaylorPruner`` do): the
+constructor wraps the selected layers with NNI's module wrappers; :meth:`WGatesPruner.compress`
+binds the wrapped model to the evaluator, patches the user's training step (the efficiency term is
+added to the loss) and optimizer step (an Adam over the gate parameters steps with it), trains for
+``training_steps`` optimizer steps, then freezes the gates and writes them into NNI's masks.
+
+How it sits next to NNI's wrappers: the W-Gates core applies the gates with forward pre-hooks at the
+inputs of the layers that consume a group's channels, so zeroing a channel there is exactly removing
+it. NNI's wrapper replaces a layer's ``forward`` but not its ``__call__``, so those hooks keep
+running on wrapped layers. While a layer is wrapped, its trainable weight is the wrapper's
+parameter (NNI turns the layer's own ``weight`` into a buffer that only holds the last masked copy),
+so each gate scores the wrapper's live weight; :meth:`WGatesPruner.unwrap_model` points the gates
+back to the layers and removes the hooks, leaving the plain model exactly as NNI's pruners do.
+
+Contract: after ``compress()`` and before ``unwrap_model()``, the wrapped model's eval forward applies
+the final gates (and NNI's masks, which only zero what the gates already remove); after
+``unwrap_model()``, ``wgates_plugin.speedup(model, masks, dummy_input)`` builds a physically smaller
+model with the same eval outputs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from nni.compression.base.compressor import Pruner
+from nni.compression.utils import Evaluator
+from torch import nn
+
+from ..config import BudgetMode, WGatesConfig
+from ..efficiency.base import EfficiencyModel
+from ..errors import ConfigError, ConfigTypeError, StateError
+from ..gates import Producer, top_k_mask
+from ..groups import Role, trace_groups
+from ..pruner import WGates
+from .budgets import SharedBudget
+from .nni_config import canonical_config_list, select_layers
+from .nni_plan import GroupPlan, group_bounds, plan_groups, shared_budgets
+
+__all__ = ["WGatesPruner"]
+
+# WGatesConfig fields a user may set; the rest follow from config_list and the budget arguments.
+OPTION_FIELDS = ("alpha", "controller_rate", "tolerance", "score_input", "weight_grad", "init_score")
+Masks = dict[str, dict[str, torch.Tensor]]
+
+NO_EVALUATOR = (
+    "WGatesPruner learns which filters to drop from data, so compress() trains the gates through an NNI "
+    "evaluator, and none was given. Pass one, plus the number of optimizer steps to train the gates for:\n"
+    "    evaluator = TorchEvaluator(training_func, nni.trace(torch.optim.SGD)(model.parameters(), lr=0.01),\n"
+    "                               training_step, dummy_input=example_batch)\n"
+    "    WGatesPruner(model, config_list, evaluator=evaluator, training_steps=200)\n"
+    "(a LightningEvaluator works the same way)."
+)
+
+
+class WGatesPruner(Pruner):
+    """Weight-dependent gates (W-Gates) as an NNI 3 pruner.
+
+    Args:
+        model: the model to prune (trained, ideally). It is wrapped in place, as by every NNI pruner.
+        config_list: NNI config list. ``op_types`` / ``op_names`` / ``op_names_re`` select layers,
+            ``exclude_op_*`` (or a legacy ``{'exclude': True, ...}`` entry) exclude them;
+            ``sparse_ratio`` alone = that ratio of output channels removed per layer, the channels chosen
+            by learned gate score; with ``global_group_id`` = one shared budget (in weight elements, as
+            NNI counts it) whose per-layer split the gates learn; ``min_sparse_ratio`` /
+            ``max_sparse_ratio`` bound a layer. Layers coupled to a selected layer (residual additions,
+            depthwise partners) share its gate and get identical masks.
+        evaluator: NNI ``TorchEvaluator`` or ``LightningEvaluator``; required by :meth:`compress`.
+        training_steps: optimizer steps of gate training; required by :meth:`compress`.
+        dummy_input: a batch the model accepts, used to trace channel dependencies. Default: the
+            evaluator's ``dummy_input``.
+        flops_target: keep this fraction of the model's FLOPs (conv + linear MACs), in (0, 1]; the
+            gates learn the per-layer widths and the final freeze lands the budget exactly.
+        efficiency: a custom cost model instead of FLOPs (e.g. a latency predictor): an
+            :class:`~wgates_plugin.efficiency.EfficiencyModel` or a callable ``groups -> model``.
+        cost_target: budget of ``efficiency`` as a fraction of the unpruned cost, in (0, 1].
+        gate_lr: Adam learning rate of the gate parameters (the decisive knob: too high closes whole
+            layers within a few steps, too low never moves a gate).
+        **options: W-Gates knobs ``alpha`` (Eq. 12 weight; in target mode the initial multiplier),
+            ``controller_rate``, ``tolerance``, ``score_input``, ``weight_grad``, ``init_score``
+            (see :class:`~wgates_plugin.WGatesConfig`).
+
+    When neither a target, a ratio nor a global group decides a selected layer's width, ``alpha``
+    does (the paper's mode: ``L + alpha * log(1 + FLOPs / FLOPs_0)``).
+
+    Raises:
+        ConfigError: the config list is invalid or selects nothing prunable; an option is invalid.
+        BudgetError: a target or global budget is unreachable under the per-layer bounds.
+
+    Example:
+        >>> pruner = WGatesPruner(model, [{'op_types': ['Conv2d'], 'sparse_ratio': 0.5}],
+        ...                       evaluator=evaluator, training_steps=100)  # doctest: +SKIP
+        >>> model, masks = pruner.compress()  # doctest: +SKIP
+        >>> pruner.unwrap_model()  # doctest: +SKIP
+        >>> small = wgates_plugin.speedup(model, masks, dummy_input)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config_list: Sequence[Mapping[str, Any]],
+        evaluator: Evaluator | None = None,
+        training_steps: int | None = None,
+        *,
+        dummy_input: Any = None,
+        flops_target: float | None = None,
+        efficiency: EfficiencyModel | Callable[..., EfficiencyModel] | None = None,
+        cost_target: float | None = None,
+        gate_lr: float = 1e-3,
+        **options: Any,
+    ) -> None:
+        _check_arguments(evaluator, training_steps, flops_target, efficiency, cost_target, gate_lr, options)
+        entries = canonical_config_list(config_list)
+        self.settings, self.excluded = select_layers(model, entries)
+        self.training_steps = training_steps
+        self.gate_lr = float(gate_lr)
+        self.dummy_input = dummy_input if dummy_input is not None else _evaluator_dummy_input(evaluator)
+        self.notes: list[str] = []
+        self.plans: list[GroupPlan] = []
+        self.budgets: list[SharedBudget] = []
+        self.wgates: WGates | None = None
+        if self.dummy_input is not None:
+            self._build_core(model, flops_target, efficiency, cost_target, options)
+        elif evaluator is not None:
+            raise ConfigError("W-Gates traces the model's channel dependencies from an example batch: pass "
+                              "dummy_input=<a batch the model accepts> to WGatesPruner or to the evaluator")
+        self._frozen = False
+        self._step = 0
+        super().__init__(model, entries + self._follower_entries(entries), evaluator)
+
+    # ------------------------------------------------------------------ construction
+    def _build_core(self, model: nn.Module, flops_target: float | None, efficiency: Any,
+                    cost_target: float | None, options: dict[str, Any]) -> None:
+        traced = trace_groups(model, self.dummy_input)
+        self.plans, self.notes = plan_groups(traced.groups, self.settings, self.excluded)
+        for note in self.notes:
+            warnings.warn(note, stacklevel=3)
+        mode, target = _budget_mode(self.plans, flops_target if efficiency is None else cost_target)
+        bounds = {p.name: group_bounds(plan) for plan in self.plans for p in plan.group.producers}
+        config = WGatesConfig(mode=mode, target=target, prune_shortcuts=True, layer_bounds=bounds, **options)
+        chosen = set(bounds)
+        self.wgates = WGates(model, self.dummy_input, config=config, efficiency=efficiency,
+                             select=lambda name, _module: name in chosen)
+        self.wgates.to(_device(model))
+        self._check_gated()
+        self.budgets = shared_budgets(self.plans, self.wgates.groups, config.alpha, config.controller_rate)
+        for budget in self.budgets:
+            budget.check_feasible(self.wgates.unit_bounds())
+
+    def _check_gated(self) -> None:
+        assert self.wgates is not None
+        planned = sorted(p.group.name for p in self.plans)
+        gated = sorted(g.name for g in self.wgates.groups)
+        if planned != gated:  # both trace the same model; a difference is a bug, not a user error
+            raise RuntimeError(f"internal error: planned groups {planned} but the core gated {gated}")
+
+    def _follower_entries(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Wrap the producers that follow a selected layer's gate, so that they get NNI masks too."""
+        followers = sorted({m.name for plan in self.plans for m in plan.group.producers} - set(self.settings))
+        return [{"op_names": followers}] if followers else []
+
+    # ------------------------------------------------------------------ wrapping
+    def wrap_model(self) -> None:
+        """Wrap the layers (NNI) and point every gate at the wrappers' trainable weights."""
+        super().wrap_model()
+        if self.wgates is not None:
+            self._point_gates(wrapped=True)
+            self.wgates.attach()
+
+    def unwrap_model(self) -> None:
+        """Unwrap (NNI) and remove the gate hooks: the model is plain again, its weights unmasked."""
+        super().unwrap_model()
+        if self.wgates is not None:
+            self.wgates.remove()
+            self._point_gates(wrapped=False)
+
+    def _point_gates(self, wrapped: bool) -> None:
+        assert self.wgates is not None
+        for group, gate in zip(self.wgates.groups, self.wgates.gates):
+            gate.producers = [Producer(_weight_owner(m.module, wrapped), m.idxs, m.channels) for m in group.producers]
+
+    # ------------------------------------------------------------------ compression
+    def compress(self, max_steps: int | None = None, max_epochs: int | None = None) -> tuple[nn.Module, Masks]:
+        """Train the gates for ``training_steps`` optimizer steps, freeze them, return ``(model, masks)``.
+
+        Raises:
+            ConfigError: no evaluator or no ``training_steps``; ``max_steps`` / ``max_epochs`` given.
+            StateError: the pruner was already compressed.
+        """
+        if self.evaluator is None:
+            raise ConfigError(NO_EVALUATOR)
+        if self.training_steps is None:
+            raise ConfigError("compress() needs training_steps=<optimizer steps of gate training> (an int >= 1)")
+        if max_steps is not None or max_epochs is not None:
+            raise ConfigError("WGatesPruner trains for training_steps optimizer steps; do not pass max_steps / "
+                              "max_epochs to compress()")
+        if self._frozen:
+            raise StateError("compress() was already called: the gates are frozen and the masks final")
+        return super().compress(max_steps, max_epochs)  # type: ignore[return-value]
+
+    def _single_compress(self, max_steps: int | None, max_epochs: int | None) -> None:
+        self._fusion_compress(self.training_steps, None)
+
+    def _fuse_preprocess(self, evaluator: Evaluator) -> None:
+        assert self.wgates is not None
+        optimizer = torch.optim.Adam(self.wgates.parameters(), lr=self.gate_lr)
+        evaluator.patch_optimizer_step(before_step_tasks=[optimizer.step],
+                                       after_step_tasks=[optimizer.zero_grad, self._after_step])
+        evaluator.patch_loss(self._patch_loss)
+
+    def _fuse_postprocess(self, evaluator: Evaluator) -> None:
+        if not self._frozen:
+            warnings.warn(f"the training function ran {self._step} optimizer steps, fewer than "
+                          f"training_steps={self.training_steps}; the gates are frozen where they are", stacklevel=2)
+            self._finish()
+
+    def _patch_loss(self, loss: torch.Tensor, _batch: Any) -> torch.Tensor:
+        return loss + self.efficiency_loss().to(loss)
+
+    def _after_step(self) -> None:
+        self._step += 1
+        if self._step == self.training_steps:
+            self._finish()
+
+    def efficiency_loss(self) -> torch.Tensor:
+        """The term added to the task loss: the core's efficiency loss plus every global group's penalty."""
+        assert self.wgates is not None
+        loss = self.wgates.efficiency_loss()
+        if self.budgets and not self._frozen:
+            counts = self.wgates.counts()  # (G,)
+            loss = loss + sum(b.penalty(counts) for b in self.budgets)
+        return loss
+
+    def _finish(self) -> None:
+        """Freeze the gates (landing every budget exactly) and write them into NNI's masks."""
+        assert self.wgates is not None
+        if self.budgets:
+            self._freeze_budgets()
+        else:
+            self.wgates.freeze()
+        self.update_masks(self.gate_masks())
+        self._frozen = True
+
+    def _freeze_budgets(self) -> None:
+        assert self.wgates is not None
+        bounds = self.wgates.unit_bounds()
+        with torch.no_grad():
+            scores = [g.unit_scores() for g in self.wgates.gates]
+            units = [int(g().sum()) // g.tie for g in self.wgates.gates]
+        for budget in self.budgets:
+            budget.project(units, bounds)
+        for gate, s, k in zip(self.wgates.gates, scores, units):
+            gate.freeze(top_k_mask(s, k))
+
+    # ------------------------------------------------------------------ results
+    def gate_masks(self) -> Masks:
+        """NNI masks from the current gates: every wrapped producer (and selected BatchNorm) of a gated group.
+
+        A closed channel zeroes its filter row in ``weight`` and its entry in ``bias``; every
+        wrapped layer outside the gated groups gets all-ones masks.
+        """
+        assert self.wgates is not None
+        masks = {name: _ones(wrapper) for name, wrapper in self._module_wrappers.items()}
+        with torch.no_grad():
+            gates = self.wgates.current_gates()
+        for group, gate in zip(self.wgates.groups, gates):
+            for m in group.members:
+                if m.role is Role.CONSUMER or m.name not in masks:
+                    continue
+                rows = m.idxs[gate.detach().cpu()[m.channels] < 0.5]
+                for mask in masks[m.name].values():
+                    mask[rows.to(mask.device)] = 0
+        return masks
+
+    def stats(self) -> dict[str, Any]:
+        """Live W-Gates statistics: FLOPs / cost ratio, kept channels per group, multipliers."""
+        assert self.wgates is not None
+        out = self.wgates.stats()
+        with torch.no_grad():
+            counts = self.wgates.counts()
+            out["global_groups"] = {b.name: float(b.model(counts[b.index])) / b.model.reference()
+                                    for b in self.budgets}
+        return out
+
+
+# ---------------------------------------------------------------------------- helpers
+def _check_arguments(evaluator: Any, training_steps: Any, flops_target: Any, efficiency: Any,
+                     cost_target: Any, gate_lr: Any, options: Mapping[str, Any]) -> None:
+    if evaluator is not None and not isinstance(evaluator, Evaluator):
+        raise ConfigTypeError(f"evaluator must be an NNI Evaluator (TorchEvaluator, LightningEvaluator), "
+                              f"got {type(evaluator).__name__}")
+    if training_steps is not None and (isinstance(training_steps, bool) or not isinstance(training_steps, int)
+                                       or training_steps < 1):
+        raise ConfigError(f"training_steps={training_steps!r} must be an int >= 1")
+    for name, value in (("flops_target", flops_target), ("cost_target", cost_target)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1):
+            raise ConfigError(f"{name}={value!r} must be a fraction in (0, 1]")
+    if efficiency is None and cost_target is not None:
+        raise ConfigError("cost_target is the budget of a custom efficiency model: pass efficiency=... too, "
+                          "or use flops_target")
+    if efficiency is not None and flops_target is not None:
+        raise ConfigError("flops_target and efficiency=... are two budgets: with a custom efficiency model "
+                          "give its budget as cost_target")
+    if isinstance(gate_lr, bool) or not isinstance(gate_lr, (int, float)) or gate_lr <= 0:
+        raise ConfigError(f"gate_lr={gate_lr!r} must be a number > 0")
+    unknown = sorted(set(options) - set(OPTION_FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown}: WGatesPruner accepts {', '.join(OPTION_FIELDS)} "
+                          "(bounds, exclusions and ratios come from config_list)")
+
+
+def _evaluator_dummy_input(evaluator: Evaluator | None) -> Any:
+    """The dummy input a user gave the evaluator (TorchEvaluator / LightningEvaluator), else None.
+
+    NNI's ``LightningEvaluator.get_dummy_input()`` falls back to a whole training batch (inputs *and*
+    labels), which is not something the model accepts, so only an explicitly given one is used.
+    """
+    if evaluator is None:
+        return None
+    explicit = getattr(evaluator, "dummy_input", None)
+    return explicit if explicit is not None else getattr(evaluator, "_dummy_input", None)
+
+
+def _budget_mode(plans: Sequence[GroupPlan], target: float | None) -> tuple[BudgetMode, float | None]:
+    shared = sorted({str(p.setting.global_group_id) for p in plans if p.setting.global_group_id is not None})
+    free = [name for p in plans if p.free for name in p.selected]
+    if target is not None and shared:
+        raise ConfigError(f"a target and global_group_id {shared} are two budgets on the same model: use one "
+                          "(drop the target, or replace the global groups by plain sparse_ratio / bounds)")
+    if target is not None:
+        return BudgetMode.TARGET, target
+    if shared and free:
+        raise ConfigError(f"layers {free[:6]} have no sparse_ratio and no global_group_id, so nothing sets how "
+                          "much to prune them: give them a ratio or a global group, or pass flops_target")
+    return (BudgetMode.PAPER if free else BudgetMode.NONE), None
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _weight_owner(module: nn.Module, wrapped: bool) -> nn.Module:
+    """Who holds the layer's trainable weight: NNI's wrapper while wrapped, else the layer."""
+    return getattr(module, "_nni_wrapper", module) if wrapped else module
+
+
+def _ones(wrapper: nn.Module) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, space in wrapper.pruning_target_spaces.items():  # type: ignore[attr-defined]
+        if space.target is not None:
+            out[name] = torch.ones_like(space.target.detach())
+    return out

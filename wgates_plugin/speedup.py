@@ -1,0 +1,254 @@
+"""Physical channel removal for NNI-format masks from any pruner (L1, FPGM, Taylor, Slim, W-Gates).
+
+NNI 3.0's own ``ModelSpeedup`` fails on current torch unless handed a ``torch.fx`` graph; this does
+the removal through torch-pruning's dependency graph instead:
+
+1. every masked layer's removed output channels are its all-zero mask rows (``weight`` of a Conv2d /
+   Linear, or of a BatchNorm, as Network Slimming masks them);
+2. the layers that must keep the same channels (one torch-pruning group: a conv and its BatchNorm,
+   depthwise partners, convs summed by a residual addition) are compared: the channels removed are
+   those every masked layer of the group removed;
+3. torch-pruning removes them from every layer of the group (and the inputs of the layers after).
+
+What "same outputs" means: the pruned model computes exactly what the original model computes with
+the removed channels zeroed *where removal is exact*, at the inputs of the layers that consume them
+(after BatchNorm and activation). It does not compute what the *weight-masked* model computes: a
+weight mask zeroes a conv's filter but leaves the next BatchNorm's shift on that channel, which no
+pruned model can reproduce. ``verify=True`` checks the former on ``dummy_input``.
+
+Disagreeing masks: NNI's norm pruners mask residual-coupled convs independently, so inside one
+coupled group their masks can differ. Then only the channels that *every* masked layer of the group
+removed are removed (the union of the kept channels survives), with a warning that the outputs will
+differ from the masked model on the channels some layer masked; ``strict=True`` raises instead.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, ExportError
+from .export import call_model, prune_groups
+from .groups import ChannelGroup, Role, trace_groups
+
+__all__ = ["speedup", "plan_removal", "RemovalPlan", "assert_same_outputs"]
+
+Masks = Mapping[str, Mapping[str, torch.Tensor | None]]
+
+
+@dataclass
+class RemovalPlan:
+    """Which channels leave which group.
+
+    Attributes:
+        removed: ``{group name: sorted removed group channels}`` for every group that loses channels.
+        groups: the traced groups, by name.
+        notes: what differs from the masks (disagreements, unprunable groups), one line each.
+    """
+
+    removed: dict[str, torch.Tensor] = field(default_factory=dict)
+    groups: dict[str, ChannelGroup] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def root_indices(self) -> dict[str, torch.Tensor]:
+        """``{root layer name: output indices to remove}``, what :func:`~wgates_plugin.export.prune_groups` takes."""
+        plan = {}
+        for name, chans in self.removed.items():
+            group = self.groups[name]
+            root = next(m for m in group.producers if m.module is group.root)
+            lookup = dict(zip(root.channels.tolist(), root.idxs.tolist()))
+            plan[name] = torch.tensor([lookup[int(c)] for c in chans], dtype=torch.long)
+        return plan
+
+
+def speedup(model: nn.Module, masks: Masks, dummy_input: Any, strict: bool = False, verify: bool = True,
+            rtol: float = 1e-4, atol: float = 1e-5) -> nn.Module:
+    """Remove, in place, the output channels that NNI-format ``masks`` zero; return ``model``.
+
+    Args:
+        model: the unwrapped model (call ``pruner.unwrap_model()`` first); its weights are kept as they
+            are, the masks only decide which channels leave.
+        masks: ``{layer name: {'weight': mask, 'bias': mask}}`` from any NNI pruner's ``compress()``.
+        dummy_input: a batch the model accepts (tensor, tuple or dict).
+        strict: raise instead of warning when coupled layers' masks disagree or a masked group cannot
+            be removed.
+        verify: check that the pruned model's eval outputs on ``dummy_input`` equal the original
+            model's with the removed channels zeroed at their consumers.
+        rtol, atol: tolerances of that check.
+
+    Returns:
+        ``model``, pruned (its classes stay; only tensor shapes shrink).
+
+    Raises:
+        ConfigError: a mask names a missing layer or has the wrong shape; the model is still wrapped.
+        ExportError: masks disagree or name an unprunable group and ``strict``; a group would lose
+            every channel; or the verification fails.
+
+    Example:
+        >>> import torch, torchvision
+        >>> from wgates_plugin import speedup
+        >>> model = torchvision.models.resnet18(num_classes=10)
+        >>> mask = torch.ones_like(model.layer1[0].conv1.weight); mask[:16] = 0
+        >>> small = speedup(model, {'layer1.0.conv1': {'weight': mask}}, torch.randn(1, 3, 32, 32))
+        >>> small.layer1[0].conv1.out_channels
+        48
+    """
+    _check_unwrapped(model)
+    plan = plan_removal(model, masks, dummy_input, strict)
+    for note in plan.notes:
+        warnings.warn(note, stacklevel=2)
+    expected = reference_outputs(model, dummy_input, plan) if verify else None
+    prune_groups(model, dummy_input, plan.root_indices())
+    if expected is not None:
+        assert_same_outputs(model, dummy_input, expected, rtol, atol)
+    return model
+
+
+# ---------------------------------------------------------------------------- masks → plan
+def plan_removal(model: nn.Module, masks: Masks, dummy_input: Any, strict: bool = False) -> RemovalPlan:
+    """Decide, group by group, which channels the masks remove (see the module docstring)."""
+    rows = _removed_rows(model, masks)
+    plan = RemovalPlan(groups={})
+    for group in trace_groups(model, dummy_input).groups:
+        plan.groups[group.name] = group
+        votes = _votes(group, rows)
+        if not votes:
+            continue
+        removed = _decide(group, votes, plan.notes, strict)
+        if len(removed):
+            plan.removed[group.name] = removed
+    return plan
+
+
+def _removed_rows(model: nn.Module, masks: Masks) -> dict[str, torch.Tensor]:
+    """``{layer: bool (out,)}``: True where the layer's weight mask zeroes the whole output row."""
+    if not isinstance(masks, Mapping):
+        raise ConfigError(f"masks must be a dict {{layer name: {{'weight': mask}}}}, got {type(masks).__name__}")
+    modules = dict(model.named_modules())
+    out = {}
+    for name, entry in masks.items():
+        mask = entry.get("weight") if isinstance(entry, Mapping) else None
+        if mask is None:
+            continue
+        weight = getattr(modules.get(name), "weight", None)
+        if weight is None:
+            raise ConfigError(f"masks name '{name}', which is not a layer with a weight in the model")
+        if tuple(mask.shape) != tuple(weight.shape):
+            raise ConfigError(f"the mask of '{name}' has shape {tuple(mask.shape)}, its weight {tuple(weight.shape)}")
+        out[name] = (mask.detach().reshape(mask.shape[0], -1) == 0).all(dim=1).cpu()  # (out,)
+    return out
+
+
+def _votes(group: ChannelGroup, rows: Mapping[str, torch.Tensor]) -> dict[str, set[int]]:
+    """Removed group channels according to each masked member that owns output channels."""
+    votes: dict[str, set[int]] = defaultdict(set)
+    for m in group.members:
+        if m.role is not Role.CONSUMER and m.name in rows:
+            votes[m.name] |= set(m.channels[rows[m.name][m.idxs]].tolist())
+    return dict(votes)
+
+
+def _decide(group: ChannelGroup, votes: dict[str, set[int]], notes: list[str], strict: bool) -> torch.Tensor:
+    removed = set.intersection(*votes.values())
+    if any(v != removed for v in votes.values()):
+        _report(strict, notes, _disagreement(group, votes, removed))
+    removed = _balanced(group, removed, notes, strict)
+    if removed and group.reason:
+        _report(strict, notes, f"group '{group.name}': masks remove {len(removed)} channels, but it cannot be "
+                               f"pruned exactly ({group.reason}); kept whole")
+        return torch.zeros(0, dtype=torch.long)
+    if len(removed) >= group.size:
+        raise ExportError(f"the masks remove all {group.size} channels of group '{group.name}' "
+                          f"({', '.join(sorted(votes))}): a layer cannot lose every channel")
+    unmasked = [m.name for m in group.producers if m.name not in votes]
+    if removed and unmasked and any(m.name in votes for m in group.producers):
+        notes.append(f"group '{group.name}': {', '.join(unmasked)} carry no mask but share channels with "
+                     f"{', '.join(sorted(votes))}; they lose the same {len(removed)} channels")
+    return torch.tensor(sorted(removed), dtype=torch.long)
+
+
+def _disagreement(group: ChannelGroup, votes: dict[str, set[int]], removed: set[int]) -> str:
+    how = "a residual addition" if group.shortcut else "their channel dependencies"
+    counts = ", ".join(f"{name} removes {len(v)}" for name, v in sorted(votes.items()))
+    return (f"group '{group.name}': layers coupled through {how} must keep the same channels but their masks "
+            f"disagree ({counts}); only the {len(removed)} channels all of them remove are removed, so the "
+            "pruned model keeps channels some masks zeroed and its outputs differ from the masked model's. "
+            "Mask coupled layers identically (e.g. W-Gates does) or pass strict=True to refuse")
+
+
+def _balanced(group: ChannelGroup, removed: set[int], notes: list[str], strict: bool) -> set[int]:
+    """A grouped conv needs the same pattern in each of its ``tie`` conv groups: keep only full units."""
+    if group.tie == 1 or not removed:
+        return removed
+    units = group.size // group.tie
+    full = {u for u in range(units) if all(u + k * units in removed for k in range(group.tie))}
+    kept = {u + k * units for u in full for k in range(group.tie)}
+    if kept != removed:
+        _report(strict, notes, f"group '{group.name}' feeds a grouped conv with {group.tie} groups; its masks "
+                               f"do not remove the same channels in each, so only {len(kept)} of {len(removed)} "
+                               "masked channels are removed")
+    return kept
+
+
+def _report(strict: bool, notes: list[str], message: str) -> None:
+    if strict:
+        raise ExportError(message)
+    notes.append(message)
+
+
+def _check_unwrapped(model: nn.Module) -> None:
+    wrapped = [n for n, m in model.named_modules() if hasattr(m, "_nni_wrapper")]
+    if wrapped:
+        raise ConfigError(f"the model is still wrapped by an NNI pruner ({wrapped[0]}, ...): call "
+                          "pruner.unwrap_model() before speedup()")
+
+
+# ---------------------------------------------------------------------------- reference and check
+def reference_outputs(model: nn.Module, dummy_input: Any, plan: RemovalPlan) -> Any:
+    """Eval outputs of ``model`` with ``plan``'s channels zeroed at the inputs of their consumers."""
+    zero: dict[nn.Module, list[torch.Tensor]] = defaultdict(list)
+    dims: dict[nn.Module, int] = {}
+    for name, chans in plan.removed.items():
+        for m in plan.groups[name].consumers:
+            zero[m.module].append(m.idxs[torch.isin(m.channels, chans)])
+            dims[m.module] = m.channel_dim
+    handles = [mod.register_forward_pre_hook(_zeroing(torch.cat(pos), dims[mod])) for mod, pos in zero.items()]
+    try:
+        return _eval_outputs(model, dummy_input)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _zeroing(positions: torch.Tensor, channel_dim: int) -> Any:
+    def hook(_module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        return (x.index_fill(channel_dim % x.dim(), positions.to(x.device), 0.0),) + tuple(args[1:])
+
+    return hook
+
+
+def _eval_outputs(model: nn.Module, dummy_input: Any) -> Any:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return call_model(model, dummy_input)
+    finally:
+        model.train(was_training)
+
+
+def assert_same_outputs(model: nn.Module, dummy_input: Any, expected: Any, rtol: float = 1e-4,
+                        atol: float = 1e-5) -> None:
+    """Raise :class:`ExportError` unless ``model``'s eval outputs on ``dummy_input`` equal ``expected``."""
+    try:
+        torch.testing.assert_close(_eval_outputs(model, dummy_input), expected, rtol=rtol, atol=atol)
+    except AssertionError as exc:
+        raise ExportError(f"the pruned model does not reproduce the reference outputs (rtol={rtol}, "
+                          f"atol={atol}): {exc}") from None
