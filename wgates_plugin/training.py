@@ -1,0 +1,440 @@
+"""Reusable training, evaluation and measurement loops (host-agnostic: plain PyTorch).
+
+The CLI, the benchmarks and the NNI trial all use these, so every number they report comes from the
+same code. Loaders yield ``(inputs, labels)`` batches; models are moved to nothing — inputs follow
+the model's device.
+
+Example:
+    >>> import torch, torchvision
+    >>> from wgates_plugin.data import load_digits, loaders
+    >>> from wgates_plugin.training import train_steps, evaluate
+    >>> train, test = loaders(*load_digits(size=32), batch_size=32)
+    >>> model = torchvision.models.resnet18(num_classes=10)
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    >>> losses = train_steps(model, train, opt, steps=2, progress=False)
+    >>> 0.0 <= evaluate(model, test) <= 1.0
+    True
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .errors import ConfigError
+
+__all__ = ["train_steps", "fit", "evaluate", "recalibrate_bn", "measure_latency", "count_params", "cycle",
+           "Recipe", "PruneResult", "describe", "train_gates", "prune_and_finetune"]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+StepCallback = Callable[[int, dict[str, float]], "Mapping[str, Any] | None"]
+
+
+def cycle(loader: Iterable) -> Iterator:
+    """Endless iteration over ``loader``, re-iterating it (and so re-shuffling) at every epoch."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ConfigError("the data loader yields no batch (dataset smaller than one batch with drop_last?)")
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def train_steps(
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+    steps: int,
+    extra_loss: Callable[[], torch.Tensor] | None = None,
+    loss_fn: LossFn = F.cross_entropy,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    callback: StepCallback | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> list[float]:
+    """Train ``model`` for ``steps`` optimizer steps, cycling ``loader`` as often as needed.
+
+    Each step: forward, ``loss_fn(outputs, labels)`` plus ``extra_loss()`` (called *after* the
+    forward, e.g. ``wg.efficiency_loss`` which reads the gates that forward used), one backward, then
+    every optimizer steps (and ``scheduler``, if given).
+
+    Args:
+        model: put in train mode.
+        loader: yields ``(inputs, labels)``.
+        optimizer: one optimizer or several (e.g. SGD on the weights and Adam on the gates).
+        steps: number of steps (0 trains nothing).
+        extra_loss: zero-argument callable added to the task loss.
+        loss_fn: ``(outputs, labels) -> scalar``; default cross-entropy.
+        scheduler: stepped after every optimizer step.
+        callback: ``callback(step, {"loss": task, "extra": extra})`` after every step; a returned
+            mapping is shown in the progress bar.
+        progress: show a tqdm progress bar.
+        desc: progress bar label.
+
+    Returns:
+        The task loss of every step.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ConfigError(f"steps={steps!r} must be an int >= 0")
+    optimizers = [optimizer] if isinstance(optimizer, torch.optim.Optimizer) else list(optimizer)
+    device, batches, losses = _device(model), cycle(loader), []
+    model.train()
+    with _progress(steps, desc, progress) as bar:
+        for step in range(steps):
+            x, y = next(batches)
+            task, extra = _step(model, x.to(device), y.to(device), optimizers, extra_loss, loss_fn)
+            if scheduler is not None:
+                scheduler.step()
+            losses.append(task)
+            shown = callback(step, {"loss": task, "extra": extra}) if callback else None
+            bar.set_postfix({"loss": f"{task:.3f}", **(shown or {})}, refresh=False)
+            bar.update()
+    return losses
+
+
+def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizers: list[torch.optim.Optimizer],
+          extra_loss: Callable[[], torch.Tensor] | None, loss_fn: LossFn) -> tuple[float, float]:
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    task = loss_fn(model(x), y)
+    extra = extra_loss() if extra_loss is not None else task.new_zeros(())
+    (task + extra).backward()
+    for opt in optimizers:
+        opt.step()
+    return float(task.detach()), float(extra.detach())
+
+
+def fit(
+    model: nn.Module,
+    loader: Iterable,
+    steps: int,
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    progress: bool = True,
+    desc: str = "train",
+) -> list[float]:
+    """Plain supervised training: SGD with momentum and a cosine learning-rate decay to 0 over ``steps``.
+
+    Args:
+        model: trained in place.
+        loader: yields ``(inputs, labels)``.
+        steps: optimizer steps.
+        lr: initial learning rate.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty.
+        progress: show a progress bar.
+        desc: progress bar label.
+
+    Returns:
+        The loss of every step.
+    """
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+    return train_steps(model, loader, opt, steps, scheduler=sched, progress=progress, desc=desc)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, progress: bool = False) -> float:
+    """Top-1 accuracy of ``model`` on ``loader``, in [0, 1] (eval mode; the mode is restored after)."""
+    was_training, device = model.training, _device(model)
+    model.eval()
+    correct = total = 0
+    try:
+        for x, y in _iterate(loader, progress, "evaluate"):
+            pred = model(x.to(device)).argmax(dim=1)  # (B,)
+            correct += int((pred == y.to(device)).sum())
+            total += len(y)
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ConfigError("evaluate() got an empty loader")
+    return correct / total
+
+
+def _iterate(loader: Iterable, progress: bool, desc: str) -> Iterable:
+    if not progress:
+        return loader
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=desc, leave=False, total=len(loader) if isinstance(loader, DataLoader) else None)
+
+
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader: Iterable, batches: int = 20) -> int:
+    """Re-estimate every BatchNorm's running statistics on ``batches`` batches of ``loader``.
+
+    After pruning, a BN's running mean/var no longer match what reaches it (its inputs lost channels
+    upstream). Running stats are reset and re-estimated as the cumulative average over the batches
+    (``momentum=None``), with only the BN layers in train mode: dropout and every other layer stay in
+    eval mode, no gradient is computed and no parameter changes. Modes and momenta are restored.
+
+    Args:
+        model: the model, changed in place (BN buffers only).
+        loader: yields ``(inputs, labels)``; labels are ignored.
+        batches: number of batches to average over (the loader is cycled if shorter).
+
+    Returns:
+        The number of BatchNorm layers re-calibrated.
+    """
+    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+        raise ConfigError(f"batches={batches!r} must be an int >= 1")
+    bns = _batchnorms(model)
+    if not bns:
+        return 0
+    was_training, momenta, device = model.training, [bn.momentum for bn in bns], _device(model)
+    model.eval()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average
+        bn.train()
+    try:
+        for _, (x, _y) in zip(range(batches), cycle(loader)):
+            model(x.to(device))
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+        model.train(was_training)
+    return len(bns)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (elements) of ``model``."""
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def measure_latency(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    threads: int = 1,
+    repeats: int = 20,
+    number: int = 5,
+    warmup: int = 5,
+) -> float:
+    """Median wall time of one forward of ``model`` on ``example_input``, in seconds.
+
+    Measured with ``torch.utils.benchmark.Timer`` in eval mode under ``torch.no_grad``, with a fixed
+    thread count, after ``warmup`` untimed calls: ``repeats`` blocks of ``number`` calls each, and the
+    median of the per-call times of the blocks. The model's mode is restored after.
+
+    Args:
+        model: the model (on the device it runs on; CUDA is synchronized by the timer).
+        example_input: one input batch (its batch size is part of what is measured).
+        threads: intra-op threads during the measurement (1: stable on a shared machine).
+        repeats: timed blocks; the median over them is returned.
+        number: calls per block.
+        warmup: untimed calls before timing.
+    """
+    from torch.utils import benchmark
+
+    for name, value, low in (("threads", threads, 1), ("repeats", repeats, 1), ("number", number, 1),
+                             ("warmup", warmup, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{name}={value!r} must be an int >= {low}")
+    was_training = model.training
+    model.eval()
+    try:
+        timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": example_input}, num_threads=threads)
+        if warmup:
+            timer.timeit(warmup)
+        return statistics.median(timer.timeit(number).median for _ in range(repeats))
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------------------- the end-to-end recipe
+@dataclass(frozen=True)
+class Recipe:
+    """Every knob of :func:`prune_and_finetune`, with its default.
+
+    Attributes:
+        gate_steps: steps of joint training (gates by Adam, weights by SGD) under the budget.
+        finetune_steps: steps of fine-tuning the physically pruned model.
+        gate_lr: Adam learning rate of the gate FC vectors and biases. The decisive knob: too high
+            and whole layers close within a few steps, too low and the gates never move (see the
+            README's "Choosing the gate learning rate").
+        weight_lr: SGD learning rate of the weights during gate training (constant).
+        finetune_lr: initial SGD learning rate of fine-tuning (cosine decay to 0).
+        momentum: SGD momentum (both phases).
+        weight_decay: SGD L2 penalty (both phases).
+        bn_batches: training batches used to re-calibrate BatchNorm statistics after export.
+        log_every: record the live FLOPs / cost ratio every this many gate steps.
+    """
+
+    gate_steps: int = 150
+    finetune_steps: int = 150
+    gate_lr: float = 1e-3
+    weight_lr: float = 0.01
+    finetune_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    bn_batches: int = 20
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("gate_steps", "finetune_steps", "bn_batches", "log_every"):
+            value = getattr(self, name)
+            low = 0 if name.endswith("steps") else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name}={value!r} must be an int >= {low}")
+        for name in ("gate_lr", "weight_lr", "finetune_lr", "momentum", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{name}={value!r} must be a number >= 0")
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune_and_finetune` hands back.
+
+    Attributes:
+        model: the physically pruned, fine-tuned model.
+        wgates: the :class:`~wgates_plugin.WGates` used (frozen; ``wgates.history`` replays the pruning).
+        report: JSON-serializable figures (see :func:`prune_and_finetune`).
+    """
+
+    model: nn.Module
+    wgates: Any
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def describe(model: nn.Module, example_inputs: Any, loader: Iterable | None,
+             latency_input: torch.Tensor | None, threads: int) -> dict[str, Any]:
+    """Parameters, MACs per sample, top-1 (when ``loader``) and latency (when ``latency_input``)."""
+    from .efficiency import count_macs
+
+    out: dict[str, Any] = {"params": count_params(model), "macs": count_macs(model, example_inputs)}
+    out["top1"] = evaluate(model, loader) if loader is not None else None
+    out["latency_s"] = measure_latency(model, latency_input, threads) if latency_input is not None else None
+    return out
+
+
+def train_gates(model: nn.Module, wg: Any, loader: Iterable, recipe: Recipe, progress: bool = True) -> list[dict]:
+    """Joint training: SGD on the weights, Adam on the gates, task loss + ``wg.efficiency_loss()``.
+
+    Returns:
+        The live trace, one record every ``recipe.log_every`` steps: step, loss, FLOPs and cost
+        ratios, multiplier.
+    """
+    weights = torch.optim.SGD(model.parameters(), lr=recipe.weight_lr, momentum=recipe.momentum,
+                              weight_decay=recipe.weight_decay)
+    gates = torch.optim.Adam(wg.parameters(), lr=recipe.gate_lr)
+    trace: list[dict] = []
+
+    def log(step: int, stats: dict[str, float]) -> dict[str, str]:
+        live = {"flops": wg.flops_ratio(), "cost": wg.cost_ratio()}
+        if step % recipe.log_every == 0 or step == recipe.gate_steps - 1:
+            trace.append({"step": step, "loss": stats["loss"], "flops_ratio": live["flops"],
+                          "cost_ratio": live["cost"], "multiplier": wg.multiplier.value})
+        return {"flops": f"{live['flops']:.3f}"}
+
+    train_steps(model, loader, [weights, gates], recipe.gate_steps, extra_loss=wg.efficiency_loss,
+                callback=log, progress=progress, desc="gates")
+    return trace
+
+
+def prune_and_finetune(
+    model: nn.Module,
+    example_inputs: Any,
+    train_loader: Iterable,
+    test_loader: Iterable | None = None,
+    target: float = 0.5,
+    recipe: Recipe | None = None,
+    wgates: Any = None,
+    latency_input: torch.Tensor | None = None,
+    threads: int = 1,
+    progress: bool = True,
+) -> PruneResult:
+    """Prune ``model`` to a FLOPs budget with W-Gates and fine-tune it: the whole recipe.
+
+    Steps: measure the baseline → attach :class:`~wgates_plugin.WGates` (target mode, ``target`` of
+    the FLOPs) → train gates and weights jointly for ``recipe.gate_steps`` → ``freeze()`` (lands the
+    budget exactly) → ``export()`` (a physically smaller copy, verified) → re-calibrate BN →
+    fine-tune for ``recipe.finetune_steps`` → measure again. ``model`` itself is trained in place
+    during the gate phase and its gate hooks are removed at the end.
+
+    Args:
+        model: the trained baseline.
+        example_inputs: a batch the model accepts, for tracing and FLOPs counting.
+        train_loader: ``(inputs, labels)`` batches for every training phase and BN re-calibration.
+        test_loader: for top-1 figures (``None`` skips them).
+        target: FLOPs budget as a fraction of the baseline's, in (0, 1]; ignored when ``wgates`` is given.
+        recipe: the knobs (default :class:`Recipe`).
+        wgates: an already attached ``WGates`` on ``model`` (e.g. with a latency model) to use instead.
+        latency_input: a batch to time the baseline and the result on (``None`` skips latency).
+        threads: threads used for the latency measurement.
+        progress: show progress bars.
+
+    Returns:
+        A :class:`PruneResult`. ``report`` holds ``before`` / ``after`` (params, macs, top1,
+        latency_s), ``flops_ratio`` (after / before MACs), ``top1`` at every stage (baseline, gated,
+        pruned, recalibrated, finetuned), ``kept`` (group → [kept, channels]), the gate-training
+        ``trace``, the ``recipe`` and wall ``seconds`` per phase.
+    """
+    from .pruner import WGates
+
+    recipe = recipe or Recipe()
+    clock = _Clock()
+    before = describe(model, example_inputs, test_loader, latency_input, threads)
+    wg = wgates if wgates is not None else WGates(model, example_inputs, target=target)
+    trace = train_gates(model, wg, train_loader, recipe, progress)
+    top1 = {"baseline": before["top1"], "gated": _maybe_eval(model, test_loader)}
+    clock.lap("gates")
+    wg.freeze()
+    pruned = wg.export()
+    wg.remove()
+    top1["pruned"] = _maybe_eval(pruned, test_loader)
+    recalibrate_bn(pruned, train_loader, recipe.bn_batches)
+    top1["recalibrated"] = _maybe_eval(pruned, test_loader)
+    clock.lap("export")
+    fit(pruned, train_loader, recipe.finetune_steps, recipe.finetune_lr, recipe.momentum, recipe.weight_decay,
+        progress, desc="finetune")
+    clock.lap("finetune")
+    after = describe(pruned, example_inputs, test_loader, latency_input, threads)
+    top1["finetuned"] = after["top1"]
+    report = {"target": wg.config.target, "before": before, "after": after,
+              "flops_ratio": after["macs"] / before["macs"], "top1": top1,
+              "kept": {k: list(v) for k, v in wg.kept().items()}, "trace": trace,
+              "recipe": asdict(recipe), "seconds": clock.laps}
+    return PruneResult(pruned, wg, report)
+
+
+def _maybe_eval(model: nn.Module, loader: Iterable | None) -> float | None:
+    return evaluate(model, loader) if loader is not None else None
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.start, 3)
+        self.start = now
