@@ -229,7 +229,10 @@ def select_layers(model: nn.Module, entries: Sequence[Mapping[str, Any]]) -> tup
 
     settings: dict[str, LayerSetting] = {}
     excluded: set[str] = set()
+    names = {n for n, _ in model.named_modules()}
     for i, entry in enumerate(entries):
+        if not set(entry.get("op_names", [])) <= names:  # NNI raises a bare KeyError on them
+            raise ConfigError(f"config_list[{i}] selects no layer of the model: {_why_empty(model, entry)}")
         modules, public, _ = select_modules_by_config(model, dict(entry))
         if not modules:
             raise ConfigError(f"config_list[{i}] selects no layer of the model: {_why_empty(model, entry)}")
@@ -268,7 +271,8 @@ def _why_empty(model: nn.Module, entry: Mapping[str, Any]) -> str:
     names = [n for n, _ in model.named_modules()]
     for t in entry.get("op_types", []):
         if t not in classes:
-            return f"op_types contains '{t}', which is not a module class of the model" + _did_you_mean(t, classes)
+            hint = _did_you_mean(t, classes) or f" (its classes: {', '.join(classes)})"
+            return f"op_types contains '{t}', which is not a module class of the model" + hint
     for n in entry.get("op_names", []):
         if n not in names:
             return f"op_names contains '{n}', which is not a layer of the model" + _did_you_mean(n, names)
@@ -280,5 +284,7 @@ def _why_empty(model: nn.Module, entry: Mapping[str, Any]) -> str:
 
 def _did_you_mean(value: str, options: Sequence[str]) -> str:
     same_case = [o for o in options if o.lower() == value.lower()]
-    close = same_case or difflib.get_close_matches(value, options, n=1)
-    return f" (did you mean '{close[0]}'? names are case-sensitive)" if close else ""
+    if same_case:
+        return f" (did you mean '{same_case[0]}'? names are case-sensitive)"
+    close = difflib.get_close_matches(value, options, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
