@@ -112,7 +112,7 @@ def test_train_steps_learns_cycles_and_calls_extra_loss_after_forward():
                          callback=lambda step, stats: seen.append(step), progress=False)
     assert len(losses) == 30 and seen == list(range(30))  # 30 steps over a 4-batch loader
     assert losses[-1] < 0.5 * losses[0]
-    assert abs(float(extra_param)) < 0.01  # the second optimizer stepped on the extra loss: 2 * 0.8**30
+    assert abs(float(extra_param.detach())) < 0.01  # the second optimizer stepped on the extra loss: 2 * 0.8**30
 
 
 def test_train_steps_validates_steps_and_empty_loader():

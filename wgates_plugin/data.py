@@ -17,14 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .errors import ConfigError, ConfigTypeError
 
-__all__ = ["DIGITS_SIZE", "IMAGENET_MEAN", "IMAGENET_STD", "load_digits", "image_folder", "loaders"]
+if TYPE_CHECKING:
+    from torchvision.datasets import ImageFolder
+
+__all__ = ["DIGITS_SIZE", "IMAGENET_MEAN", "IMAGENET_STD", "load_digits", "image_folder", "folder_splits", "loaders"]
 
 DIGITS_SIZE = 1797  # images in scikit-learn's bundled digits
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -70,7 +74,7 @@ def image_folder(
     size: int = 32,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-) -> Dataset:
+) -> ImageFolder:
     """A torchvision ``ImageFolder`` over ``root/<class>/<image>``, resized to ``size`` x ``size``.
 
     Args:
@@ -101,6 +105,43 @@ def image_folder(
             f"image folder '{path}' holds no images in class sub-directories ({exc}). "
             "HINT: lay it out as <root>/<class name>/<image>.png"
         ) from None
+
+
+def folder_splits(
+    root: str | Path,
+    size: int = 32,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> tuple[Dataset, Dataset, list[str]]:
+    """``(train, test, classes)`` from an image directory.
+
+    If ``root`` holds ``train/`` and ``val/`` (or ``test/``) sub-directories, they are the splits;
+    otherwise ``root`` itself is an ImageFolder, split at random (seeded) with ``val_fraction`` of the
+    images held out.
+
+    Raises:
+        FileNotFoundError: no images (see :func:`image_folder`).
+        ConfigError: ``val_fraction`` not in (0, 1), the two splits' classes differ, or a split would
+            be empty.
+    """
+    path = Path(root)
+    held_out = next((path / n for n in ("val", "test") if (path / n).is_dir()), None)
+    if (path / "train").is_dir() and held_out is not None:
+        train, test = image_folder(path / "train", size, mean, std), image_folder(held_out, size, mean, std)
+        if train.classes != test.classes:
+            raise ConfigError(f"'{path / 'train'}' and '{held_out}' have different class directories: "
+                              f"{train.classes} vs {test.classes}")
+        return train, test, list(train.classes)
+    if not 0 < val_fraction < 1:
+        raise ConfigError(f"val_fraction={val_fraction!r} must be in (0, 1)")
+    full = image_folder(path, size, mean, std)
+    n_test = round(len(full) * val_fraction)
+    if not 0 < n_test < len(full):
+        raise ConfigError(f"'{path}' has {len(full)} images, too few to hold out val_fraction={val_fraction}")
+    order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed)).tolist()
+    return Subset(full, order[n_test:]), Subset(full, order[:n_test]), list(full.classes)
 
 
 def _rgb_loader(path: str) -> object:

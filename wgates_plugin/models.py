@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,11 +79,12 @@ class Architecture:
         return cls(data["name"], data["kwargs"], tuple(data["input_shape"]), data["source"])
 
 
-def classification_models() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def classification_models() -> tuple[str, ...]:
     """Names of torchvision's image classification models (``torchvision.models.list_models``)."""
     import torchvision
 
-    return sorted(torchvision.models.list_models(module=torchvision.models))
+    return tuple(sorted(torchvision.models.list_models(module=torchvision.models)))
 
 
 def check_model_name(name: str) -> None:

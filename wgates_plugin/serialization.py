@@ -43,7 +43,7 @@ from .errors import ConfigError
 from .groups import build_graph
 from .models import Architecture, Builder, build_model
 
-__all__ = ["WEIGHTS_FILE", "RECIPE_FILE", "save_pruned", "load_pruned", "rebuild", "read_recipe"]
+__all__ = ["WEIGHTS_FILE", "RECIPE_FILE", "save_pruned", "load_pruned", "rebuild", "read_recipe", "load_weights"]
 
 WEIGHTS_FILE = "model.safetensors"
 RECIPE_FILE = "pruning.json"
@@ -138,12 +138,12 @@ def load_pruned(directory: str | Path, builder: Builder | None = None) -> nn.Mod
     if not weights.is_file():
         raise FileNotFoundError(f"no weights at '{weights}' (expected {WEIGHTS_FILE} written by save_pruned)")
     model = rebuild(arch, history, builder)
-    load_weights(model, load_file(str(weights)), arch.name)
+    load_weights(model, load_file(str(weights)), f"the replayed '{arch.name}'")
     return model.eval()
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
-    """``model.load_state_dict(state)`` with an error that lists what does not fit."""
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """``model.load_state_dict(state)`` with an error naming ``what`` and listing what does not fit."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -151,7 +151,7 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], name: str) ->
              for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or wrong:
         raise ConfigError(
-            f"the weights do not fit the replayed '{name}': missing {missing[:5]}, unexpected "
+            f"the weights do not fit {what}: missing {missing[:5]}, unexpected "
             f"{unexpected[:5]}, shape mismatches {wrong[:5]}. HINT: save weights and history of the same model"
         )
     model.load_state_dict(state)

@@ -401,8 +401,11 @@ def prune_and_finetune(
 
     recipe = recipe or Recipe()
     clock = _Clock()
+    if wgates is not None:
+        wgates.remove()  # the baseline is measured without gate hooks
     before = describe(model, example_inputs, test_loader, latency_input, threads)
     wg = wgates if wgates is not None else WGates(model, example_inputs, target=target)
+    wg.attach()
     trace = train_gates(model, wg, train_loader, recipe, progress)
     top1 = {"baseline": before["top1"], "gated": _maybe_eval(model, test_loader)}
     clock.lap("gates")

@@ -1,0 +1,220 @@
+"""``wgates prune``: prune any torchvision classification model to a FLOPs budget and save it.
+
+Example:
+    wgates prune --model resnet18 --data digits --flops-target 0.5 --train-steps 150 --out pruned/
+    wgates prune --model mobilenet_v2 --data path/to/images --weights baseline.safetensors --out pruned/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, WGatesError
+
+# Models whose auxiliary classifiers change the training output to a tuple: turned off.
+_NO_AUX = {"googlenet", "inception_v3"}
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "prune", help="prune a torchvision model to a FLOPs budget with W-Gates",
+        description="Train W-Gates on a torchvision classification model under a FLOPs budget, remove the "
+                    "closed channels, fine-tune, and save the pruned model with a JSON report.")
+    add_model_arguments(parser)
+    add_recipe_arguments(parser)
+    add_run_arguments(parser, default_out=None)
+    parser.set_defaults(func=run)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="torchvision classification model name, e.g. resnet18")
+    parser.add_argument("--data", default="digits",
+                        help="'digits' (bundled, default) or an image directory: <dir>/<class>/<img>, or "
+                             "<dir>/train and <dir>/val")
+    parser.add_argument("--size", type=int, default=32, help="input height and width (default 32)")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="baseline state dict: .safetensors, or a torch.save file read with weights_only=True")
+    parser.add_argument("--train-steps", type=int, default=0,
+                        help="train the baseline this many steps before pruning (default 0: use --weights as is)")
+    parser.add_argument("--train-lr", type=float, default=0.05, help="baseline SGD learning rate (default 0.05)")
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..training import Recipe
+
+    r = Recipe()
+    parser.add_argument("--flops-target", type=float, default=0.5,
+                        help="FLOPs budget as a fraction of the original model's, in (0, 1] (default 0.5)")
+    parser.add_argument("--steps", type=int, default=r.gate_steps,
+                        help=f"joint gate + weight training steps (default {r.gate_steps})")
+    parser.add_argument("--finetune-steps", type=int, default=r.finetune_steps,
+                        help=f"fine-tuning steps of the pruned model (default {r.finetune_steps})")
+    parser.add_argument("--gate-lr", type=float, default=r.gate_lr, help=f"Adam lr of the gates (default {r.gate_lr})")
+    parser.add_argument("--weight-lr", type=float, default=r.weight_lr,
+                        help=f"SGD lr of the weights while gates train (default {r.weight_lr})")
+    parser.add_argument("--finetune-lr", type=float, default=r.finetune_lr,
+                        help=f"initial SGD lr of fine-tuning, cosine decay (default {r.finetune_lr})")
+    parser.add_argument("--bn-batches", type=int, default=r.bn_batches,
+                        help=f"batches for BN re-calibration after pruning (default {r.bn_batches})")
+    parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, default_out: str | None) -> None:
+    parser.add_argument("--out", type=Path, required=default_out is None, default=default_out,
+                        help="output directory for the pruned model and report.json"
+                             + (f" (default {default_out})" if default_out else ""))
+    parser.add_argument("--seed", type=int, default=0, help="seed of initialization, data split and order (default 0)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for the latency measurement (default 1)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+
+
+def build_wgates(args: argparse.Namespace, model: nn.Module, example_inputs: torch.Tensor) -> Any:
+    """The W-Gates instance for this run: FLOPs target mode at ``args.flops_target``."""
+    from ..pruner import WGates
+
+    return WGates(model, example_inputs, target=args.flops_target)
+
+
+def build_recipe(args: argparse.Namespace) -> Any:
+    from ..training import Recipe
+
+    return Recipe(gate_steps=args.steps, finetune_steps=args.finetune_steps, gate_lr=args.gate_lr,
+                  weight_lr=args.weight_lr, finetune_lr=args.finetune_lr, bn_batches=args.bn_batches)
+
+
+def load_data(args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
+    """``(train, test, class names)`` for ``--data``."""
+    from ..data import folder_splits, load_digits
+
+    if args.data == "digits":
+        train, test = load_digits(size=args.size, seed=args.seed)
+        return train, test, [str(i) for i in range(10)]
+    return folder_splits(args.data, size=args.size, seed=args.seed)
+
+
+def make_model(args: argparse.Namespace, num_classes: int) -> tuple[nn.Module, Any]:
+    """A freshly initialized model and its :class:`~wgates_plugin.models.Architecture`."""
+    from ..models import Architecture, build_model
+
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if args.model in _NO_AUX:
+        kwargs["aux_logits"] = False
+    arch = Architecture(args.model, kwargs, input_shape=(1, 3, args.size, args.size))
+    torch.manual_seed(args.seed)
+    model = build_model(arch)
+    if args.weights is not None:
+        load_baseline_weights(model, args.weights, f"'{args.model}' (num_classes={num_classes})")
+    return model, arch
+
+
+def load_baseline_weights(model: nn.Module, path: Path, what: str) -> None:
+    """Load a state dict from ``.safetensors`` or a ``torch.save`` file (``weights_only=True``)."""
+    from ..serialization import load_weights
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--weights file '{path}' does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ConfigError(f"--weights file '{path}' holds a {type(state).__name__}, not a state dict")
+    load_weights(model, state, what)
+
+
+def prepare(args: argparse.Namespace) -> tuple[nn.Module, Any, Any, Any, Any]:
+    """Model, architecture and loaders, with the baseline trained for ``--train-steps``."""
+    from ..data import loaders
+    from ..training import fit
+
+    _check_args(args)
+    train, test, classes = load_data(args)
+    model, arch = make_model(args, len(classes))
+    train_loader, test_loader = loaders(train, test, batch_size=args.batch_size, seed=args.seed)
+    if args.train_steps:
+        fit(model, train_loader, args.train_steps, lr=args.train_lr, progress=args.progress, desc="baseline")
+    return model, arch, train_loader, test_loader, classes
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    from ..models import check_model_name
+
+    check_model_name(args.model)
+    if not 0 < args.flops_target <= 1:
+        raise ConfigError(f"--flops-target={args.flops_target} must be in (0, 1]")
+    for name in ("train_steps", "threads"):
+        if getattr(args, name) < (0 if name == "train_steps" else 1):
+            raise ConfigError(f"--{name.replace('_', '-')}={getattr(args, name)} is out of range")
+
+
+def execute(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the whole pipeline for parsed ``args``; save the model and ``report.json``; return the report."""
+    from ..serialization import save_pruned
+    from ..training import prune_and_finetune
+
+    model, arch, train_loader, test_loader, _ = prepare(args)
+    example = arch.example_input()
+    wg = build_wgates(args, model, example)
+    result = prune_and_finetune(model, example, train_loader, test_loader, recipe=build_recipe(args), wgates=wg,
+                                latency_input=example, threads=args.threads, progress=args.progress)
+    save_pruned(args.out, result.model, result.wgates.history, arch)
+    report = {"model": args.model, "data": str(args.data), "input_shape": list(arch.input_shape),
+              "baseline_train_steps": args.train_steps, "seed": args.seed, "threads": args.threads,
+              **result.report}
+    (Path(args.out) / "report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The before/after table printed at the end of a run."""
+    b, a = report["before"], report["after"]
+    rows = [("params (M)", b["params"] / 1e6, a["params"] / 1e6, "{:.3f}"),
+            ("MACs (M)", b["macs"] / 1e6, a["macs"] / 1e6, "{:.2f}"),
+            ("latency (ms)", _ms(b["latency_s"]), _ms(a["latency_s"]), "{:.3f}"),
+            ("top-1 (%)", _pct(b["top1"]), _pct(a["top1"]), "{:.1f}")]
+    lines = [f"{'':14}{'baseline':>12}{'pruned':>12}{'change':>10}"]
+    for label, before, after, fmt in rows:
+        if before is None or after is None:
+            continue
+        change = f"{after - before:+.1f}" if label.startswith("top-1") else f"{(after / before - 1) * 100:+.1f}%"
+        lines.append(f"{label:14}{fmt.format(before):>12}{fmt.format(after):>12}{change:>10}")
+    t = report["top1"]
+    if t.get("pruned") is not None:
+        lines.append(f"top-1 right after pruning {_pct(t['pruned']):.1f}%, after BN re-calibration "
+                     f"{_pct(t['recalibrated']):.1f}%, after fine-tuning {_pct(t['finetuned']):.1f}%")
+    lines.append(f"FLOPs: {report['flops_ratio']:.4f} of the original (target {report['target']})")
+    return "\n".join(lines)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3
+
+
+def _pct(fraction: float | None) -> float | None:
+    return None if fraction is None else fraction * 100
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``wgates prune``: 0 on success, 2 (with the reason on stderr) on bad input."""
+    try:
+        report = execute(args)
+    except (WGatesError, FileNotFoundError) as exc:
+        return fail("prune", exc)
+    print(format_table(report))
+    print(f"saved the pruned model and report.json to {args.out}")
+    return 0
+
+
+def fail(command: str, exc: Exception) -> int:
+    """Print ``exc`` as a one-line CLI error (argparse style) and return exit status 2."""
+    print(f"wgates {command}: error: {exc}", file=sys.stderr)
+    return 2
