@@ -166,7 +166,7 @@ def _decide(group: ChannelGroup, votes: dict[str, set[int]], notes: list[str], s
     if len(removed) >= group.size:
         raise ExportError(f"the masks remove all {group.size} channels of group '{group.name}' "
                           f"({', '.join(sorted(votes))}): a layer cannot lose every channel")
-    unmasked = [m.name for m in group.producers if m.name not in votes]
+    unmasked = sorted(m.name for m in group.producers if m.name not in votes)
     if removed and unmasked and any(m.name in votes for m in group.producers):
         notes.append(f"group '{group.name}': {', '.join(unmasked)} carry no mask but share channels with "
                      f"{', '.join(sorted(votes))}; they lose the same {len(removed)} channels")
