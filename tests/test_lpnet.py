@@ -1,0 +1,254 @@
+"""LPNet: the network, its fit and error figures, saved predictors, and latency budgets in WGates."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from wgates_plugin import ConfigError, WGates
+from wgates_plugin.efficiency import (
+    FitConfig,
+    LatencyContextError,
+    LatencyPredictor,
+    LPNet,
+    Timing,
+    collect_latency,
+    evaluate_predictor,
+    latency_errors,
+    train_predictor,
+)
+from wgates_plugin.efficiency.lpnet import fit_lpnet, split_indices
+
+FAST = Timing(warmup=1, repeats=2, threads=1)
+QUICK_FIT = FitConfig(hidden=(32, 32), epochs=60)
+
+
+def resnet(block: type[nn.Module], num_classes: int = 10, layers=(1, 1, 1, 1)) -> nn.Module:
+    torch.manual_seed(0)
+    return ResNet(block, list(layers), num_classes=num_classes).eval()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models and MLPs: one thread is fastest, and several are much slower on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    """24 measured candidates (with block timings) of a one-block-per-stage BasicBlock ResNet."""
+    model, x = resnet(BasicBlock), torch.randn(2, 3, 32, 32)
+    path = tmp_path_factory.mktemp("lat") / "r10.jsonl"
+    samples = collect_latency(model, x, path, 24, batch=2, timing=FAST, blocks=True, progress=False)
+    return model, x, samples
+
+
+@pytest.fixture(scope="module")
+def network(collected):
+    return train_predictor(collected[2], "network", QUICK_FIT)
+
+
+@pytest.fixture(scope="module")
+def block(collected):
+    return train_predictor(collected[2], "block", QUICK_FIT)
+
+
+# ---------------------------------------------------------------------------- the network and its fit
+def test_lpnet_is_three_fc_layers_with_relu_after_the_first_two():
+    net = LPNet(7, (16, 8))
+    assert [type(m) for m in net.layers] == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
+    linear = [(m.in_features, m.out_features) for m in net.layers if isinstance(m, nn.Linear)]
+    assert linear == [(7, 16), (16, 8), (8, 1)]
+    assert net(torch.rand(5, 7)).shape == (5,)
+
+
+def test_lpnet_rejects_a_bad_hidden_spec():
+    with pytest.raises(ConfigError, match=r"hidden=\(16,\) must be two positive layer widths"):
+        LPNet(4, (16,))
+
+
+@pytest.mark.parametrize("log_target", [True, False])
+def test_fit_learns_a_smooth_latency_surface_to_under_two_percent(log_target):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(250, 3, generator=gen)
+    x[:, 2] = 0.5  # a constant feature (std 0) must not break the normalization
+    y = 2 + 3 * x[:, 0] + 4 * x[:, 1] ** 2  # ms, from 2 to 9
+    net = fit_lpnet(x[:200], y[:200], FitConfig(hidden=(64, 64), epochs=100, log_target=log_target))
+    with torch.no_grad():
+        errors = latency_errors(net(x[200:]).numpy(), y[200:].numpy())
+    assert errors.mape < 2.0 and errors.spearman > 0.99
+
+
+def test_fit_refuses_non_positive_latencies_and_bad_shapes():
+    with pytest.raises(ConfigError, match="every measured latency must be > 0 ms"):
+        fit_lpnet(torch.rand(4, 2), torch.tensor([1.0, 0.0, 2.0, 3.0]))
+    with pytest.raises(ConfigError, match=r"got \(4, 2\) and \(3,\)"):
+        fit_lpnet(torch.rand(4, 2), torch.ones(3))
+
+
+def test_error_figures_by_hand():
+    errors = latency_errors([1.0, 2.08, 2.76, 4.0], [1.0, 2.0, 3.0, 4.0])  # errors 0, 4, 8, 0 %
+    assert errors.mape == pytest.approx(3.0) and errors.max_ape == pytest.approx(8.0)
+    assert (errors.within_5, errors.within_10, errors.n) == (0.75, 1.0, 4)
+    assert errors.spearman == pytest.approx(1.0)
+    assert latency_errors([1, 3, 2, 4], [1, 2, 3, 4]).spearman == pytest.approx(0.8)
+
+
+def test_split_is_a_disjoint_80_20_partition():
+    train, test = split_indices(50, 0.2, seed=1)
+    assert len(test) == 10 and set(train) | set(test) == set(range(50)) and not set(train) & set(test)
+    with pytest.raises(ConfigError, match="test_fraction=1.0 must be in \\(0, 1\\)"):
+        split_indices(10, 1.0)
+
+
+# ---------------------------------------------------------------------------- training from samples
+def test_report_is_the_held_out_error_of_the_saved_predictor(collected, network):
+    _, _, samples = collected
+    predictor, report = network
+    assert (report["n_train"], report["n_test"]) == (20, 5)  # reference + 19 train, 5 held out
+    _, test = split_indices(24, 0.2, 0)
+    held_out = [samples.records[i] for i in test]
+    predicted = [predictor.predict_record(r, samples.reference) for r in held_out]
+    assert report["network"] == latency_errors(predicted, [r["ms"] for r in held_out]).asdict()
+
+
+def test_block_report_scores_blocks_and_their_sums(block):
+    _, report = block
+    bb = "torchvision.models.resnet.BasicBlock"
+    assert report["blocks"][bb]["n"] == 5 * 4  # 4 blocks in each of the 5 held-out networks
+    assert 0 <= report["network"]["mape"] < 100 and -1 <= report["blocks"][bb]["spearman"] <= 1
+
+
+def test_block_kind_needs_block_timings(collected, tmp_path):
+    model, x, _ = collected
+    plain = collect_latency(model, x, tmp_path / "p.jsonl", 4, batch=2, timing=FAST, progress=False)
+    with pytest.raises(ConfigError, match="no block timings; collect them with blocks=True"):
+        train_predictor(plain, "block", QUICK_FIT)
+    with pytest.raises(ConfigError, match="kind='layer' is not one of"):
+        train_predictor(plain, "layer", QUICK_FIT)
+
+
+# ---------------------------------------------------------------------------- saving and loading
+def test_save_load_round_trip_keeps_predictions_and_metadata(collected, block, tmp_path):
+    _, _, samples = collected
+    predictor, _ = block
+    path = tmp_path / "b.lpnet"
+    predictor.save(path)
+    loaded = LatencyPredictor.load(path)
+    blocks = samples.records[0]["blocks"]
+    torch.testing.assert_close(loaded.predict_blocks(blocks), predictor.predict_blocks(blocks), rtol=0, atol=0)
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["wgates_lpnet"])
+    ctx = meta["context"]
+    assert {"model", "model_hash", "device", "torch", "threads", "batch", "input_shape", "groups"} <= set(ctx)
+    assert meta["nets"][0]["x_mean"] == predictor.nets[0].x_mean.tolist()  # normalization in the JSON
+
+
+def test_loading_a_foreign_safetensors_file_is_refused(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file({"w": torch.ones(2)}, str(path))
+    with pytest.raises(ConfigError, match="is not a W-Gates LPNet file"):
+        LatencyPredictor.load(path)
+
+
+def test_binding_to_another_input_size_device_batch_or_model_is_refused(collected, network, tmp_path):
+    model, x, _ = collected
+    predictor, _ = network
+    predictor.save(tmp_path / "n.lpnet")
+    loaded = LatencyPredictor.load(tmp_path / "n.lpnet")
+    with pytest.raises(LatencyContextError, match=r"input_shape: saved \[3, 32, 32\], now \[3, 16, 16\]"):
+        loaded.for_model(model, torch.randn(2, 3, 16, 16))
+    with pytest.raises(LatencyContextError, match="batch: saved 2, now 8"):
+        loaded.for_model(model, x, batch=8)
+    with pytest.raises(LatencyContextError, match="model_hash: saved .* another architecture|another architecture"):
+        loaded.for_model(resnet(BasicBlock, num_classes=7), x)
+    loaded.context = dict(loaded.context, device="cpu: Imaginary CPU 9000")
+    with pytest.raises(LatencyContextError, match="device: saved 'cpu: Imaginary CPU 9000', now 'cpu: "):
+        loaded.for_model(model, x)
+
+
+def test_evaluating_on_samples_of_another_context_is_refused(collected, network, tmp_path):
+    model, x, _ = collected
+    other = collect_latency(model, x, tmp_path / "o.jsonl", 2, batch=3, timing=FAST, progress=False)
+    with pytest.raises(LatencyContextError, match="batch: saved 2, now 3"):
+        evaluate_predictor(network[0], other)
+
+
+# ---------------------------------------------------------------------------- as an efficiency model
+@pytest.mark.parametrize("kind", ["network", "block"])
+def test_gradient_flows_from_predicted_latency_to_the_counts(collected, network, block, kind):
+    model, x, _ = collected
+    latency = (network if kind == "network" else block)[0].for_model(model, x)
+    counts = (latency.full_counts() * 0.7).requires_grad_()
+    latency.cost(counts).backward()
+    assert torch.isfinite(counts.grad).all() and counts.grad.abs().sum() > 0
+
+
+def test_reference_is_the_measured_unpruned_latency(collected, network, block):
+    model, x, samples = collected
+    net = network[0].for_model(model, x)
+    assert net.reference() == samples.reference["ms"]
+    blk = block[0].for_model(model, x)
+    assert blk.reference() == samples.reference["ms"]
+    assert blk.predicted_reference() == pytest.approx(samples.reference["ms"], rel=1e-5)  # remainder calibrates
+
+
+def test_block_lpnet_binds_to_a_deeper_model_of_the_same_block_type(collected, block):
+    _, x, _ = collected
+    deeper = resnet(BasicBlock, layers=(2, 2, 2, 2))  # resnet18
+    latency = block[0].for_model(deeper, x)
+    assert len(latency.encoder.blocks) == 8 and latency.reference() > 0  # measured on this device now
+    assert latency.predicted_reference() == pytest.approx(latency.reference(), rel=1e-5)
+    with pytest.raises(LatencyContextError, match="Bottleneck.*does not know"):
+        block[0].for_model(resnet(Bottleneck), x)
+
+
+def test_network_lpnet_refuses_other_gated_groups(collected, network):
+    model, x, _ = collected
+    with pytest.raises(LatencyContextError, match="groups: saved"):
+        network[0].for_model(model, x, config=None, groups=[])
+
+
+def test_latency_target_lands_the_predicted_latency_and_export_reports_measured(collected, network):
+    model, x, _ = collected
+    predictor = network[0]
+    before = {k: v.clone() for k, v in predictor.state_dict().items()}
+    wg = WGates(model, x, target=0.6, efficiency=predictor.efficiency(model, x))
+    opt = torch.optim.Adam(wg.parameters(), lr=1e-2)
+    for _ in range(5):
+        loss = model(x).logsumexp(1).mean() + wg.efficiency_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    wg.freeze()
+    assert 0.6 * (1 - wg.config.tolerance) <= wg.cost_ratio() <= 0.6
+    small = wg.export()
+    report = wg.efficiency.compare(small, wg.counts(), FAST)
+    assert report["predicted_ms"] == pytest.approx(wg.cost_ratio() * wg.reference_cost, rel=1e-5)
+    assert report["measured_ms"] > 0 and report["reference_ms"] == wg.reference_cost
+    assert report["error_pct"] == pytest.approx(100 * (report["predicted_ms"] / report["measured_ms"] - 1))
+    for k, v in predictor.state_dict().items():  # the LPNet is fixed while the gates train
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    wg.remove()
+
+
+def test_paper_mode_loss_is_alpha_log_one_plus_relative_latency(collected, block):
+    model, x, _ = collected
+    wg = WGates(model, x, mode="paper", alpha=0.3, efficiency=block[0].efficiency(model, x))
+    loss = wg.efficiency_loss()
+    with torch.no_grad():
+        expected = 0.3 * math.log1p(float(wg.efficiency(wg.counts())) / wg.reference_cost)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert sum(float(g.fc.grad.abs().sum()) for g in wg.gates) > 0
+    wg.remove()

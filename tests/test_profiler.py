@@ -1,0 +1,271 @@
+"""Latency profiler: timing, candidate space and physical candidates, sample files and resuming."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+from wgates_plugin import ConfigError, ConfigTypeError, LayerBounds, WGates, WGatesConfig, count_macs
+from wgates_plugin.efficiency import (
+    CandidateSpace,
+    FlopsModel,
+    LatencyContextError,
+    Timing,
+    collect_latency,
+    device_name,
+    load_samples,
+    measure_ms,
+    record_layer_shapes,
+)
+from wgates_plugin.efficiency.profiler import architecture_hash, capture_block_inputs
+
+FAST = Timing(warmup=1, repeats=2, threads=1)
+
+
+def resnet10() -> nn.Module:
+    """torchvision's ResNet with one BasicBlock per stage: resnet18's block type at half the depth."""
+    torch.manual_seed(0)
+    return ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10).eval()
+
+
+class GroupedCNN(nn.Module):
+    """A stem whose channels feed a grouped (not depthwise) conv: its group is tied over 4 conv groups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=4), nn.BatchNorm2d(16), nn.ReLU())
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.b(self.a(x)).mean((2, 3)))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is fastest, and several are much slower on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def r10():
+    return resnet10(), torch.randn(2, 3, 32, 32)
+
+
+# ---------------------------------------------------------------------------- timing
+@pytest.mark.parametrize("kwargs, match", [
+    ({"warmup": -1}, "warmup=-1 must be an integer >= 0"),
+    ({"repeats": 0}, "repeats=0 must be an integer >= 1"),
+    ({"repeats": 2.5}, "repeats=2.5 must be an integer"),
+    ({"threads": 0}, "threads=0 must be None or an integer >= 1"),
+    ({"clock": "tsc"}, "clock='tsc' is not one of \\('wall', 'cpu'\\)"),
+    ({"clock": "cpu", "threads": 2}, "clock='cpu' needs threads=1 \\(got 2\\)"),
+])
+def test_timing_rejects_bad_values(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        Timing(**kwargs)
+
+
+def test_measure_restores_mode_and_threads_and_returns_milliseconds(r10):
+    model, x = r10
+    model.train()
+    threads = torch.get_num_threads()
+    ms = measure_ms(model, x, Timing(warmup=1, repeats=3, threads=1))
+    assert model.training and torch.get_num_threads() == threads
+    assert 0 < ms < 10_000
+
+
+def test_cpu_clock_counts_work_not_waiting(r10):
+    model, x = r10
+    cpu = Timing(warmup=1, repeats=3, threads=1, clock="cpu")
+    ms = measure_ms(model, x, cpu)
+    assert ms > 0
+    slept = nn.Sequential()
+    slept.forward = lambda t: time.sleep(0.05) or t  # 50 ms of waiting, no work
+    assert measure_ms(slept, x, cpu) < 5 < measure_ms(slept, x, FAST)
+    with pytest.raises(ConfigError, match="clock='cpu' times CPU work; on meta use clock='wall'"):
+        measure_ms(model, x, cpu, device="meta")
+
+
+def test_measure_runs_under_no_grad_and_eval():
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append((torch.is_grad_enabled(), self.training))
+            return x * 2
+
+    measure_ms(Probe().train(), torch.ones(3), Timing(warmup=2, repeats=3))
+    assert seen == [(False, False)] * 5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine; the CUDA path "
+                    "(synchronize around every timed forward) is exercised only where a GPU exists")
+def test_measure_on_cuda_synchronizes_and_names_the_gpu(r10):
+    model, _ = r10
+    x = torch.randn(4, 3, 32, 32, device="cuda")
+    assert measure_ms(model, x, FAST) > 0
+    assert device_name("cuda") == f"cuda: {torch.cuda.get_device_name(0)}"
+
+
+def test_device_name_names_the_cpu():
+    name = device_name("cpu")
+    assert name.startswith("cpu: ") and len(name) > 5
+
+
+def test_architecture_hash_ignores_weights_but_not_widths():
+    a, b = resnet10(), resnet10()
+    with torch.no_grad():
+        next(b.parameters()).add_(1.0)
+    assert architecture_hash(a) == architecture_hash(b)
+    assert architecture_hash(a) != architecture_hash(ResNet(BasicBlock, [1, 1, 1, 1], num_classes=11))
+
+
+# ---------------------------------------------------------------------------- candidate space
+def test_space_uses_the_groups_and_bounds_wgates_uses(r10):
+    model, x = r10
+    config = WGatesConfig(mode="none", bounds=LayerBounds(0.25, 0.75))
+    space = CandidateSpace(model, x, config)
+    wg = WGates(model, x, config)
+    wg.remove()
+    assert [g.name for g in space.groups] == [g.name for g in wg.groups]
+    assert space.bounds == wg.unit_bounds()
+
+
+def test_samples_are_deterministic_and_inside_the_bounds(r10):
+    model, x = r10
+    space = CandidateSpace(model, x, WGatesConfig(mode="none", bounds=LayerBounds(0.25, 0.75)))
+    draws = [space.sample(i, seed=3) for i in range(40)]
+    assert draws == [space.sample(i, seed=3) for i in range(40)]
+    assert draws != [space.sample(i, seed=4) for i in range(40)]
+    for counts in draws:
+        space.check_counts(counts)
+    flat = [c / s for counts in draws for c, s in zip(counts, space.sizes)]
+    assert min(flat) == 0.25 and max(flat) == 0.75  # the ends of the range are reached
+
+
+@pytest.mark.parametrize("spread", [0.0, 1.0])
+def test_spread_zero_prunes_every_group_alike(r10, spread):
+    model, x = r10
+    space = CandidateSpace(model, x)
+    ratios = {round(c / s, 1) for c, s in zip(space.sample(5, spread=spread), space.sizes)}
+    assert (len(ratios) == 1) == (spread == 0.0)
+
+
+def test_built_candidate_has_the_counts_and_the_flops_the_flops_model_predicts(r10):
+    model, x = r10
+    space = CandidateSpace(model, x)
+    flops = FlopsModel(record_layer_shapes(model, x), space.groups)
+    counts = space.sample(7)
+    pruned = space.build(counts)
+    modules = dict(pruned.named_modules())
+    assert [modules[g.name].out_channels for g in space.groups] == counts
+    assert count_macs(pruned, x) == pytest.approx(float(flops.cost(torch.tensor(counts, dtype=torch.float))),
+                                                  rel=1e-6)
+    assert count_macs(model, x) == pytest.approx(flops.reference(), rel=1e-6)  # the original is untouched
+
+
+def test_grouped_conv_candidates_stay_valid_grouped_convs():
+    model, x = GroupedCNN().eval(), torch.randn(2, 3, 16, 16)
+    space = CandidateSpace(model, x)
+    assert [g.name for g in space.groups] == ["b.0", "a.0"] and space.bounds[1].tie == 4
+    pruned = space.build([16, 8])
+    assert (pruned.b[0].in_channels, pruned.b[0].groups) == (8, 4)
+    assert pruned(x).shape == (2, 5)
+    with pytest.raises(ConfigError, match="'a.0' cannot keep 6 channels: allowed multiples of 4 in \\[4, 16\\]"):
+        space.build([16, 6])
+
+
+def test_counts_of_the_wrong_length_are_refused(r10):
+    model, x = r10
+    space = CandidateSpace(model, x)
+    with pytest.raises(ConfigError, match="counts has 2 entries, the model has 4 gated groups"):
+        space.build([8, 8])
+
+
+# ---------------------------------------------------------------------------- collection and files
+def test_collection_writes_context_reference_and_candidates(r10, tmp_path):
+    model, x = r10
+    path = tmp_path / "s.jsonl"
+    samples = collect_latency(model, x, path, 3, batch=2, timing=FAST, model_name="resnet10", progress=False)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    ctx = lines[0]["context"]
+    assert ctx["model"] == "resnet10" and ctx["model_hash"] == architecture_hash(model)
+    assert ctx["device"] == device_name("cpu") and ctx["torch"] == torch.__version__
+    assert (ctx["threads"], ctx["batch"], ctx["input_shape"]) == (1, 2, [3, 32, 32])
+    assert ctx["groups"] == [g.name for g in CandidateSpace(model, x).groups]
+    assert [rec["index"] for rec in lines[1:]] == [-1, 0, 1, 2]
+    assert samples.reference["counts"] == ctx["sizes"] and all(rec["ms"] > 0 for rec in lines[1:])
+    assert load_samples(path).records == samples.records
+
+
+def test_resume_skips_done_candidates_and_survives_a_torn_line(r10, tmp_path):
+    model, x = r10
+    path = tmp_path / "s.jsonl"
+    collect_latency(model, x, path, 2, batch=2, timing=FAST, progress=False)
+    lines = path.read_text().splitlines()
+    marked = json.loads(lines[2])
+    marked["ms"] = 12345.0  # a value no measurement gives: if record 0 were re-measured it would change
+    torn = json.dumps({"index": 2, "counts": [1, 1, 1, 1], "ms": 1.0})[:20]  # interrupted mid-write
+    path.write_text("\n".join(lines[:2] + [json.dumps(marked)] + lines[3:]) + "\n" + torn)
+    assert len(load_samples(path)) == 2  # the torn line is ignored on reading
+    samples = collect_latency(model, x, path, 4, batch=2, timing=FAST, progress=False)
+    indices = [json.loads(line)["index"] for line in path.read_text().splitlines()[1:]]
+    assert indices == [-1, 0, 1, 2, 3]  # torn line gone, 0 and 1 kept, only 2 and 3 measured
+    assert samples.records[0]["ms"] == 12345.0
+
+
+def test_resuming_with_another_context_is_refused(r10, tmp_path):
+    model, x = r10
+    path = tmp_path / "s.jsonl"
+    collect_latency(model, x, path, 1, batch=2, timing=FAST, progress=False)
+    with pytest.raises(LatencyContextError, match="batch: saved 2, now 4.*HINT: write to a new file"):
+        collect_latency(model, x, path, 2, batch=4, timing=FAST, progress=False)
+
+
+def test_bad_collection_arguments(r10, tmp_path):
+    model, x = r10
+    with pytest.raises(ConfigTypeError, match="image tensor"):
+        collect_latency(model, (x,), tmp_path / "a.jsonl", 1)
+    with pytest.raises(ConfigError, match="samples=-1 must be an integer >= 0"):
+        collect_latency(model, x, tmp_path / "a.jsonl", -1)
+
+
+def test_a_file_that_is_not_samples_is_refused(tmp_path):
+    path = tmp_path / "other.jsonl"
+    path.write_text('{"hello": 1}\n')
+    with pytest.raises(ConfigError, match="is not a latency samples file"):
+        load_samples(path)
+
+
+def test_block_features_are_the_built_candidates_real_channel_counts(r10, tmp_path):
+    model, x = r10
+    samples = collect_latency(model, x, tmp_path / "b.jsonl", 3, batch=2, timing=FAST, blocks=True,
+                              config=WGatesConfig(mode="none", prune_shortcuts=True), progress=False)
+    layout = samples.context["blocks"]["layout"]
+    assert layout == {"torchvision.models.resnet.BasicBlock": ["conv1", "conv2", "downsample.0"]}
+    space = CandidateSpace(model, x, WGatesConfig(mode="none", prune_shortcuts=True))
+    for rec in samples.records:
+        modules = dict(space.build(rec["counts"]).named_modules())
+        assert [b["name"] for b in rec["blocks"]] == ["layer1.0", "layer2.0", "layer3.0", "layer4.0"]
+        for block in rec["blocks"]:
+            for slot, feats in zip(["conv1", "conv2", "downsample.0"], torch.tensor(block["features"]).view(3, 5)):
+                conv = modules.get(f"{block['name']}.{slot}")
+                expected = [0, 0] if conv is None else [conv.in_channels, conv.out_channels]
+                assert feats[:2].tolist() == expected
+            assert block["ms"] > 0
+
+
+def test_block_inputs_are_captured_as_the_network_feeds_them(r10):
+    model, x = r10
+    captured = capture_block_inputs(model, x, ["layer2.0", "layer4.0"])
+    assert captured["layer2.0"][0].shape == (2, 64, 8, 8)
+    assert captured["layer4.0"][0].shape == (2, 256, 2, 2)

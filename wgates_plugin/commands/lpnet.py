@@ -1,0 +1,143 @@
+"""``wgates lpnet collect | train | eval``: measure latencies on this device, fit an LPNet, score it.
+
+Example::
+
+    wgates lpnet collect --model resnet18 --input-size 64 --batch 8 --threads 1 --samples 300 --out r18.jsonl
+    wgates lpnet train --samples r18.jsonl --kind network --out r18.lpnet.safetensors
+    wgates prune --model resnet18 --lpnet r18.lpnet.safetensors --latency-target 0.6 ...
+
+    wgates lpnet collect --model resnet50 --input-size 64 --samples 200 --blocks --out r50.jsonl
+    wgates lpnet train --samples r50.jsonl --kind block --out bottleneck.lpnet.safetensors
+    wgates lpnet collect --model resnet101 --input-size 64 --samples 30 --blocks --out r101.jsonl
+    wgates lpnet eval --lpnet bottleneck.lpnet.safetensors --samples r101.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("lpnet", help="latency samples and latency prediction networks (LPNet)",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="lpnet_command", required=True)
+    _collect_parser(sub)
+    _train_parser(sub)
+    _eval_parser(sub)
+
+
+def _collect_parser(sub: Any) -> None:
+    p = sub.add_parser("collect", help="measure the latency of pruned candidates of a model on this device")
+    p.add_argument("--model", required=True, help="torchvision classification model name, e.g. resnet18")
+    p.add_argument("--num-classes", type=int, default=10, help="classifier width (default 10)")
+    p.add_argument("--input-size", type=int, default=64, help="input height and width (default 64)")
+    p.add_argument("--batch", type=int, default=8, help="batch size of the timed forward (default 8)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads while measuring (default 1)")
+    p.add_argument("--samples", type=int, required=True, help="number of pruned candidates to measure")
+    p.add_argument("--out", required=True, help="samples file (JSON lines); an existing one is resumed")
+    p.add_argument("--blocks", action="store_true", help="also time every residual block (for --kind block)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: real latency; cpu: CPU time of the forward, stable on a busy shared machine "
+                        "(needs --threads 1) (default wall)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed forwards per candidate (default 3)")
+    p.add_argument("--repeats", type=int, default=15, help="timed forwards per candidate; median (default 15)")
+    p.add_argument("--seed", type=int, default=0, help="candidate sampler seed (default 0)")
+    p.add_argument("--spread", type=float, default=0.5, help="per-group spread around a common ratio (0.5)")
+    p.add_argument("--min-keep", type=float, default=0.0, help="smallest kept fraction per group (default 0)")
+    p.add_argument("--prune-shortcuts", action="store_true", help="also vary residual-coupled groups")
+    p.set_defaults(func=_collect)
+
+
+def _train_parser(sub: Any) -> None:
+    p = sub.add_parser("train", help="fit an LPNet on latency samples; report held-out errors")
+    p.add_argument("--samples", required=True, help="samples file from 'wgates lpnet collect'")
+    p.add_argument("--kind", choices=("network", "block"), default="network",
+                   help="network: one LPNet on the whole encoding; block: one per block type (default network)")
+    p.add_argument("--out", required=True, help="LPNet file to write (safetensors with JSON metadata)")
+    p.add_argument("--epochs", type=int, default=300, help="training epochs (default 300)")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
+    p.add_argument("--hidden", type=int, nargs=2, default=(128, 128), help="hidden widths (default 128 128)")
+    p.add_argument("--mse", action="store_true", help="MSE on milliseconds instead of on log-latency")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="held-out share of candidates (0.2)")
+    p.add_argument("--seed", type=int, default=0, help="split and initialization seed (default 0)")
+    p.add_argument("--report", help="also write the held-out report to this JSON file")
+    p.set_defaults(func=_train)
+
+
+def _eval_parser(sub: Any) -> None:
+    p = sub.add_parser("eval", help="score an LPNet on a samples file (e.g. another model of the same blocks)")
+    p.add_argument("--lpnet", required=True, help="LPNet file from 'wgates lpnet train'")
+    p.add_argument("--samples", required=True, help="samples file measured in the same context")
+    p.add_argument("--report", help="also write the report to this JSON file")
+    p.set_defaults(func=_eval)
+
+
+def _collect(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..config import LayerBounds, WGatesConfig
+    from ..efficiency.profiler import Timing, collect_latency
+    from ..models import Architecture, build_model
+
+    shape = (2, 3, args.input_size, args.input_size)
+    model = build_model(Architecture(args.model, {"num_classes": args.num_classes}, shape)).eval()
+    config = WGatesConfig(mode="none", prune_shortcuts=args.prune_shortcuts, bounds=LayerBounds(args.min_keep))
+    samples = collect_latency(
+        model, torch.zeros(shape), args.out, args.samples, device=args.device, batch=args.batch,
+        timing=Timing(args.warmup, args.repeats, args.threads, args.clock), seed=args.seed, spread=args.spread,
+        config=config, blocks=args.blocks, model_name=args.model)
+    ctx = samples.context
+    print(f"{len(samples)} candidates + reference ({samples.reference['ms']:.3f} ms) of {ctx['model']} on "
+          f"'{ctx['device']}', input {ctx['input_shape']}, batch {ctx['batch']}, {ctx['threads']} threads "
+          f"-> {args.out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..efficiency.lpnet import FitConfig
+    from ..efficiency.lpnet_fit import train_predictor
+    from ..efficiency.samples import load_samples
+
+    fit = FitConfig(tuple(args.hidden), not args.mse, args.epochs, args.lr, seed=args.seed)
+    predictor, report = train_predictor(load_samples(args.samples), args.kind, fit, args.test_fraction,
+                                        args.seed, progress=True)
+    predictor.save(args.out)
+    _print_report(report, f"{args.kind} LPNet, held-out {report['n_test']} of "
+                          f"{report['n_test'] + report['n_train']} candidates")
+    _write(args.report, report)
+    print(f"saved {args.out}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ..efficiency.latency import LatencyPredictor
+    from ..efficiency.lpnet_fit import evaluate_predictor
+    from ..efficiency.samples import load_samples
+
+    predictor = LatencyPredictor.load(args.lpnet)
+    samples = load_samples(args.samples)
+    report = evaluate_predictor(predictor, samples)
+    _print_report(report, f"{predictor.kind} LPNet ({predictor.context['model']}) on "
+                          f"{report['n_test']} candidates of {samples.context['model']}")
+    _write(args.report, report)
+    return 0
+
+
+def _print_report(report: dict[str, Any], title: str) -> None:
+    from ..efficiency.lpnet import LatencyErrors
+
+    print(title)
+    print(f"  network latency: {LatencyErrors(**report['network'])}")
+    for block_type, errors in report.get("blocks", {}).items():
+        print(f"  {block_type.rsplit('.', 1)[-1]} blocks: {LatencyErrors(**errors)}")
+
+
+def _write(path: str | None, report: dict[str, Any]) -> None:
+    if path:
+        Path(path).write_text(json.dumps(report, indent=2))

@@ -1,0 +1,287 @@
+"""Latency as an efficiency model: a trained LPNet bound to a model, saved with its context.
+
+Two granularities, as in the paper:
+
+- ``network``: one LPNet maps the whole encoding ``c / sizes`` (live fraction per gated group) to the
+  network's latency (the paper's ResNet-34 setting). It is tied to one architecture.
+- ``block``: one LPNet per block type maps a block's encoding (see
+  :mod:`~wgates_plugin.efficiency.blocks`) to that block's latency; the network's latency is the sum
+  over its blocks plus a constant *remainder* for what lies outside the blocks (stem, pooling, head):
+  ``remainder = measured(unpruned) - sum of predicted blocks(unpruned)``, so the prediction for the
+  unpruned network is its measured latency. Tied to a block type, reusable on every model built from
+  it (resnet50 -> resnet101) on the same device, input size and batch.
+
+The budget reference (:meth:`LatencyModel.reference`) is the *measured* latency of the unpruned model,
+so ``WGates(..., target=0.6)`` aims at 60 % of what the original model measured on the device.
+
+Files: safetensors holding the LPNet weights, with the JSON metadata (kind, the collection context:
+model name and hash, device name, torch version, threads, batch, input shape, group names; the
+normalization constants; the reference measurement; the held-out report) in the safetensors header.
+Loading never executes code.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import WGatesConfig
+from ..errors import ConfigError
+from ..groups import ChannelGroup
+from .base import EfficiencyModel
+from .blocks import BlockEncoder, BlockInfo, default_block_types, find_blocks, type_key
+from .lpnet import LPNet
+from .profiler import Timing, device_name, measure_ms
+from .samples import LatencyContextError, context_diff
+
+__all__ = ["KINDS", "LatencyPredictor", "LatencyModel"]
+
+KINDS = ("network", "block")
+LPNET_FORMAT = "wgates-lpnet/1"
+_MEASUREMENT_KEYS = ("device", "input_shape", "batch", "threads", "clock")
+
+
+class LatencyPredictor(nn.Module):
+    """Trained LPNet(s) with the context their training latencies were measured in.
+
+    Build one with :func:`~wgates_plugin.efficiency.lpnet_fit.train_predictor`, or :meth:`load` it.
+
+    Attributes:
+        kind: ``'network'`` or ``'block'``.
+        types: block type per net (``['network']`` for the network kind).
+        nets: the LPNets, aligned with ``types``.
+        context: the samples' collection context.
+        info: reference measurement (``{'ms', 'blocks'}``), fit settings and the held-out report.
+    """
+
+    def __init__(self, kind: str, types: Sequence[str], nets: Sequence[LPNet], context: dict[str, Any],
+                 info: dict[str, Any]) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ConfigError(f"kind={kind!r} is not one of {KINDS}")
+        self.kind, self.types, self.context, self.info = kind, list(types), context, info
+        self.nets = nn.ModuleList(nets)
+
+    def net(self, block_type: str) -> LPNet:
+        if block_type not in self.types:
+            raise LatencyContextError(f"no LPNet for block type {block_type!r}; this one knows {self.types}")
+        return self.nets[self.types.index(block_type)]  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ prediction from stored encodings
+    def predict_counts(self, counts: torch.Tensor) -> torch.Tensor:
+        """Network kind: latency (ms) of encodings ``counts (N, G)``, shape ``(N,)``."""
+        sizes = torch.tensor(self.context["sizes"], dtype=counts.dtype, device=counts.device)
+        return self.nets[0](counts / sizes)
+
+    def predict_blocks(self, blocks: Sequence[dict[str, Any]]) -> torch.Tensor:
+        """Block kind: latency (ms) of every stored block record, shape ``(B,)``."""
+        out = torch.empty(len(blocks))
+        for t in dict.fromkeys(b["type"] for b in blocks):
+            rows = [i for i, b in enumerate(blocks) if b["type"] == t]
+            with torch.no_grad():
+                out[rows] = self.net(t)(torch.tensor([blocks[i]["features"] for i in rows]))
+        return out
+
+    def predict_record(self, record: dict[str, Any], reference: dict[str, Any]) -> float:
+        """Predicted network latency (ms) of one stored candidate; ``reference`` = its file's reference."""
+        if self.kind == "network":
+            with torch.no_grad():
+                return float(self.predict_counts(torch.tensor([record["counts"]], dtype=torch.float32))[0])
+        remainder = reference["ms"] - float(self.predict_blocks(reference["blocks"]).sum())
+        return float(self.predict_blocks(record["blocks"]).sum()) + remainder
+
+    def check_samples(self, context: dict[str, Any]) -> None:
+        """Raise :class:`LatencyContextError` unless samples of ``context`` are predictable by this LPNet."""
+        keys = _MEASUREMENT_KEYS + (("model_hash", "groups") if self.kind == "network" else ())
+        diff = context_diff(self.context, context, keys)
+        if self.kind == "block":
+            diff += self._layout_diff((context.get("blocks") or {}).get("features", {}))
+        if diff:
+            raise LatencyContextError(f"the {self.kind} LPNet was trained in another context: {'; '.join(diff)}. "
+                                      "HINT: collect samples and train an LPNet for this setting")
+
+    def _layout_diff(self, features: dict[str, list[str]]) -> list[str]:
+        saved = self.context["blocks"]["features"]
+        return [f"block type {t}: features {f} differ from the trained {saved.get(t)}"
+                for t, f in features.items() if saved.get(t) != f]
+
+    # ------------------------------------------------------------------ binding to a model
+    def for_model(self, model: nn.Module, example_inputs: torch.Tensor, groups: Sequence[ChannelGroup] | None = None,
+                  *, config: WGatesConfig | None = None, device: str | torch.device | None = None,
+                  batch: int | None = None, reference_ms: float | None = None) -> LatencyModel:
+        """The efficiency model of ``model``'s gated ``groups`` (default: those ``config`` gates).
+
+        Args:
+            model: the unpruned model the budget is for.
+            example_inputs: a batch it accepts; its ``(C, H, W)`` must be the LPNet's input shape.
+            groups: the gated groups (``WGates`` passes them when given :meth:`efficiency`).
+            config: selects the groups when ``groups`` is None.
+            device: where the model will run (default: the LPNet's device type); must be the same
+                device model the latencies were measured on.
+            batch: the batch size it will run at, checked when given.
+            reference_ms: block kind on another model: its measured unpruned latency (measured here
+                with the LPNet's timing settings when None).
+
+        Raises:
+            LatencyContextError: other device, input shape, batch, architecture (network kind) or
+                block type (block kind) than the LPNet was trained for.
+        """
+        from .candidates import CandidateSpace
+
+        groups = list(groups) if groups is not None else CandidateSpace(model, example_inputs, config).groups
+        self._check_run(model, example_inputs, device, batch)
+        if self.kind == "network":
+            self._check_network(model, groups)
+            return LatencyModel(self, groups, float(self.info["reference"]["ms"]))
+        encoder = BlockEncoder(model, example_inputs, groups, self._blocks_of(model),
+                               layout=self.context["blocks"]["layout"])
+        same = _hash(model) == self.context["model_hash"] and [g.name for g in groups] == self.context["groups"]
+        if reference_ms is None:
+            reference_ms = float(self.info["reference"]["ms"]) if same else self._measure(model, example_inputs)
+        return LatencyModel(self, groups, reference_ms, encoder)
+
+    def _blocks_of(self, model: nn.Module) -> list[BlockInfo]:
+        """The blocks of ``model``: modules of a type this LPNet knows, or of a default block type."""
+        known, defaults = self.context["blocks"]["layout"], default_block_types()
+        names = [n for n, m in model.named_modules() if n and (type_key(m) in known or isinstance(m, defaults))]
+        if not names:
+            raise LatencyContextError(f"{type(model).__name__} has no block of the types this block LPNet "
+                                      f"knows ({sorted(known)})")
+        return find_blocks(model, names=_outer(names))
+
+    def efficiency(self, model: nn.Module, example_inputs: torch.Tensor,
+                   **kwargs: Any) -> Callable[[list[ChannelGroup]], LatencyModel]:
+        """A factory for ``WGates(..., efficiency=...)``: binds this LPNet to the groups WGates gates."""
+        return lambda groups: self.for_model(model, example_inputs, groups, **kwargs)
+
+    def _check_run(self, model, example_inputs, device, batch) -> None:
+        ctx = self.context
+        now = {"device": device_name(device or ctx["device"].split(":")[0]),
+               "input_shape": list(example_inputs.shape[1:]), "batch": batch if batch is not None else ctx["batch"]}
+        diff = context_diff(ctx, now, tuple(now))
+        if diff:
+            raise LatencyContextError(
+                f"the LPNet was trained for model {ctx['model']!r} on '{ctx['device']}', input {ctx['input_shape']}, "
+                f"batch {ctx['batch']}; this use differs: {'; '.join(diff)}. HINT: collect latency samples and "
+                "train an LPNet on this device and input size (wgates lpnet collect / train)")
+
+    def _check_network(self, model: nn.Module, groups: Sequence[ChannelGroup]) -> None:
+        now = {"model_hash": _hash(model), "groups": [g.name for g in groups]}
+        diff = context_diff(self.context, now, tuple(now))
+        if diff:
+            raise LatencyContextError(
+                f"this network LPNet was trained for another architecture ({self.context['model']!r}): "
+                f"{'; '.join(diff)}. A network LPNet is tied to one architecture and its gated groups; "
+                "HINT: use a block LPNet to reuse latency data across models")
+
+    def _measure(self, model: nn.Module, example_inputs: torch.Tensor) -> float:
+        ctx, dev = self.context, self.context["device"].split(":")[0]
+        x = torch.randn(ctx["batch"], *example_inputs.shape[1:], device=dev)
+        return measure_ms(copy.deepcopy(model), x, Timing(**ctx["timing"]))
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Write safetensors weights with the JSON metadata in its header."""
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.nets.state_dict().items() if ".layers." in k}
+        meta = {"format": LPNET_FORMAT, "kind": self.kind, "types": self.types, "context": self.context,
+                "nets": [n.spec() for n in self.nets], "info": self.info}  # type: ignore[union-attr]
+        save_file(tensors, os.fspath(path), metadata={"wgates_lpnet": json.dumps(meta)})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LatencyPredictor:
+        """Read a file written by :meth:`save` (no code is executed).
+
+        Raises:
+            ConfigError: the file is not a W-Gates LPNet.
+        """
+        from safetensors import safe_open
+
+        with safe_open(os.fspath(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("wgates_lpnet")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = json.loads(raw) if raw else {}
+        if meta.get("format") != LPNET_FORMAT:
+            raise ConfigError(f"'{path}' is not a W-Gates LPNet file (no {LPNET_FORMAT} metadata)")
+        nets = [LPNet.from_spec(s) for s in meta["nets"]]
+        out = cls(meta["kind"], meta["types"], nets, meta["context"], meta["info"])
+        missing, unexpected = out.nets.load_state_dict(tensors, strict=False)
+        if unexpected or any(".layers." in k for k in missing):
+            raise ConfigError(f"'{path}' has weights that do not fit its metadata: {unexpected or missing}")
+        return out.eval()
+
+
+def _hash(model: nn.Module) -> str:
+    from .profiler import architecture_hash
+
+    return architecture_hash(model)
+
+
+def _outer(names: list[str]) -> list[str]:
+    return [n for n in names if not any(n.startswith(o + ".") for o in names if o != n)]
+
+
+class LatencyModel(EfficiencyModel):
+    """Predicted latency (ms) of a model as a differentiable function of its gated groups' counts.
+
+    Build with :meth:`LatencyPredictor.for_model` or pass :meth:`LatencyPredictor.efficiency` to
+    ``WGates``. :meth:`reference` is the measured latency of the unpruned model. The LPNet weights are
+    fixed (``requires_grad=False``): the efficiency loss moves the gates, never the predictor.
+    """
+
+    unit = "ms"
+
+    def __init__(self, predictor: LatencyPredictor, groups: Sequence[ChannelGroup], reference_ms: float,
+                 encoder: BlockEncoder | None = None) -> None:
+        super().__init__()
+        self.predictor = predictor.requires_grad_(False)  # fixed during pruning (paper Sec. III-C)
+        self.encoder = encoder
+        self.group_names = tuple(g.name for g in groups)
+        self.register_buffer("sizes", torch.tensor([float(g.size) for g in groups]))
+        self.reference_ms = float(reference_ms)
+        self.remainder = 0.0
+        if encoder is not None:
+            with torch.no_grad():
+                self.remainder = self.reference_ms - float(self._blocks(encoder, self.sizes))
+
+    def _blocks(self, encoder: BlockEncoder, counts: torch.Tensor) -> torch.Tensor:
+        feats = encoder.features(counts)  # {type: (B_t, F_t)}
+        return sum((self.predictor.net(t)(f).sum() for t, f in feats.items()), counts.new_zeros(()))
+
+    def cost(self, counts: torch.Tensor) -> torch.Tensor:
+        """Predicted latency in ms of the candidate keeping ``counts (G,)`` channels; a scalar."""
+        if self.encoder is None:
+            return self.predictor.predict_counts(counts.unsqueeze(0))[0]
+        return self._blocks(self.encoder, counts) + self.remainder
+
+    def full_counts(self) -> torch.Tensor:
+        return self.sizes.clone()
+
+    def reference(self) -> float:
+        """The unpruned model's *measured* latency (ms): the budget is a fraction of it."""
+        return self.reference_ms
+
+    def predicted_reference(self) -> float:
+        with torch.no_grad():
+            return float(self.cost(self.full_counts()))
+
+    def compare(self, pruned: nn.Module, counts: torch.Tensor, timing: Timing | None = None) -> dict[str, float]:
+        """Predicted vs measured latency of an exported model whose encoding is ``counts``.
+
+        Measured on the LPNet's device with its batch, input shape and (by default) timing settings.
+        Returns ``{'predicted_ms', 'measured_ms', 'error_pct', 'reference_ms'}``.
+        """
+        ctx = self.predictor.context
+        x = torch.randn(ctx["batch"], *ctx["input_shape"], device=ctx["device"].split(":")[0])
+        measured = measure_ms(copy.deepcopy(pruned), x, timing or Timing(**ctx["timing"]))
+        with torch.no_grad():
+            predicted = float(self.cost(counts.detach().to(self.sizes)))
+        return {"predicted_ms": predicted, "measured_ms": measured,
+                "error_pct": 100 * (predicted - measured) / measured, "reference_ms": self.reference_ms}

@@ -1,0 +1,125 @@
+"""Training LPNets from latency samples and scoring them on held-out candidates.
+
+The 80/20 split is over *candidates* (whole measured networks), for both kinds: a block LPNet is
+scored on the blocks of networks it never saw, and on those networks' summed latency. The reference
+(unpruned) measurement is always in the training part.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .latency import KINDS, LatencyPredictor
+from .lpnet import FitConfig, LatencyErrors, LPNet, fit_lpnet, latency_errors, split_indices
+from .samples import LatencySamples
+
+__all__ = ["train_predictor", "evaluate_predictor"]
+
+
+def train_predictor(
+    samples: LatencySamples,
+    kind: str = "network",
+    fit: FitConfig | None = None,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+    progress: bool = False,
+) -> tuple[LatencyPredictor, dict[str, Any]]:
+    """Fit an LPNet of ``kind`` on ``samples``; return it and its held-out report.
+
+    Args:
+        samples: from :func:`~wgates_plugin.efficiency.profiler.collect_latency` (with ``blocks`` for
+            the block kind).
+        kind: ``'network'`` (one LPNet on the whole encoding) or ``'block'`` (one per block type).
+        fit: LPNet training settings (default :class:`FitConfig`).
+        test_fraction: share of candidates held out (the paper's 20 %).
+        split_seed: seed of the split.
+        progress: show a progress bar per LPNet.
+
+    Returns:
+        The predictor and ``{'network': LatencyErrors.asdict(), 'blocks': {type: ...}, 'n_train',
+        'n_test'}`` on the held-out candidates (``'blocks'`` for the block kind only).
+
+    Raises:
+        ConfigError: unknown kind, too few samples, no reference, or no block timings for ``block``.
+    """
+    _check(samples, kind)
+    fit = fit or FitConfig()
+    train, test = split_indices(len(samples.records), test_fraction, split_seed)
+    train_recs = [samples.reference] + [samples.records[i] for i in train]
+    test_recs = [samples.records[i] for i in test]
+    if kind == "network":
+        types, nets = ["network"], [_fit_network(samples, train_recs, fit, progress)]
+    else:
+        types = list(samples.context["blocks"]["features"])
+        nets = [_fit_block_type(t, train_recs, fit, progress) for t in types]
+    info = {"reference": samples.reference, "fit": fit.asdict(),
+            "split": {"test_fraction": test_fraction, "seed": split_seed}}
+    predictor = LatencyPredictor(kind, types, nets, samples.context, info)
+    report = _report(predictor, samples.reference, test_recs) | {"n_train": len(train_recs), "n_test": len(test_recs)}
+    predictor.info["report"] = report
+    return predictor, report
+
+
+def _check(samples: LatencySamples, kind: str) -> None:
+    if kind not in KINDS:
+        raise ConfigError(f"kind={kind!r} is not one of {KINDS}")
+    if samples.reference is None or len(samples.records) < 4:
+        raise ConfigError(f"need the reference and >= 4 measured candidates, got {len(samples.records)}")
+    if kind == "block" and not samples.context.get("blocks"):
+        raise ConfigError("these samples have no block timings; collect them with blocks=True (--blocks)")
+
+
+def _fit_network(samples: LatencySamples, records: list[dict], fit: FitConfig, progress: bool) -> LPNet:
+    sizes = torch.tensor(samples.context["sizes"], dtype=torch.float32)
+    x = torch.tensor([r["counts"] for r in records], dtype=torch.float32) / sizes  # (N, G)
+    y = torch.tensor([r["ms"] for r in records], dtype=torch.float32)  # (N,)
+    return fit_lpnet(x, y, fit, progress)
+
+
+def _fit_block_type(block_type: str, records: list[dict], fit: FitConfig, progress: bool) -> LPNet:
+    rows = [b for r in records for b in r["blocks"] if b["type"] == block_type]
+    x = torch.tensor([b["features"] for b in rows], dtype=torch.float32)  # (N, F)
+    y = torch.tensor([b["ms"] for b in rows], dtype=torch.float32)  # (N,)
+    return fit_lpnet(x, y, fit, progress)
+
+
+def _report(predictor: LatencyPredictor, reference: dict, records: list[dict]) -> dict[str, Any]:
+    report: dict[str, Any] = {"network": _network_errors(predictor, reference, records).asdict()}
+    if predictor.kind == "block":
+        report["blocks"] = {t: e.asdict() for t, e in _block_errors(predictor, records).items()}
+    return report
+
+
+def _network_errors(predictor: LatencyPredictor, reference: dict, records: list[dict]) -> LatencyErrors:
+    predicted = [predictor.predict_record(r, reference) for r in records]
+    return latency_errors(predicted, [r["ms"] for r in records])
+
+
+def _block_errors(predictor: LatencyPredictor, records: list[dict]) -> dict[str, LatencyErrors]:
+    blocks = [b for r in records for b in r["blocks"]]
+    predicted = predictor.predict_blocks(blocks).numpy()
+    out = {}
+    for t in predictor.types:
+        rows = np.array([b["type"] == t for b in blocks])
+        if rows.sum() >= 2:
+            out[t] = latency_errors(predicted[rows], np.array([b["ms"] for b in blocks])[rows])
+    return out
+
+
+def evaluate_predictor(predictor: LatencyPredictor, samples: LatencySamples) -> dict[str, Any]:
+    """Score ``predictor`` on every candidate of ``samples`` (e.g. another model built of the same blocks).
+
+    Raises:
+        LatencyContextError: the samples were measured in a context the predictor does not cover.
+        ConfigError: the samples have no reference or fewer than 2 candidates.
+    """
+    predictor.check_samples(samples.context)
+    if samples.reference is None or len(samples.records) < 2:
+        raise ConfigError("evaluation needs the samples' reference and >= 2 measured candidates")
+    if predictor.kind == "block" and not samples.context.get("blocks"):
+        raise ConfigError("a block LPNet needs samples collected with blocks=True (--blocks)")
+    return _report(predictor, samples.reference, samples.records) | {"n_test": len(samples.records)}

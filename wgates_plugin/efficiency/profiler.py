@@ -1,0 +1,324 @@
+"""Latency profiler: sample pruned candidates, build them physically, measure them on the device.
+
+Candidates (network encodings: live channels per gated group) come from
+:class:`~wgates_plugin.efficiency.candidates.CandidateSpace`, which builds each one physically through
+torch-pruning. Each is timed on the target device: warm-up runs, then the median of ``repeats``
+single forwards, in eval mode under ``torch.no_grad``, with a fixed thread count, synchronising CUDA
+around every forward. The samples go to a JSON-lines file with their
+context (see :mod:`~wgates_plugin.efficiency.samples`); an interrupted collection resumes there.
+
+Example:
+    >>> import torch, torchvision
+    >>> from wgates_plugin.efficiency.profiler import collect_latency, Timing
+    >>> model = torchvision.models.resnet18(num_classes=10)
+    >>> samples = collect_latency(model, torch.randn(2, 3, 32, 32), "r18.jsonl", samples=4,
+    ...                           timing=Timing(warmup=1, repeats=3, threads=1), progress=False)
+    >>> len(samples), samples.reference["ms"] > 0
+    (4, True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import WGatesConfig
+from ..errors import ConfigError, ConfigTypeError
+from ..export import call_model
+from .blocks import BlockEncoder, BlockInfo, find_blocks, layout_of
+from .candidates import CandidateSpace
+from .samples import FORMAT, REFERENCE, LatencySamples, SampleWriter
+
+__all__ = ["Timing", "fixed_threads", "measure_ms", "device_name", "architecture_hash", "time_blocks",
+           "collect_latency"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How one latency is measured.
+
+    Attributes:
+        warmup: untimed forwards first (new shapes trigger kernel selection; keep >= 1).
+        repeats: timed forwards; the median is the latency.
+        threads: CPU threads during timing (``torch.set_num_threads``); None keeps the current count.
+        clock: ``'wall'`` times with ``time.perf_counter`` (the latency). ``'cpu'`` times with
+            ``time.process_time``: the CPU time the forward costs, which on a shared, busy machine is
+            what the latency would be on an idle core (waiting for the core is not counted; cache
+            sharing still is). Only for ``threads=1`` on a CPU device, where the two agree when the
+            machine is idle.
+    """
+
+    warmup: int = 3
+    repeats: int = 15
+    threads: int | None = None
+    clock: str = "wall"
+
+    def __post_init__(self) -> None:
+        for name, low in (("warmup", 0), ("repeats", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name}={value!r} must be an integer >= {low}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"threads={self.threads!r} must be None or an integer >= 1")
+        if self.clock not in CLOCKS:
+            raise ConfigError(f"clock={self.clock!r} is not one of {tuple(CLOCKS)}")
+        if self.clock == "cpu" and self.threads != 1:
+            raise ConfigError(f"clock='cpu' needs threads=1 (got {self.threads!r}): with more threads CPU time "
+                              "adds up the threads' work and is not a latency")
+
+    def resolved_threads(self) -> int:
+        return self.threads if self.threads is not None else torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def fixed_threads(count: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(count)``; restore the previous count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def measure_ms(module: nn.Module, inputs: Any, timing: Timing = Timing(),
+               device: str | torch.device | None = None) -> float:
+    """Median latency in milliseconds of ``module(inputs)`` on ``device`` (eval mode, no grad).
+
+    ``inputs`` (a tensor, tuple or dict) must already be on ``device``; the module is moved there.
+    The module's train/eval mode is restored afterwards.
+    """
+    device = torch.device(device) if device is not None else _device_of(inputs)
+    if timing.clock == "cpu" and device.type != "cpu":
+        raise ConfigError(f"clock='cpu' times CPU work; on {device} use clock='wall'")
+    clock = CLOCKS[timing.clock]
+    was_training = module.training
+    module.to(device).eval()
+    times = []
+    try:
+        with torch.no_grad(), fixed_threads(timing.resolved_threads()):
+            for _ in range(timing.warmup):
+                call_model(module, inputs)
+            for _ in range(timing.repeats):
+                _sync(device)
+                start = clock()
+                call_model(module, inputs)
+                _sync(device)
+                times.append(clock() - start)
+    finally:
+        module.train(was_training)
+    return 1e3 * statistics.median(times)
+
+
+def _device_of(inputs: Any) -> torch.device:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.device
+    values = inputs.values() if isinstance(inputs, dict) else inputs
+    return next((v.device for v in values if isinstance(v, torch.Tensor)), torch.device("cpu"))
+
+
+def device_name(device: str | torch.device) -> str:
+    """``'<type>: <model name>'`` of a device, e.g. ``'cuda: NVIDIA H100'`` or ``'cpu: Intel(R) Xeon(R) ...'``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "cuda: unavailable"
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"{device.type}: {_cpu_model()}"
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def architecture_hash(model: nn.Module) -> str:
+    """sha256 (16 hex digits) of the architecture: module names, types, settings and parameter shapes.
+
+    Weight values do not enter: they do not change latency, so a fine-tuned copy hashes the same.
+    """
+    h = hashlib.sha256()
+    for name, module in model.named_modules():
+        h.update(f"{name}|{type(module).__qualname__}|{module.extra_repr()}\n".encode())
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        h.update(f"{name}:{tuple(t.shape)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def capture_block_inputs(model: nn.Module, inputs: Any, names: Sequence[str]) -> dict[str, tuple]:
+    """Run one eval forward and return the positional inputs every named block received."""
+    modules = dict(model.named_modules())
+    captured: dict[str, tuple] = {}
+    handles = [modules[n].register_forward_pre_hook(_recorder(captured, n)) for n in names]
+    try:
+        with torch.no_grad():
+            call_model(model.eval(), inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def _recorder(store: dict[str, tuple], name: str) -> Callable:
+    def hook(_module: nn.Module, args: tuple) -> None:
+        store.setdefault(name, args)
+
+    return hook
+
+
+def time_blocks(model: nn.Module, inputs: Any, blocks: Sequence[BlockInfo], timing: Timing) -> list[float]:
+    """Latency (ms) of every block of ``model`` alone, fed what it receives inside the network."""
+    captured = capture_block_inputs(model, inputs, [b.name for b in blocks])
+    modules = dict(model.named_modules())
+    return [measure_ms(modules[b.name], captured[b.name], timing) for b in blocks]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything one collection needs besides the model."""
+
+    space: CandidateSpace
+    inputs: Any  # the timed batch, on the device
+    timing: Timing
+    encoder: BlockEncoder | None
+    seed: int
+    spread: float
+
+
+def _measure(job: _Job, index: int) -> dict[str, Any]:
+    counts = job.space.full_counts() if index == REFERENCE else job.space.sample(index, job.seed, job.spread)
+    model = job.space.build(counts) if index != REFERENCE else copy.deepcopy(job.space.model).eval()
+    model.to(_device_of(job.inputs))
+    record: dict[str, Any] = {"index": index, "counts": counts, "ms": measure_ms(model, job.inputs, job.timing)}
+    if job.encoder is not None:
+        record["blocks"] = _block_records(job.encoder, job, model, counts)
+    return record
+
+
+def _block_records(encoder: BlockEncoder, job: _Job, model: nn.Module, counts: list[int]) -> list[dict[str, Any]]:
+    with torch.no_grad():
+        feats = encoder.features(torch.tensor(counts, dtype=torch.float32))
+    times = dict(zip([b.name for b in encoder.blocks], time_blocks(model, job.inputs, encoder.blocks, job.timing)))
+    out = []
+    for t, f in feats.items():
+        out += [{"name": n, "type": t, "features": [float(v) for v in row], "ms": times[n]}
+                for n, row in zip(encoder.names(t), f)]
+    return out
+
+
+def collect_latency(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    path: str | os.PathLike,
+    samples: int,
+    *,
+    device: str | torch.device = "cpu",
+    batch: int = 8,
+    timing: Timing = Timing(),
+    seed: int = 0,
+    spread: float = 0.5,
+    config: WGatesConfig | None = None,
+    blocks: bool | Sequence[str] = False,
+    block_types: Sequence[type[nn.Module]] | None = None,
+    model_name: str | None = None,
+    progress: bool = True,
+) -> LatencySamples:
+    """Measure the unpruned model and ``samples`` pruned candidates; append them to ``path``.
+
+    Resumes: records already in ``path`` (same context) are skipped, so re-running the same call after
+    an interruption measures only what is missing.
+
+    Args:
+        model: the unpruned model (not modified).
+        example_inputs: an image batch ``(N, C, H, W)`` for tracing; latency is timed on a random batch
+            of shape ``(batch, C, H, W)``.
+        path: the JSON-lines samples file.
+        samples: number of candidates (not counting the reference).
+        device: where to time (``'cpu'``, ``'cuda'``, ``'cuda:1'``).
+        batch: batch size of the timed forward.
+        timing: warm-up, repeats and thread count.
+        seed / spread: the candidate sampler (see :meth:`CandidateSpace.sample`).
+        config: selects the gated groups and their bounds, as for ``WGates``.
+        blocks: also time every block alone, for the block LPNet: True for ``block_types`` (default
+            torchvision's residual blocks), or a list of block module names.
+        block_types: block classes when ``blocks`` is True.
+        model_name: stored in the context (default the model's class name).
+        progress: show a progress bar.
+
+    Raises:
+        LatencyContextError: ``path`` holds samples collected in another context.
+    """
+    if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() != 4:
+        raise ConfigTypeError("example_inputs must be an image tensor (N, C, H, W) for latency profiling")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+        raise ConfigError(f"samples={samples!r} must be an integer >= 0")
+    space = CandidateSpace(model, example_inputs, config)
+    encoder = _encoder(space, blocks, block_types)
+    job = _Job(space, torch.randn(batch, *example_inputs.shape[1:], device=device), timing, encoder, seed, spread)
+    context = _context(model, example_inputs, job, device, batch, model_name)
+    writer = SampleWriter(path, context)
+    todo = [i for i in [REFERENCE, *range(samples)] if i not in writer.samples.done]
+    with fixed_threads(timing.resolved_threads()):  # building and capturing too: no oversubscribed cores
+        for index in _progress(todo, progress, samples + 1):
+            writer.append(_measure(job, index))
+    return writer.samples
+
+
+def _encoder(space: CandidateSpace, blocks: bool | Sequence[str], block_types) -> BlockEncoder | None:
+    if blocks is False:
+        return None
+    names = None if blocks is True else list(blocks)
+    found = find_blocks(space.model, block_types, names)
+    return BlockEncoder(space.model, space.example_inputs, space.groups, found)
+
+
+def _context(model, example_inputs, job: _Job, device, batch: int, model_name: str | None) -> dict[str, Any]:
+    space, enc = job.space, job.encoder
+    return {
+        "format": FORMAT,
+        "model": model_name or type(model).__name__,
+        "model_hash": architecture_hash(model),
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "threads": job.timing.resolved_threads(),
+        "clock": job.timing.clock,
+        "batch": batch,
+        "input_shape": list(example_inputs.shape[1:]),
+        "groups": [g.name for g in space.groups],
+        "sizes": space.sizes,
+        "bounds": [[b.low, b.high, b.tie] for b in space.bounds],
+        "timing": asdict(job.timing) | {"threads": job.timing.resolved_threads()},
+        "sampling": {"seed": job.seed, "spread": job.spread},
+        "blocks": None if enc is None else {"layout": layout_of(enc.blocks),
+                                            "features": {t: enc.feature_names(t) for t in enc.types}},
+    }
+
+
+def _progress(items: list[int], enabled: bool, total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(items, total=total, initial=total - len(items), desc="latency samples",
+                unit="net", disable=not enabled)

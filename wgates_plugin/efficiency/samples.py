@@ -1,0 +1,150 @@
+"""Latency samples on disk: a JSON-lines file that loads without executing code and resumes.
+
+Layout: the first line is ``{"context": {...}}`` (device, torch version, threads, batch, input shape,
+model name and architecture hash, group names and sizes, sampling and timing settings). Every further
+line is one measured candidate::
+
+    {"index": 3, "counts": [40, 17, ...], "ms": 12.31,
+     "blocks": [{"name": "layer1.0", "type": "...Bottleneck", "features": [...], "ms": 0.84}, ...]}
+
+``index == -1`` is the unpruned model (the reference). Lines are appended and flushed one by one, so an
+interrupted collection loses at most the line being written; a torn last line is ignored on reading,
+and a resumed collection skips every index already on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["FORMAT", "LatencyContextError", "LatencySamples", "SampleWriter", "load_samples", "context_diff"]
+
+FORMAT = "wgates-latency-samples/1"
+REFERENCE = -1
+
+
+class LatencyContextError(ConfigError):
+    """Latency data (samples or an LPNet) was measured in another context than the one it is used in."""
+
+
+@dataclass
+class LatencySamples:
+    """Measured candidates with the context they were measured in.
+
+    Attributes:
+        context: the measurement context (see the module docstring).
+        records: one dict per measured candidate, ``index >= 0``, in file order.
+        reference: the record of the unpruned model (``index == -1``), or None if not measured yet.
+    """
+
+    context: dict[str, Any]
+    records: list[dict[str, Any]] = field(default_factory=list)
+    reference: dict[str, Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def done(self) -> set[int]:
+        """Indices already measured (the reference included)."""
+        out = {int(r["index"]) for r in self.records}
+        return out | ({REFERENCE} if self.reference is not None else set())
+
+
+def _lines(path: Path) -> Iterator[str]:
+    with path.open("r", encoding="utf-8") as f:
+        yield from f
+
+
+def load_samples(path: str | os.PathLike) -> LatencySamples:
+    """Read a samples file; a torn (interrupted) last line is skipped.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ConfigError: the file is not a latency samples file.
+    """
+    path = Path(path)
+    lines = list(_lines(path))
+    header = _parse(lines[0], path, 1) if lines else None
+    if not isinstance(header, dict) or header.get("context", {}).get("format") != FORMAT:
+        raise ConfigError(f"'{path}' is not a latency samples file (first line must be a {FORMAT} context)")
+    samples = LatencySamples(header["context"])
+    for number, line in enumerate(lines[1:], start=2):
+        record = _parse(line, path, number, torn_ok=number == len(lines))
+        if record is None:
+            continue
+        if int(record["index"]) == REFERENCE:
+            samples.reference = record
+        else:
+            samples.records.append(record)
+    return samples
+
+
+def _parse(line: str, path: Path, number: int, torn_ok: bool = False) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        if torn_ok:
+            return None  # the collection was interrupted while writing this line
+        raise ConfigError(f"'{path}' line {number} is not valid JSON; the file is corrupt") from None
+
+
+def context_diff(saved: Mapping[str, Any], current: Mapping[str, Any],
+                 keys: tuple[str, ...] | None = None) -> list[str]:
+    """Human-readable differences between two contexts, restricted to ``keys`` (default: all)."""
+    keys = keys if keys is not None else tuple(sorted(set(saved) | set(current)))
+    return [f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+
+
+class SampleWriter:
+    """Appends records to a samples file, creating it with ``context`` or checking it matches.
+
+    Args:
+        path: the JSON-lines file.
+        context: the context of this collection; an existing file must have been written with the same.
+
+    Raises:
+        LatencyContextError: the existing file was collected in a different context.
+    """
+
+    def __init__(self, path: str | os.PathLike, context: dict[str, Any]) -> None:
+        self.path = Path(path)
+        if self.path.exists() and self.path.stat().st_size > 0:
+            self.samples = load_samples(self.path)
+            diff = context_diff(self.samples.context, context)
+            if diff:
+                raise LatencyContextError(
+                    f"'{self.path}' holds samples of another collection ({'; '.join(diff)}). "
+                    "HINT: write to a new file, or repeat the original settings to resume it"
+                )
+            self._repair_torn_tail()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.samples = LatencySamples(context)
+            self._write({"context": context})
+
+    def _repair_torn_tail(self) -> None:
+        """Drop a partial last line so the next record starts on a line of its own."""
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            self.path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+    def _write(self, obj: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(obj, separators=(",", ":")) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one measured candidate (``index == -1`` for the reference)."""
+        self._write(record)
+        if int(record["index"]) == REFERENCE:
+            self.samples.reference = record
+        else:
+            self.samples.records.append(record)
