@@ -141,3 +141,54 @@ def _print_report(report: dict[str, Any], title: str) -> None:
 def _write(path: str | None, report: dict[str, Any]) -> None:
     if path:
         Path(path).write_text(json.dumps(report, indent=2))
+
+
+# ---------------------------------------------------------------------------- latency mode of `wgates prune`
+def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--lpnet`` / ``--latency-target``: prune to a latency budget predicted by a trained LPNet."""
+    parser.add_argument("--lpnet", type=Path, default=None,
+                        help="LPNet file from 'wgates lpnet train': prune to a latency budget instead of FLOPs")
+    parser.add_argument("--latency-target", type=float, default=None, metavar="FRACTION",
+                        help="latency budget as a fraction of the original model's measured latency, in (0, 1] "
+                             "(needs --lpnet; replaces --flops-target)")
+
+
+def latency_efficiency(args: argparse.Namespace, model: Any, example_inputs: Any) -> Any:
+    """The efficiency factory for ``WGates`` when ``--lpnet`` is given, else None.
+
+    Raises:
+        ConfigError: only one of ``--lpnet`` / ``--latency-target``, or a target outside (0, 1].
+    """
+    from ..efficiency.latency import LatencyPredictor
+    from ..errors import ConfigError
+
+    lpnet, target = getattr(args, "lpnet", None), getattr(args, "latency_target", None)
+    if (lpnet is None) != (target is None):
+        raise ConfigError("--lpnet and --latency-target go together: the LPNet predicts latency, the target "
+                          f"sets the budget (got --lpnet={lpnet}, --latency-target={target})")
+    if lpnet is None:
+        return None
+    if not 0 < target <= 1:
+        raise ConfigError(f"--latency-target={target} must be in (0, 1]")
+    if not Path(lpnet).is_file():
+        raise FileNotFoundError(f"--lpnet file '{lpnet}' does not exist")
+    return LatencyPredictor.load(lpnet).efficiency(model, example_inputs)
+
+
+def latency_report(wg: Any, pruned: Any) -> dict[str, Any]:
+    """``{'lpnet': predicted vs measured latency of the exported model}`` in latency mode, else ``{}``."""
+    from ..efficiency.latency import LatencyModel
+
+    if not isinstance(wg.efficiency, LatencyModel):
+        return {}
+    return {"lpnet": wg.efficiency.compare(pruned, wg.counts()) | {"cost_ratio": wg.cost_ratio()}}
+
+
+def format_latency(report: dict[str, Any]) -> str | None:
+    """One line for the prune table: the LPNet's prediction against the measurement."""
+    lat = report.get("lpnet")
+    if not lat:
+        return None
+    return (f"latency (LPNet device and batch): predicted {lat['predicted_ms']:.3f} ms, measured "
+            f"{lat['measured_ms']:.3f} ms ({lat['error_pct']:+.1f}%), original {lat['reference_ms']:.3f} ms; "
+            f"predicted {lat['cost_ratio']:.4f} of the original (target {report['target']})")

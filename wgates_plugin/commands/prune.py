@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, WGatesError
+from .lpnet import add_latency_arguments, format_latency, latency_efficiency, latency_report
 
 # Models whose auxiliary classifiers change the training output to a tuple: turned off.
 _NO_AUX = {"googlenet", "inception_v3"}
@@ -29,6 +30,7 @@ def register(subparsers: Any) -> None:
                     "closed channels, fine-tune, and save the pruned model with a JSON report.")
     add_model_arguments(parser)
     add_recipe_arguments(parser)
+    add_latency_arguments(parser)
     add_run_arguments(parser, default_out=None)
     parser.set_defaults(func=run)
 
@@ -76,9 +78,13 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_out: str | None) 
 
 
 def build_wgates(args: argparse.Namespace, model: nn.Module, example_inputs: torch.Tensor) -> Any:
-    """The W-Gates instance for this run: FLOPs target mode at ``args.flops_target``."""
+    """The W-Gates instance for this run: FLOPs target mode at ``args.flops_target``, or latency target
+    mode at ``args.latency_target`` with the LPNet of ``args.lpnet``."""
     from ..pruner import WGates
 
+    latency = latency_efficiency(args, model, example_inputs)
+    if latency is not None:
+        return WGates(model, example_inputs, target=args.latency_target, efficiency=latency)
     return WGates(model, example_inputs, target=args.flops_target)
 
 
@@ -169,7 +175,7 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
     save_pruned(args.out, result.model, result.wgates.history, arch)
     report = {"model": args.model, "data": str(args.data), "input_shape": list(arch.input_shape),
               "baseline_train_steps": args.train_steps, "seed": args.seed, "threads": args.threads,
-              **result.report}
+              **result.report, **latency_report(result.wgates, result.model)}
     (Path(args.out) / "report.json").write_text(json.dumps(report, indent=1))
     return report
 
@@ -191,7 +197,9 @@ def format_table(report: dict[str, Any]) -> str:
     if t.get("pruned") is not None:
         lines.append(f"top-1 right after pruning {_pct(t['pruned']):.1f}%, after BN re-calibration "
                      f"{_pct(t['recalibrated']):.1f}%, after fine-tuning {_pct(t['finetuned']):.1f}%")
-    lines.append(f"FLOPs: {report['flops_ratio']:.4f} of the original (target {report['target']})")
+    budget = " (latency target, see below)" if "lpnet" in report else f" (target {report['target']})"
+    lines.append(f"FLOPs: {report['flops_ratio']:.4f} of the original{budget}")
+    lines += [line for line in [format_latency(report)] if line]
     return "\n".join(lines)
 
 
