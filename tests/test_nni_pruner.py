@@ -299,3 +299,24 @@ def test_lightning_evaluator():
     expected = eval_out(wrapped)
     pruner.unwrap_model()
     torch.testing.assert_close(eval_out(speedup(model, masks, X)), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_custom_efficiency_model_and_cost_target():
+    from wgates_plugin.integrations.budgets import LinearCostModel
+
+    def channels(groups):  # cost = kept channels of the gated groups
+        return LinearCostModel([g.name for g in groups], [g.size for g in groups], [1.0] * len(groups), "channels")
+
+    model = cnn()
+    pruner = WGatesPruner(model, [{"op_types": ["Conv2d"]}], evaluator=evaluator(model), training_steps=2,
+                          efficiency=channels, cost_target=0.5)
+    _, masks = pruner.compress()
+    kept = sum(int(rows_kept(m["weight"]).sum()) for m in masks.values())
+    assert kept == int(0.5 * (10 + 16 + 24))  # the largest count within the budget
+    assert pruner.core.cost_ratio() == pytest.approx(kept / 50)
+
+
+def test_gates_need_a_traced_model():
+    pruner = WGatesPruner(cnn(), [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}])
+    with pytest.raises(StateError, match=r"could not trace the model; pass dummy_input="):
+        pruner.stats()

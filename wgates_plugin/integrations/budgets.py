@@ -31,6 +31,9 @@ class LinearCostModel(EfficiencyModel):
         unit: what the cost counts (for messages).
     """
 
+    sizes: torch.Tensor
+    weights: torch.Tensor
+
     def __init__(self, group_names: Sequence[str], sizes: Sequence[int], weights: Sequence[float], unit: str) -> None:
         super().__init__()
         self.group_names = tuple(group_names)

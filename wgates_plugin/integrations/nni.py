@@ -24,17 +24,18 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from nni.compression.base.compressor import Pruner
+from nni.compression.base.wrapper import ModuleWrapper
 from nni.compression.utils import Evaluator
 from torch import nn
 
 from ..config import BudgetMode, WGatesConfig
 from ..efficiency.base import EfficiencyModel
 from ..errors import ConfigError, ConfigTypeError, StateError
-from ..gates import Producer, top_k_mask
+from ..gates import Producer, WeightGate, top_k_mask
 from ..groups import Role, trace_groups
 from ..pruner import WGates
 from .budgets import SharedBudget
@@ -133,6 +134,17 @@ class WGatesPruner(Pruner):
         super().__init__(model, entries + self._follower_entries(entries), evaluator)
 
     # ------------------------------------------------------------------ construction
+    @property
+    def core(self) -> WGates:
+        """The W-Gates core attached to the model (gates, efficiency model, statistics)."""
+        if self.wgates is None:
+            raise StateError("WGatesPruner has no gates: it was built without an evaluator or dummy_input, so it "
+                             "could not trace the model; pass dummy_input=<a batch the model accepts>")
+        return self.wgates
+
+    def _gates(self) -> list[WeightGate]:
+        return [cast(WeightGate, g) for g in self.core.gates]
+
     def _build_core(self, model: nn.Module, flops_target: float | None, efficiency: Any,
                     cost_target: float | None, options: dict[str, Any]) -> None:
         traced = trace_groups(model, self.dummy_input)
@@ -147,14 +159,13 @@ class WGatesPruner(Pruner):
                              select=lambda name, _module: name in chosen)
         self.wgates.to(_device(model))
         self._check_gated()
-        self.budgets = shared_budgets(self.plans, self.wgates.groups, config.alpha, config.controller_rate)
+        self.budgets = shared_budgets(self.plans, self.core.groups, config.alpha, config.controller_rate)
         for budget in self.budgets:
-            budget.check_feasible(self.wgates.unit_bounds())
+            budget.check_feasible(self.core.unit_bounds())
 
     def _check_gated(self) -> None:
-        assert self.wgates is not None
         planned = sorted(p.group.name for p in self.plans)
-        gated = sorted(g.name for g in self.wgates.groups)
+        gated = sorted(g.name for g in self.core.groups)
         if planned != gated:  # both trace the same model; a difference is a bug, not a user error
             raise RuntimeError(f"internal error: planned groups {planned} but the core gated {gated}")
 
@@ -179,8 +190,7 @@ class WGatesPruner(Pruner):
             self._point_gates(wrapped=False)
 
     def _point_gates(self, wrapped: bool) -> None:
-        assert self.wgates is not None
-        for group, gate in zip(self.wgates.groups, self.wgates.gates):
+        for group, gate in zip(self.core.groups, self._gates()):
             gate.producers = [Producer(_weight_owner(m.module, wrapped), m.idxs, m.channels) for m in group.producers]
 
     # ------------------------------------------------------------------ compression
@@ -206,8 +216,7 @@ class WGatesPruner(Pruner):
         self._fusion_compress(self.training_steps, None)
 
     def _fuse_preprocess(self, evaluator: Evaluator) -> None:
-        assert self.wgates is not None
-        optimizer = torch.optim.Adam(self.wgates.parameters(), lr=self.gate_lr)
+        optimizer = torch.optim.Adam(self.core.parameters(), lr=self.gate_lr)
         evaluator.patch_optimizer_step(before_step_tasks=[optimizer.step],
                                        after_step_tasks=[optimizer.zero_grad, self._after_step])
         evaluator.patch_loss(self._patch_loss)
@@ -228,32 +237,30 @@ class WGatesPruner(Pruner):
 
     def efficiency_loss(self) -> torch.Tensor:
         """The term added to the task loss: the core's efficiency loss plus every global group's penalty."""
-        assert self.wgates is not None
-        loss = self.wgates.efficiency_loss()
+        loss = self.core.efficiency_loss()
         if self.budgets and not self._frozen:
-            counts = self.wgates.counts()  # (G,)
+            counts = self.core.counts()  # (G,)
             loss = loss + sum(b.penalty(counts) for b in self.budgets)
         return loss
 
     def _finish(self) -> None:
         """Freeze the gates (landing every budget exactly) and write them into NNI's masks."""
-        assert self.wgates is not None
         if self.budgets:
             self._freeze_budgets()
         else:
-            self.wgates.freeze()
+            self.core.freeze()
         self.update_masks(self.gate_masks())
         self._frozen = True
 
     def _freeze_budgets(self) -> None:
-        assert self.wgates is not None
-        bounds = self.wgates.unit_bounds()
+        bounds = self.core.unit_bounds()
+        gates = self._gates()
         with torch.no_grad():
-            scores = [g.unit_scores() for g in self.wgates.gates]
-            units = [int(g().sum()) // g.tie for g in self.wgates.gates]
+            scores = [g.unit_scores() for g in gates]
+            units = [int(g().sum()) // g.tie for g in gates]
         for budget in self.budgets:
             budget.project(units, bounds)
-        for gate, s, k in zip(self.wgates.gates, scores, units):
+        for gate, s, k in zip(gates, scores, units):
             gate.freeze(top_k_mask(s, k))
 
     # ------------------------------------------------------------------ results
@@ -263,11 +270,10 @@ class WGatesPruner(Pruner):
         A closed channel zeroes its filter row in ``weight`` and its entry in ``bias``; every
         wrapped layer outside the gated groups gets all-ones masks.
         """
-        assert self.wgates is not None
         masks = {name: _ones(wrapper) for name, wrapper in self._module_wrappers.items()}
         with torch.no_grad():
-            gates = self.wgates.current_gates()
-        for group, gate in zip(self.wgates.groups, gates):
+            gates = self.core.current_gates()
+        for group, gate in zip(self.core.groups, gates):
             for m in group.members:
                 if m.role is Role.CONSUMER or m.name not in masks:
                     continue
@@ -278,10 +284,9 @@ class WGatesPruner(Pruner):
 
     def stats(self) -> dict[str, Any]:
         """Live W-Gates statistics: FLOPs / cost ratio, kept channels per group, multipliers."""
-        assert self.wgates is not None
-        out = self.wgates.stats()
+        out = self.core.stats()
         with torch.no_grad():
-            counts = self.wgates.counts()
+            counts = self.core.counts()
             out["global_groups"] = {b.name: float(b.model(counts[b.index])) / b.model.reference()
                                     for b in self.budgets}
         return out
@@ -349,9 +354,9 @@ def _weight_owner(module: nn.Module, wrapped: bool) -> nn.Module:
     return getattr(module, "_nni_wrapper", module) if wrapped else module
 
 
-def _ones(wrapper: nn.Module) -> dict[str, torch.Tensor]:
+def _ones(wrapper: ModuleWrapper) -> dict[str, torch.Tensor]:
     out = {}
-    for name, space in wrapper.pruning_target_spaces.items():  # type: ignore[attr-defined]
+    for name, space in wrapper.pruning_target_spaces.items():
         if space.target is not None:
             out[name] = torch.ones_like(space.target.detach())
     return out

@@ -116,7 +116,7 @@ def _check_keys(i: int, entry: Mapping[str, Any]) -> None:
 
 def _apply_legacy_excludes(entries: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
     """NNI 2's ``{'exclude': True, ...}`` entries become ``exclude_op_*`` of every other entry."""
-    excluded = {key: [] for key in EXCLUDERS}
+    excluded: dict[str, list[str]] = {key: [] for key in EXCLUDERS}
     kept = []
     for i, entry in enumerate(entries):
         if entry.pop("exclude", False):

@@ -21,6 +21,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
+
+import torch
 
 from ..budget import DualMultiplier
 from ..config import LayerBounds
@@ -126,7 +129,7 @@ def _budget(gid: object, plans: list[GroupPlan], position: dict[str, int], alpha
     if len(ratios) != 1 or None in ratios:
         layers = "; ".join(p.setting.describe() for p in plans)
         raise ConfigError(f"global_group_id={gid!r} needs one sparse_ratio shared by all its layers: {layers}")
-    ratio = ratios.pop()
+    ratio = float(ratios.pop() or 0.0)
     weights = [_elements_per_channel(p) for p in plans]
     sizes = [p.group.size for p in plans]
     model = LinearCostModel([p.group.name for p in plans], sizes, weights, "weight elements")
@@ -142,5 +145,6 @@ def _elements_per_channel(plan: GroupPlan) -> float:
     total = 0.0
     for m in plan.group.members:
         if m.name in plan.selected and m.role is not Role.CONSUMER:
-            total += m.module.weight[0].numel() * len(m.idxs) / plan.group.size
+            weight = cast(torch.Tensor, m.module.weight)
+            total += weight[0].numel() * len(m.idxs) / plan.group.size
     return total

@@ -34,7 +34,7 @@ learned gate scores (torch-pruning then decides the counts itself).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch_pruning as tp
@@ -43,6 +43,7 @@ from torch import nn
 from ..config import BudgetMode, LayerBounds, WGatesConfig
 from ..errors import ConfigError, ConfigTypeError, StateError
 from ..export import _removal_plan, call_model, prune_groups
+from ..gates import WeightGate
 from ..groups import ChannelGroup, Member, Role, select_groups, trace_groups
 from ..pruner import WGates
 from ..speedup import assert_same_outputs
@@ -87,7 +88,7 @@ class WGatesImportance(tp.importance.Importance):
         if hit is None or getattr(group[0].dep.handler, "__name__", "") != "prune_out_channels":
             return None
         gi, member = hit
-        scores = self.wgates.gates[gi].channel_scores()  # (C,)
+        scores = cast(WeightGate, self.wgates.gates[gi]).channel_scores()  # (C,)
         lookup = dict(zip(member.idxs.tolist(), member.channels.tolist()))
         return scores[torch.tensor([lookup[int(i)] for i in group[0].idxs], device=scores.device)]
 
