@@ -8,6 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
+from wgates_plugin import WGates
 from wgates_plugin.groups import ChannelGroup, GroupGraph, Role, trace_groups
 
 
@@ -121,3 +122,29 @@ def test_vgg_last_conv_feeds_the_classifier_with_49_inputs_per_channel():
     assert consumer.name == "classifier.0" and consumer.channel_dim == -1
     assert torch.equal(consumer.idxs, torch.arange(512 * 49))
     assert torch.equal(consumer.channels, torch.arange(512).repeat_interleave(49))
+
+
+@pytest.mark.parametrize(
+    ("name", "score_input"),
+    [("mobilenet_v2", "weight"), ("mobilenet_v2", "abs"), ("mobilenet_v2", "constant"), ("resnext50_32x4d", "weight")],
+)
+def test_gate_scores_equal_the_fc_of_the_concatenated_filters_of_every_producer(name, score_input):
+    """Scores are computed per producer without building ``X``; they must equal ``X @ fc + bias``.
+
+    In float64, so that only the order of the sums differs; gradients land in float32 parameters.
+    """
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(num_classes=10).double()
+    wg = WGates(model, torch.randn(1, 3, 32, 32, dtype=torch.float64), score_input=score_input, prune_shortcuts=True)
+    assert any(len(g.producers) > 1 for g in wg.gates)  # depthwise partners / residual-coupled convs
+    assert name != "resnext50_32x4d" or any(g.tie == 32 for g in wg.gates)
+    for gate in wg.gates:
+        with torch.no_grad():
+            gate.fc.normal_(0, 0.1)
+        x_fc = gate.filter_features() @ gate.fc.double() + gate.bias  # (C,)
+        expected = x_fc.view(gate.tie, gate.units).mean(0)  # (units,)
+        (expected_grad,) = torch.autograd.grad(expected.square().sum(), gate.fc)
+        scores = gate.unit_scores()
+        (grad,) = torch.autograd.grad(scores.square().sum(), gate.fc)
+        torch.testing.assert_close(scores, expected, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-7)

@@ -156,10 +156,28 @@ class WeightGate(nn.Module):
         return torch.cat(blocks, dim=1)  # (C, D)
 
     def unit_scores(self) -> torch.Tensor:
-        """Real-valued score per gate unit, shape ``(C / tie,)``; rank by these, never by the gates."""
+        """Real-valued score per gate unit, shape ``(C / tie,)``; rank by these, never by the gates.
+
+        Computes ``filter_features() @ fc + bias`` without building ``X``: one matrix-vector product
+        per producer on a view of its weight, scattered to the group's channels (``X`` is zero outside
+        a producer's rows). Building ``X`` copied every gated weight several times per call.
+        """
         fc = self.fc.to(self.producers[0].module.weight.dtype)
-        s = self.filter_features() @ fc + self.bias  # (C,)
+        s = fc.new_zeros(self.channels)  # (C,)
+        for p, fc_j in zip(self.producers, fc.split([p.features for p in self.producers])):
+            s = s.index_add(0, p.channels, self._producer_scores(p, fc_j).index_select(0, p.rows))
+        s = s + self.bias  # (C,)
         return s.view(self.tie, self.units).mean(dim=0)  # (units,)
+
+    def _producer_scores(self, p: Producer, fc_j: torch.Tensor) -> torch.Tensor:
+        """Score contribution of every output filter of one producer, shape ``(out,)``."""
+        w = p.module.weight if self.weight_grad else p.module.weight.detach()
+        w2d = w.reshape(w.shape[0], -1)  # (out, D_j), a view of the weight
+        if self.score_input is ScoreInput.ABS:
+            return w2d.abs() @ fc_j
+        if self.score_input is ScoreInput.CONSTANT:
+            return fc_j.sum().expand(w2d.shape[0])
+        return w2d @ fc_j  # (out,)
 
     def channel_scores(self) -> torch.Tensor:
         """Real-valued score per channel (unit scores repeated over tied conv groups), ``(C,)``."""
