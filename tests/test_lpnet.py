@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -109,6 +110,9 @@ def test_split_is_a_disjoint_80_20_partition():
     assert len(test) == 10 and set(train) | set(test) == set(range(50)) and not set(train) & set(test)
     with pytest.raises(ConfigError, match="test_fraction=1.0 must be in \\(0, 1\\)"):
         split_indices(10, 1.0)
+    assert [len(part) for part in split_indices(5, 0.2)] == [3, 2]  # two points at least to score
+    with pytest.raises(ConfigError, match="needs >= 4 items, got 3"):
+        split_indices(3)
 
 
 # ---------------------------------------------------------------------------- training from samples
@@ -252,3 +256,20 @@ def test_paper_mode_loss_is_alpha_log_one_plus_relative_latency(collected, block
     loss.backward()
     assert sum(float(g.fc.grad.abs().sum()) for g in wg.gates) > 0
     wg.remove()
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--lpnet", "x.lpnet"], "--lpnet and --latency-target go together"),
+    (["--latency-target", "0.5"], "--lpnet and --latency-target go together"),
+    (["--lpnet", "missing.lpnet", "--latency-target", "0.5"], "--lpnet file 'missing.lpnet' does not exist"),
+    (["--lpnet", "x.lpnet", "--latency-target", "1.5"], r"--latency-target=1.5 must be in \(0, 1\]"),
+])
+def test_prune_latency_options_are_checked(tmp_path, capsys, monkeypatch, extra, match):
+    from wgates_plugin.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.lpnet").write_bytes(b"")
+    code = main(["prune", "--model", "resnet18", "--size", "32", "--out", "p", "--no-progress", *extra])
+    assert code == 2
+    assert re.search(match, capsys.readouterr().err)
+

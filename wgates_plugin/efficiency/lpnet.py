@@ -208,9 +208,12 @@ def latency_errors(predicted: Sequence[float] | np.ndarray, measured: Sequence[f
 
 
 def split_indices(n: int, test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A random ``(train, test)`` split of ``range(n)``; the test part is ``round(n * test_fraction)``."""
+    """A random ``(train, test)`` split of ``range(n)``: ``round(n * test_fraction)`` held out, and at
+    least 2 in each part (error figures need two points)."""
     if not 0 < test_fraction < 1:
         raise ConfigError(f"test_fraction={test_fraction!r} must be in (0, 1)")
+    if n < 4:
+        raise ConfigError(f"a train/test split needs >= 4 items, got {n}")
     order = np.random.default_rng(seed).permutation(n)
-    n_test = min(max(1, round(n * test_fraction)), n - 1)
+    n_test = min(max(2, round(n * test_fraction)), n - 2)
     return np.sort(order[n_test:]), np.sort(order[:n_test])
