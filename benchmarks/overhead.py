@@ -8,9 +8,13 @@ Side by side in one run, on one model (default: torchvision resnet50 with random
   both alike; medians over ``--steps`` steps of each after ``--warmup`` steps of each;
 - **peak memory** of ``--memory-steps`` training steps, each variant in a fresh subprocess: the
   process's resident-set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs`` right
-  before the steps) minus its resident set just before them. ``tracemalloc`` does not see tensor
+  before the steps), and that minus its resident set just before them (what the steps add:
+  activations kept for backward, gradients, optimizer state). ``tracemalloc`` does not see tensor
   memory (torch's CPU allocator bypasses Python's), and a process's high-water mark cannot be
-  lowered once a variant has run, hence one process per variant;
+  lowered once a variant has run, hence one process per variant; glibc's mmap threshold is fixed
+  (see ``MALLOC_ENV``) so resident memory follows the live tensors;
+  and, in the same processes, the peak of live torch tensor memory during one more step, from the
+  profiler's memory timeline (exact for what torch allocates, blind to the C library's caching);
 - **attach**: constructing ``WGates(model, x, target=...)`` (tracing, groups, gates, FLOPs model),
   and **export**: ``freeze()`` + ``export()`` (physical removal and the output check), medians over
   ``--repeats``.
@@ -29,7 +33,9 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -167,13 +173,41 @@ def memory_child(setup: Setup, variant: str) -> dict[str, int]:
         step()
     peak = _status_kib("VmHWM")
     return {"setup_peak_kib": setup_peak, "before_steps_kib": before, "steps_peak_kib": peak,
-            "steps_growth_kib": peak - before}
+            "steps_growth_kib": peak - before, "tensor_peak_kib": profiled_tensor_peak(step) // 1024}
+
+
+def profiled_tensor_peak(step: Callable[[], object]) -> int:
+    """Peak bytes of live torch CPU tensors during one call of ``step``, from the profiler's memory timeline.
+
+    Counts what torch's allocator hands out (parameters, gradients, optimizer state, activations,
+    temporaries), independent of how the C library keeps freed memory. ``export_memory_timeline`` is
+    deprecated in favour of a CUDA-only API, hence the silenced warning.
+    """
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True, record_shapes=True,
+                                with_stack=True) as prof:
+        step()
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        path = Path(tmp) / "timeline.json"
+        prof.export_memory_timeline(str(path), device="cpu")
+        _times, sizes = json.loads(path.read_text())  # sizes: (events, categories) bytes
+    return max(sum(row) for row in sizes)
+
+
+# glibc keeps freed blocks below its (self-raising) mmap threshold: fix the threshold so that every
+# tensor above 128 KiB is mapped on allocation and unmapped on free, and resident memory follows the
+# live tensors instead of what earlier phases (tracing, building the model) left in the heap.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
 def measure_memory(setup: Setup, results: Results) -> None:
+    """One fresh process per variant (a process's high-water mark cannot be lowered once set)."""
+    env = {**os.environ, **MALLOC_ENV}
     for variant in ("plain", "gated"):
         args = [sys.executable, "-m", "benchmarks.overhead", "--memory-child", variant, *setup_args(setup)]
-        done = subprocess.run(args, check=True, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+        done = subprocess.run(args, check=True, capture_output=True, text=True, env=env,
+                              cwd=Path(__file__).parent.parent)
         results.memory[variant] = json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -221,10 +255,12 @@ def table(results: Results) -> str:
         ("freeze() + export()", "", f"{export_s:.3f} s", "", f"<= {EXPORT_TARGET_S} s",
          _verdict(export_s <= EXPORT_TARGET_S)),
     ]
-    for key, label in (("steps_growth_kib", "peak RSS growth over the steps"), ("steps_peak_kib", "peak RSS")):
-        if results.memory:
-            p, g = results.memory["plain"][key], results.memory["gated"][key]
-            rows.append((label, _mib(p), _mib(g), f"{g / p:.3f}x", "", ""))
+    labels = (("tensor_peak_kib", "peak live tensor memory of one step (torch profiler)"),
+              ("steps_growth_kib", "peak RSS during the steps minus RSS before them"),
+              ("steps_peak_kib", "peak RSS during the steps (whole process)"))
+    for key, label in labels if results.memory else ():
+        p, g = results.memory["plain"][key], results.memory["gated"][key]
+        rows.append((label, _mib(p), _mib(g), f"{g / p:.3f}x ({_mib(g - p)} more)", "", ""))
     head = (f"{s.model}, input {s.batch}x3x{s.size}x{s.size}, {s.threads} threads, "
             f"{s.steps} timed steps of each kind after {s.warmup} warm-up, {s.repeats} repeats of attach/export, "
             f"target {s.target} FLOPs")

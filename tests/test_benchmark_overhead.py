@@ -19,8 +19,9 @@ ROWS = [
     "training step, process CPU time (median)",
     "attach: WGates(...)",
     "freeze() + export()",
-    "peak RSS growth over the steps",
-    "peak RSS",
+    "peak live tensor memory of one step (torch profiler)",
+    "peak RSS during the steps minus RSS before them",
+    "peak RSS during the steps (whole process)",
 ]
 
 
@@ -46,7 +47,9 @@ def test_prints_one_markdown_row_per_measurement(run):
     assert re.fullmatch(r"\d+\.\d{3}x", rows[0][3]) and rows[0][4] == "<= 1.05x"
     assert rows[0][5].removesuffix(" |") in ("yes", "no")
     assert re.fullmatch(r"\d+\.\d{3} s", rows[2][2]) and rows[2][4] == "<= 1.0 s"
-    assert re.fullmatch(r"\d+ MiB", rows[4][1]) and re.fullmatch(r"\d+ MiB", rows[5][2])
+    for row in rows[4:]:
+        assert re.fullmatch(r"\d+ MiB", row[1]) and re.fullmatch(r"\d+ MiB", row[2])
+        assert re.fullmatch(r"\d+\.\d{3}x \(-?\d+ MiB more\)", row[3])
     footer = r"torch \S+, torchvision \S+, Python \S+, CPU: .+, load average at start \d+\.\d\d, \d{4}-\d\d-\d\d"
     assert re.fullmatch(footer, lines[-1])
 
@@ -61,6 +64,7 @@ def test_json_holds_every_sample(run):
         memory = result["memory"][variant]
         assert memory["steps_peak_kib"] >= memory["before_steps_kib"] > 0
         assert memory["steps_growth_kib"] == memory["steps_peak_kib"] - memory["before_steps_kib"]
+        assert 0 < memory["tensor_peak_kib"] < memory["steps_peak_kib"]
 
 
 @pytest.mark.parametrize("flag", ["--steps", "--repeats", "--threads"])
