@@ -35,9 +35,9 @@ def test_demo_quick(tmp_path):
 
     # the printed table carries the report's numbers
     rows = {m.group(1): (float(m.group(2)), float(m.group(3)))
-            for m in re.finditer(r"^(params \(M\)|MACs \(M\)|latency \(ms\)|top-1 \(%\))\s+(\S+)\s+(\S+)",
+            for m in re.finditer(r"^(params \(M\)|MACs \(M\)|latency \(ms, batch 32\)|top-1 \(%\))\s+(\S+)\s+(\S+)",
                                  proc.stdout, re.M)}
-    assert set(rows) == {"params (M)", "MACs (M)", "latency (ms)", "top-1 (%)"}
+    assert set(rows) == {"params (M)", "MACs (M)", "latency (ms, batch 32)", "top-1 (%)"}
     assert rows["params (M)"] == (round(report["before"]["params"] / 1e6, 3), round(report["after"]["params"] / 1e6, 3))
     assert rows["top-1 (%)"] == (round(report["before"]["top1"] * 100, 1), round(report["after"]["top1"] * 100, 1))
     assert abs(report["flops_ratio"] - 0.5) <= 0.005 and rows["MACs (M)"][1] < rows["MACs (M)"][0]

@@ -20,7 +20,7 @@ from wgates_plugin.efficiency import count_macs
 from wgates_plugin.serialization import load_pruned
 from wgates_plugin.training import count_params, evaluate
 
-TINY = ["--steps", "3", "--finetune-steps", "2", "--bn-batches", "2", "--no-progress"]
+TINY = ["--steps", "3", "--finetune-steps", "2", "--bn-batches", "2", "--latency-batch", "4", "--no-progress"]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -60,7 +60,7 @@ def test_prune_digits_with_weights(tmp_path):
     assert re.search(r"FLOPs: 0\.(39|40)\d* of the original \(target 0.4\)", proc.stdout) and "top-1 (%)" in proc.stdout
     report = json.loads((out / "report.json").read_text())
     _check_report(report, 0.4)
-    assert report["model"] == "resnet18" and report["input_shape"] == [1, 3, 16, 16]
+    assert report["model"] == "resnet18" and report["input_shape"] == [1, 3, 16, 16] and report["latency_batch"] == 4
     _, test = load_digits(size=16)
     _, test_loader = loaders(test, test, batch_size=32)
     assert report["before"]["top1"] == evaluate(baseline, test_loader)  # the given weights were the baseline
@@ -96,9 +96,10 @@ def test_prune_image_folder(tmp_path):
     (["--model", "resnet18", "--flops-target", "1.5"], r"--flops-target=1.5 must be in \(0, 1\]"),
     (["--model", "resnet18", "--data", "no/such/dir"], r"image folder 'no/such/dir' does not exist"),
     (["--model", "resnet18", "--weights", "missing.pt"], r"--weights file 'missing.pt' does not exist"),
+    (["--model", "resnet18", "--latency-batch", "0"], r"--latency-batch=0 must be >= 1"),
 ])
 def test_prune_bad_input_exits_2_with_the_reason(args, match, tmp_path, capsys):
-    assert main(["prune", *args, "--out", str(tmp_path / "out"), "--size", "16", *TINY]) == 2
+    assert main(["prune", *TINY, "--out", str(tmp_path / "out"), "--size", "16", *args]) == 2
     err = capsys.readouterr().err
     assert re.search(match, err), err
     assert not (tmp_path / "out").exists()
@@ -115,3 +116,17 @@ def test_prune_weights_that_do_not_fit(tmp_path, capsys):
     assert main(["prune", "--model", "resnet18", "--weights", str(tmp_path / "list.pt"), "--size", "16",
                  "--out", str(tmp_path / "out"), *TINY]) == 2
     assert "holds a list, not a state dict" in capsys.readouterr().err
+
+
+def test_demo_arguments():
+    from wgates_plugin.cli import build_parser
+    from wgates_plugin.commands.demo import FULL, QUICK, demo_args
+    from wgates_plugin.training import Recipe
+
+    full = demo_args(build_parser().parse_args(["demo", "--seed", "3", "--latency-batch", "8"]))
+    assert (full.model, full.data, full.size, full.flops_target, full.seed, full.latency_batch) == \
+        ("resnet18", "digits", 32, 0.5, 3, 8)
+    assert str(full.out) == "wgates-demo" and full.gate_lr == Recipe().gate_lr
+    assert {k: getattr(full, k) for k in FULL} == FULL
+    quick = demo_args(build_parser().parse_args(["demo", "--quick", "--out", "elsewhere"]))
+    assert {k: getattr(quick, k) for k in QUICK} == QUICK and str(quick.out) == "elsewhere"

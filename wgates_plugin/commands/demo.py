@@ -34,10 +34,11 @@ def demo_args(args: argparse.Namespace) -> argparse.Namespace:
 
     r = Recipe()
     schedule = QUICK if args.quick else FULL
+    run_options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "quick")}  # --out, --seed, ...
     return argparse.Namespace(
         model="resnet18", data="digits", size=32, weights=None, train_lr=0.05, flops_target=0.5,
         gate_lr=r.gate_lr, weight_lr=r.weight_lr, finetune_lr=r.finetune_lr, batch_size=64,
-        out=args.out, seed=args.seed, threads=args.threads, progress=args.progress, **schedule)
+        **run_options, **schedule)
 
 
 def run(args: argparse.Namespace) -> int:
