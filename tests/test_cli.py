@@ -97,6 +97,7 @@ def test_prune_image_folder(tmp_path):
     (["--model", "resnet18", "--data", "no/such/dir"], r"image folder 'no/such/dir' does not exist"),
     (["--model", "resnet18", "--weights", "missing.pt"], r"--weights file 'missing.pt' does not exist"),
     (["--model", "resnet18", "--latency-batch", "0"], r"--latency-batch=0 must be >= 1"),
+    (["--model", "alexnet", "--size", "8"], r"alexnet cannot run on 8x8 inputs \(RuntimeError: .*\)\. HINT: pick"),
 ])
 def test_prune_bad_input_exits_2_with_the_reason(args, match, tmp_path, capsys):
     assert main(["prune", *TINY, "--out", str(tmp_path / "out"), "--size", "16", *args]) == 2

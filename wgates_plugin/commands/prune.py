@@ -118,9 +118,22 @@ def make_model(args: argparse.Namespace, num_classes: int) -> tuple[nn.Module, A
     arch = Architecture(args.model, kwargs, input_shape=(1, 3, args.size, args.size))
     torch.manual_seed(args.seed)
     model = build_model(arch)
+    check_input_size(model, arch)
     if args.weights is not None:
         load_baseline_weights(model, args.weights, f"'{args.model}' (num_classes={num_classes})")
     return model, arch
+
+
+def check_input_size(model: nn.Module, arch: Any) -> None:
+    """Raise :class:`ConfigError` if ``model`` cannot run on ``arch.input_shape`` (e.g. too small)."""
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros((2, *arch.input_shape[1:])))
+    except Exception as exc:  # torchvision raises ValueError / RuntimeError / AssertionError here
+        raise ConfigError(f"{arch.name} cannot run on {arch.input_shape[-2]}x{arch.input_shape[-1]} inputs "
+                          f"({type(exc).__name__}: {exc}). HINT: pick another --size") from None
+    finally:
+        model.train()
 
 
 def load_baseline_weights(model: nn.Module, path: Path, what: str) -> None:
