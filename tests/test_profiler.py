@@ -207,6 +207,19 @@ def test_collection_writes_context_reference_and_candidates(r10, tmp_path):
     assert load_samples(path).records == samples.records
 
 
+def test_reference_is_remeasured_and_its_median_is_the_reference(r10, tmp_path):
+    model, x = r10
+    path = tmp_path / "s.jsonl"
+    samples = collect_latency(model, x, path, 5, batch=2, timing=FAST, reference_every=2, blocks=True,
+                              progress=False)
+    indices = [json.loads(line)["index"] for line in path.read_text().splitlines()[1:]]
+    assert indices == [-1, 0, 1, -1, 2, 3, -1, 4]
+    refs = samples.references
+    assert samples.reference["ms"] == sorted(r["ms"] for r in refs)[1]
+    assert samples.reference["blocks"][2]["ms"] == sorted(r["blocks"][2]["ms"] for r in refs)[1]
+    assert load_samples(path).reference == samples.reference
+
+
 def test_resume_skips_done_candidates_and_survives_a_torn_line(r10, tmp_path):
     model, x = r10
     path = tmp_path / "s.jsonl"
@@ -237,6 +250,8 @@ def test_bad_collection_arguments(r10, tmp_path):
         collect_latency(model, (x,), tmp_path / "a.jsonl", 1)
     with pytest.raises(ConfigError, match="samples=-1 must be an integer >= 0"):
         collect_latency(model, x, tmp_path / "a.jsonl", -1)
+    with pytest.raises(ConfigError, match="reference_every=0 must be an integer >= 1"):
+        collect_latency(model, x, tmp_path / "a.jsonl", 3, reference_every=0)
 
 
 def test_a_file_that_is_not_samples_is_refused(tmp_path):

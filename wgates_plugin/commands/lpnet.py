@@ -49,6 +49,9 @@ def _collect_parser(sub: Any) -> None:
     p.add_argument("--repeats", type=int, default=15, help="timed forwards per candidate; median (default 15)")
     p.add_argument("--seed", type=int, default=0, help="candidate sampler seed (default 0)")
     p.add_argument("--spread", type=float, default=0.5, help="per-group spread around a common ratio (0.5)")
+    p.add_argument("--reference-every", type=int, default=100,
+                   help="re-measure the unpruned model before every N candidates; the reference latency is "
+                        "the median (default 100)")
     p.add_argument("--min-keep", type=float, default=0.0, help="smallest kept fraction per group (default 0)")
     p.add_argument("--prune-shortcuts", action="store_true", help="also vary residual-coupled groups")
     p.set_defaults(func=_collect)
@@ -81,19 +84,19 @@ def _eval_parser(sub: Any) -> None:
 def _collect(args: argparse.Namespace) -> int:
     import torch
 
-    from ..config import LayerBounds, WGatesConfig
+    from ..config import BudgetMode, LayerBounds, WGatesConfig
     from ..efficiency.profiler import Timing, collect_latency
     from ..models import Architecture, build_model
 
     shape = (2, 3, args.input_size, args.input_size)
     model = build_model(Architecture(args.model, {"num_classes": args.num_classes}, shape)).eval()
-    config = WGatesConfig(mode="none", prune_shortcuts=args.prune_shortcuts, bounds=LayerBounds(args.min_keep))
+    config = WGatesConfig(mode=BudgetMode.NONE, prune_shortcuts=args.prune_shortcuts, bounds=LayerBounds(args.min_keep))
     samples = collect_latency(
         model, torch.zeros(shape), args.out, args.samples, device=args.device, batch=args.batch,
         timing=Timing(args.warmup, args.repeats, args.threads, args.clock), seed=args.seed, spread=args.spread,
-        config=config, blocks=args.blocks, model_name=args.model)
-    ctx = samples.context
-    print(f"{len(samples)} candidates + reference ({samples.reference['ms']:.3f} ms) of {ctx['model']} on "
+        reference_every=args.reference_every, config=config, blocks=args.blocks, model_name=args.model)
+    ctx, reference = samples.context, samples.reference or {}
+    print(f"{len(samples)} candidates + reference ({reference['ms']:.3f} ms) of {ctx['model']} on "
           f"'{ctx['device']}', input {ctx['input_shape']}, batch {ctx['batch']}, {ctx['threads']} threads "
           f"-> {args.out}")
     return 0
@@ -166,7 +169,7 @@ def latency_efficiency(args: argparse.Namespace, model: Any, example_inputs: Any
     if (lpnet is None) != (target is None):
         raise ConfigError("--lpnet and --latency-target go together: the LPNet predicts latency, the target "
                           f"sets the budget (got --lpnet={lpnet}, --latency-target={target})")
-    if lpnet is None:
+    if lpnet is None or target is None:
         return None
     if not 0 < target <= 1:
         raise ConfigError(f"--latency-target={target} must be in (0, 1]")

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..groups import ChannelGroup
-from .flops import FlopsModel, record_layer_shapes
+from .flops import FlopsModel, LayerShape, record_layer_shapes
 from .samples import LatencyContextError
 
 __all__ = ["SLOT_FEATURES", "BlockInfo", "type_key", "default_block_types", "find_blocks", "BlockEncoder"]
@@ -117,15 +117,18 @@ class BlockEncoder(nn.Module):
         LatencyContextError: a block has a conv the ``layout`` does not know.
     """
 
+    flops: FlopsModel
+
     def __init__(self, model: nn.Module, example_inputs: object, groups: Sequence[ChannelGroup],
                  blocks: Sequence[BlockInfo], layout: dict[str, list[str]] | None = None) -> None:
         super().__init__()
-        self.flops = FlopsModel(record_layer_shapes(model, example_inputs), groups)
+        self.shapes: list[LayerShape] = record_layer_shapes(model, example_inputs)
+        self.flops = FlopsModel(self.shapes, groups)
         self.blocks = list(blocks)
         self.layout = {k: list(v) for k, v in (layout or layout_of(self.blocks)).items()}
         self._check_layout()
-        first = {}
-        for i, s in enumerate(self.flops.shapes):
+        first: dict[str, int] = {}
+        for i, s in enumerate(self.shapes):
             first.setdefault(s.name, i)
         modules = dict(model.named_modules())
         self._index: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -168,9 +171,9 @@ class BlockEncoder(nn.Module):
                 torch.tensor(static, dtype=torch.float32))
 
     def _static(self, conv: nn.Module | None, index: int | None) -> list[float]:
-        if conv is None or index is None:
+        if not isinstance(conv, nn.Conv2d) or index is None:
             return [0.0, 0.0, 0.0]
-        shape = self.flops.shapes[index]
+        shape = self.shapes[index]
         return [float(shape.positions), float(shape.kernel), float(conv.stride[0])]
 
     def features(self, counts: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -11,8 +11,9 @@ Two granularities, as in the paper:
   unpruned network is its measured latency. Tied to a block type, reusable on every model built from
   it (resnet50 -> resnet101) on the same device, input size and batch.
 
-The budget reference (:meth:`LatencyModel.reference`) is the *measured* latency of the unpruned model,
-so ``WGates(..., target=0.6)`` aims at 60 % of what the original model measured on the device.
+The budget reference (:meth:`LatencyModel.reference`) is the *measured* latency of the unpruned model
+(the median of its measurements during collection), so ``WGates(..., target=0.6)`` aims at 60 % of
+what the original model measured on the device.
 
 Files: safetensors holding the LPNet weights, with the JSON metadata (kind, the collection context:
 model name and hash, device name, torch version, threads, batch, input shape, group names; the
@@ -192,7 +193,7 @@ class LatencyPredictor(nn.Module):
 
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.nets.state_dict().items() if ".layers." in k}
         meta = {"format": LPNET_FORMAT, "kind": self.kind, "types": self.types, "context": self.context,
-                "nets": [n.spec() for n in self.nets], "info": self.info}  # type: ignore[union-attr]
+                "nets": [self.net(t).spec() for t in self.types], "info": self.info}
         save_file(tensors, os.fspath(path), metadata={"wgates_lpnet": json.dumps(meta)})
 
     @classmethod
@@ -237,6 +238,7 @@ class LatencyModel(EfficiencyModel):
     """
 
     unit = "ms"
+    sizes: torch.Tensor
 
     def __init__(self, predictor: LatencyPredictor, groups: Sequence[ChannelGroup], reference_ms: float,
                  encoder: BlockEncoder | None = None) -> None:

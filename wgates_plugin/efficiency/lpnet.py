@@ -40,6 +40,11 @@ class LPNet(nn.Module):
     differentiable in ``x``.
     """
 
+    x_mean: torch.Tensor
+    x_std: torch.Tensor
+    y_mean: torch.Tensor
+    y_std: torch.Tensor
+
     def __init__(self, in_features: int, hidden: Sequence[int] = (128, 128), log_target: bool = True) -> None:
         super().__init__()
         if len(hidden) != 2 or min(hidden) < 1:

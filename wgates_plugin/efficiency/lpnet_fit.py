@@ -46,31 +46,33 @@ def train_predictor(
     Raises:
         ConfigError: unknown kind, too few samples, no reference, or no block timings for ``block``.
     """
-    _check(samples, kind)
+    reference = _check(samples, kind)
     fit = fit or FitConfig()
     train, test = split_indices(len(samples.records), test_fraction, split_seed)
-    train_recs = [samples.reference] + [samples.records[i] for i in train]
+    train_recs = [reference] + [samples.records[i] for i in train]
     test_recs = [samples.records[i] for i in test]
     if kind == "network":
         types, nets = ["network"], [_fit_network(samples, train_recs, fit, progress)]
     else:
         types = list(samples.context["blocks"]["features"])
         nets = [_fit_block_type(t, train_recs, fit, progress) for t in types]
-    info = {"reference": samples.reference, "fit": fit.asdict(),
+    info = {"reference": reference, "fit": fit.asdict(),
             "split": {"test_fraction": test_fraction, "seed": split_seed}}
     predictor = LatencyPredictor(kind, types, nets, samples.context, info)
-    report = _report(predictor, samples.reference, test_recs) | {"n_train": len(train_recs), "n_test": len(test_recs)}
+    report = _report(predictor, reference, test_recs) | {"n_train": len(train_recs), "n_test": len(test_recs)}
     predictor.info["report"] = report
     return predictor, report
 
 
-def _check(samples: LatencySamples, kind: str) -> None:
+def _check(samples: LatencySamples, kind: str) -> dict[str, Any]:
+    """The samples' reference record, after checking they can train an LPNet of ``kind``."""
     if kind not in KINDS:
         raise ConfigError(f"kind={kind!r} is not one of {KINDS}")
     if samples.reference is None or len(samples.records) < 4:
         raise ConfigError(f"need the reference and >= 4 measured candidates, got {len(samples.records)}")
     if kind == "block" and not samples.context.get("blocks"):
         raise ConfigError("these samples have no block timings; collect them with blocks=True (--blocks)")
+    return samples.reference
 
 
 def _fit_network(samples: LatencySamples, records: list[dict], fit: FitConfig, progress: bool) -> LPNet:
@@ -118,8 +120,9 @@ def evaluate_predictor(predictor: LatencyPredictor, samples: LatencySamples) -> 
         ConfigError: the samples have no reference or fewer than 2 candidates.
     """
     predictor.check_samples(samples.context)
-    if samples.reference is None or len(samples.records) < 2:
+    reference = samples.reference
+    if reference is None or len(samples.records) < 2:
         raise ConfigError("evaluation needs the samples' reference and >= 2 measured candidates")
     if predictor.kind == "block" and not samples.context.get("blocks"):
         raise ConfigError("a block LPNet needs samples collected with blocks=True (--blocks)")
-    return _report(predictor, samples.reference, samples.records) | {"n_test": len(samples.records)}
+    return _report(predictor, reference, samples.records) | {"n_test": len(samples.records)}

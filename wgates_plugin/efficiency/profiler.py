@@ -240,6 +240,7 @@ def collect_latency(
     timing: Timing = Timing(),
     seed: int = 0,
     spread: float = 0.5,
+    reference_every: int = 100,
     config: WGatesConfig | None = None,
     blocks: bool | Sequence[str] = False,
     block_types: Sequence[type[nn.Module]] | None = None,
@@ -261,6 +262,8 @@ def collect_latency(
         batch: batch size of the timed forward.
         timing: warm-up, repeats and thread count.
         seed / spread: the candidate sampler (see :meth:`CandidateSpace.sample`).
+        reference_every: measure the unpruned model again before every this many candidates; the
+            reference latency (the budget's base) is the median of these measurements.
         config: selects the gated groups and their bounds, as for ``WGates``.
         blocks: also time every block alone, for the block LPNet: True for ``block_types`` (default
             torchvision's residual blocks), or a list of block module names.
@@ -273,16 +276,21 @@ def collect_latency(
     """
     if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() != 4:
         raise ConfigTypeError("example_inputs must be an image tensor (N, C, H, W) for latency profiling")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
-        raise ConfigError(f"samples={samples!r} must be an integer >= 0")
+    for name, value, low in (("samples", samples, 0), ("reference_every", reference_every, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{name}={value!r} must be an integer >= {low}")
     space = CandidateSpace(model, example_inputs, config)
     encoder = _encoder(space, blocks, block_types)
     job = _Job(space, torch.randn(batch, *example_inputs.shape[1:], device=device), timing, encoder, seed, spread)
-    context = _context(model, example_inputs, job, device, batch, model_name)
+    context = _context(model, example_inputs, job, device, batch, model_name) | {"reference_every": reference_every}
     writer = SampleWriter(path, context)
-    todo = [i for i in [REFERENCE, *range(samples)] if i not in writer.samples.done]
+    todo = [i for i in range(samples) if i not in writer.samples.done]
     with fixed_threads(timing.resolved_threads()):  # building and capturing too: no oversubscribed cores
-        for index in _progress(todo, progress, samples + 1):
+        if REFERENCE not in writer.samples.done:
+            writer.append(_measure(job, REFERENCE))
+        for index in _progress(todo, progress, samples):
+            if index and index % reference_every == 0:
+                writer.append(_measure(job, REFERENCE))
             writer.append(_measure(job, index))
     return writer.samples
 

@@ -7,7 +7,9 @@ line is one measured candidate::
     {"index": 3, "counts": [40, 17, ...], "ms": 12.31,
      "blocks": [{"name": "layer1.0", "type": "...Bottleneck", "features": [...], "ms": 0.84}, ...]}
 
-``index == -1`` is the unpruned model (the reference). Lines are appended and flushed one by one, so an
+``index == -1`` is the unpruned model (the reference); it is measured first and again every so many
+candidates, and :attr:`LatencySamples.reference` is the median of those measurements, so the budget
+reference does not rest on one noisy timing. Lines are appended and flushed one by one, so an
 interrupted collection loses at most the line being written; a torn last line is ignored on reading,
 and a resumed collection skips every index already on disk.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +43,12 @@ class LatencySamples:
     Attributes:
         context: the measurement context (see the module docstring).
         records: one dict per measured candidate, ``index >= 0``, in file order.
-        reference: the record of the unpruned model (``index == -1``), or None if not measured yet.
+        references: every measurement of the unpruned model (``index == -1``), in file order.
     """
 
     context: dict[str, Any]
     records: list[dict[str, Any]] = field(default_factory=list)
-    reference: dict[str, Any] | None = None
+    references: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -54,7 +57,18 @@ class LatencySamples:
     def done(self) -> set[int]:
         """Indices already measured (the reference included)."""
         out = {int(r["index"]) for r in self.records}
-        return out | ({REFERENCE} if self.reference is not None else set())
+        return out | ({REFERENCE} if self.references else set())
+
+    @property
+    def reference(self) -> dict[str, Any] | None:
+        """The unpruned model's record with the median latency of its measurements (and of each block's)."""
+        if not self.references:
+            return None
+        merged = dict(self.references[0], ms=statistics.median(r["ms"] for r in self.references))
+        if "blocks" in merged:
+            merged["blocks"] = [dict(b, ms=statistics.median(r["blocks"][i]["ms"] for r in self.references))
+                                for i, b in enumerate(merged["blocks"])]
+        return merged
 
 
 def _lines(path: Path) -> Iterator[str]:
@@ -79,10 +93,7 @@ def load_samples(path: str | os.PathLike) -> LatencySamples:
         record = _parse(line, path, number, torn_ok=number == len(lines))
         if record is None:
             continue
-        if int(record["index"]) == REFERENCE:
-            samples.reference = record
-        else:
-            samples.records.append(record)
+        (samples.references if int(record["index"]) == REFERENCE else samples.records).append(record)
     return samples
 
 
@@ -144,7 +155,4 @@ class SampleWriter:
     def append(self, record: dict[str, Any]) -> None:
         """Write one measured candidate (``index == -1`` for the reference)."""
         self._write(record)
-        if int(record["index"]) == REFERENCE:
-            self.samples.reference = record
-        else:
-            self.samples.records.append(record)
+        (self.samples.references if int(record["index"]) == REFERENCE else self.samples.records).append(record)
