@@ -13,7 +13,7 @@ import argparse
 from typing import Any
 
 from ..errors import WGatesError
-from .prune import add_run_arguments, execute, fail, format_table
+from .prune import add_run_arguments, execute, fail, format_table, quiet_cuda_probe
 
 # The demo's schedule (steps of batch 64 over the 1 000 training digits, ~15 steps per epoch).
 FULL = {"train_steps": 150, "steps": 100, "finetune_steps": 100, "bn_batches": 20}
@@ -43,6 +43,7 @@ def demo_args(args: argparse.Namespace) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``wgates demo``."""
+    quiet_cuda_probe()
     full = demo_args(args)
     print(f"W-Gates demo: resnet18 (10 classes) on the bundled digits at 32x32, FLOPs budget 50 %\n"
           f"baseline {full.train_steps} steps, gate training {full.steps} steps, fine-tuning "

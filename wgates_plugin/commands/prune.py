@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -231,8 +232,15 @@ def _pct(fraction: float | None) -> float | None:
     return None if fraction is None else fraction * 100
 
 
+def quiet_cuda_probe() -> None:
+    """Silence torch's "No CUDA runtime is found" warning, logged when the latency timer is imported on
+    a CPU-only machine (it says nothing about this run)."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``wgates prune``: 0 on success, 2 (with the reason on stderr) on bad input."""
+    quiet_cuda_probe()
     try:
         report = execute(args)
     except (WGatesError, FileNotFoundError) as exc:
