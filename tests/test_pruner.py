@@ -255,3 +255,12 @@ def test_a_deep_copy_of_a_gated_model_is_the_plain_model(small):
     with torch.no_grad():
         torch.testing.assert_close(twin(x), plain(x), rtol=0, atol=0)
         assert not torch.equal(model.eval()(x), plain(x))
+
+
+def test_target_term_pushes_up_below_the_target_and_down_above():
+    from wgates_plugin.budget import DualMultiplier
+
+    for ratio, sign in ((0.3, -1.0), (0.7, 1.0)):
+        r = torch.tensor(ratio, requires_grad=True)
+        DualMultiplier(initial=2.0, rate=0.1, target=0.5).penalty(r).backward()
+        assert float(r.grad) == pytest.approx(sign * 2.0 / 0.5)

@@ -94,7 +94,15 @@ def _top_up(model, units, start, bounds, budget) -> list[int]:
 
 
 class DualMultiplier:
-    """The ``TARGET``-mode multiplier: ``lambda <- max(0, lambda + rate * (ratio - target) / target)``."""
+    """The ``TARGET``-mode controller.
+
+    Loss term ``lambda * |ratio - target| / target``: above the target it pushes the cost down, below
+    it pushes it back up, with the same strength. The multiplier follows
+    ``lambda <- max(0, lambda + rate * (ratio - target) / target)``: it grows while the network is
+    above budget and shrinks while it is below. (A plain Lagrangian term ``lambda * (ratio - target)``
+    keeps pushing down after the target is passed until ``lambda`` has decayed, and the gates
+    overshoot far below the budget.)
+    """
 
     def __init__(self, initial: float, rate: float, target: float) -> None:
         self.value = float(initial)
@@ -103,6 +111,6 @@ class DualMultiplier:
 
     def penalty(self, ratio: torch.Tensor) -> torch.Tensor:
         """The loss term for the current cost ratio; updates the multiplier from the detached ratio."""
-        term = self.value * (ratio - self.target) / self.target
+        term = self.value * (ratio - self.target).abs() / self.target
         self.value = max(0.0, self.value + self.rate * (float(ratio.detach()) - self.target) / self.target)
         return term

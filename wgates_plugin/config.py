@@ -17,9 +17,9 @@ class BudgetMode(str, enum.Enum):
 
     ``PAPER``: ``alpha * log(1 + Eff(c) / Eff_0)`` (Eq. 12 with the cost normalized by the unpruned
     model's, so ``alpha`` means the same on every model); the budget is whatever ``alpha`` reaches.
-    ``TARGET``: a Lagrangian term ``lambda_t * (Eff(c) / Eff_0 - target) / target`` whose multiplier
-    follows dual ascent ``lambda_{t+1} = max(0, lambda_t + rate * (Eff(c) / Eff_0 - target) / target)``,
-    then an exact projection onto the budget when the gates are frozen.
+    ``TARGET``: a two-sided term ``lambda_t * |Eff(c) / Eff_0 - target| / target`` whose multiplier
+    follows ``lambda_{t+1} = max(0, lambda_t + rate * (Eff(c) / Eff_0 - target) / target)`` (grows
+    above budget, shrinks below), then an exact projection onto the budget when the gates are frozen.
     ``NONE``: no efficiency term (fixed per-layer ratios, e.g. NNI ``sparse_ratio``).
     """
 
