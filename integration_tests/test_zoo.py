@@ -21,6 +21,7 @@ import torch_pruning as tp
 import torchvision
 from torch import nn
 
+from tests.helpers import calibrated_model
 from wgates_plugin import TracingError, WGates, count_macs
 from wgates_plugin.groups import ChannelGroup, Role
 
@@ -72,21 +73,8 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
     random statistics most of these models give the same logits for every input, and an equivalence
     check would be vacuous); every BN then has a non-zero shift on every channel.
     """
-    torch.manual_seed(0)
     kwargs, side = ZOO[name]
-    model = getattr(torchvision.models, name)(num_classes=10, **kwargs)
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for m in bns:
-        nn.init.uniform_(m.weight, 0.5, 1.5)
-        nn.init.uniform_(m.bias, -0.5, 0.5)
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the calibration batches
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn(8, 3, side, side))
-    for m in bns:
-        m.momentum = 0.1
+    model = calibrated_model(name, side, **kwargs)
     return model, torch.randn(2, 3, side, side)
 
 

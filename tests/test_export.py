@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
+from tests.helpers import calibrated_model
 from wgates_plugin import ExportError, StateError, WGates
 from wgates_plugin.export import nni_masks, prune_groups, verify_outputs
 from wgates_plugin.groups import ChannelGroup, trace_groups
@@ -24,21 +24,7 @@ def build(name: str, side: int = 32) -> tuple[nn.Module, torch.Tensor]:
     random statistics most of these models output the same logits for every input); every BN then
     has a non-zero shift, so zeroing a channel before a BN instead of after it changes the outputs.
     """
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(num_classes=10)
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for m in bns:
-        nn.init.uniform_(m.weight, 0.5, 1.5)
-        nn.init.uniform_(m.bias, -0.5, 0.5)
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the calibration batches
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn(8, 3, side, side))
-    for m in bns:
-        m.momentum = 0.1
-    return model.eval(), torch.randn(2, 3, side, side)
+    return calibrated_model(name, side).eval(), torch.randn(2, 3, side, side)
 
 
 def group_named(model: nn.Module, x: torch.Tensor, name: str) -> ChannelGroup:

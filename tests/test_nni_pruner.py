@@ -12,6 +12,7 @@ from nni.compression import TorchEvaluator
 from nni.compression.pruning import L1NormPruner
 from torch import nn
 
+from tests.helpers import randomize_bn
 from wgates_plugin import BudgetMode, WGatesPruner, count_macs, speedup
 from wgates_plugin.errors import ConfigError, StateError
 
@@ -71,15 +72,6 @@ class MobileLike(nn.Module):
         return self.fc(self.project(self.dw(self.expand(self.stem(x)))).mean((2, 3)))
 
 
-def randomize_bn(model: nn.Module) -> nn.Module:
-    """Non-trivial BN statistics and shifts, so that a wrongly kept channel changes the outputs."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-    return model
 
 
 def training_step(batch, model):

@@ -10,6 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
+from tests.helpers import randomize_bn
 from wgates_plugin import (
     BudgetError,
     BudgetMode,
@@ -39,20 +40,12 @@ class SmallCNN(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
-def _randomize_bn(model: nn.Module) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-    return model
 
 
 @pytest.fixture
 def small():
     torch.manual_seed(0)
-    return _randomize_bn(SmallCNN()), torch.randn(4, 3, 16, 16)
+    return randomize_bn(SmallCNN()), torch.randn(4, 3, 16, 16)
 
 
 def test_only_unshared_groups_are_gated_by_default(small):
@@ -132,7 +125,7 @@ def test_target_multiplier_rises_above_target_and_falls_below():
 @pytest.mark.parametrize("target", [0.3, 0.5, 0.8])
 def test_freeze_lands_the_flops_target_and_export_matches(target):
     torch.manual_seed(0)
-    model = _randomize_bn(torchvision.models.resnet18(num_classes=10))
+    model = randomize_bn(torchvision.models.resnet18(num_classes=10))
     x = torch.randn(2, 3, 32, 32)
     wg = WGates(model, x, target=target, prune_shortcuts=target < 0.5)
     wg.freeze()

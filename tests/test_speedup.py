@@ -18,6 +18,7 @@ from nni.compression import TorchEvaluator
 from nni.compression.pruning import FPGMPruner, L1NormPruner, SlimPruner, TaylorPruner
 from torch import nn
 
+from tests.helpers import randomize_bn
 from wgates_plugin import speedup
 from wgates_plugin.errors import ConfigError, ExportError
 
@@ -61,14 +62,6 @@ BN_AFTER = {"conv": "bn", "block1.conv1": "block1.bn1", "block1.conv2": "block1.
 RESIDUAL = ["conv", "block1.conv2", "block2.conv2"]
 
 
-def randomize_bn(model: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-    return model
 
 
 def removed_rows(mask: torch.Tensor) -> set[int]:

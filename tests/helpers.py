@@ -1,0 +1,42 @@
+"""Model set-up shared by the tests: BatchNorms whose statistics make pruning mistakes visible."""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+
+def randomize_bn(model: nn.Module, seed: int = 1) -> nn.Module:
+    """Non-trivial BN statistics and shifts, so that a wrongly kept channel changes the outputs."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return model
+
+
+def calibrated_model(name: str, side: int, **kwargs) -> nn.Module:
+    """A torchvision model with random BN affine terms and statistics calibrated on random batches.
+
+    Randomized statistics alone make many deep models output the same thing for every input, which
+    would let a wrong export pass an equality check; calibrated statistics keep outputs input-dependent,
+    and the non-zero shifts mean zeroing a channel before a BN instead of after it changes the outputs.
+    """
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(num_classes=10, **kwargs)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in bns:
+        nn.init.uniform_(m.weight, 0.5, 1.5)
+        nn.init.uniform_(m.bias, -0.5, 0.5)
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(8, 3, side, side))
+    for m in bns:
+        m.momentum = 0.1
+    return model
