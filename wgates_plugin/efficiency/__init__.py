@@ -7,8 +7,9 @@ from .flops import FlopsModel, LayerShape, count_macs, record_layer_shapes
 from .latency import LatencyModel, LatencyPredictor
 from .lpnet import FitConfig, LatencyErrors, LPNet, latency_errors
 from .lpnet_fit import evaluate_predictor, train_predictor
-from .profiler import Timing, collect_latency, device_name, measure_ms
+from .profiler import collect_latency
 from .samples import LatencyContextError, LatencySamples, load_samples
+from .timing import Timing, device_name, measure_ms
 
 __all__ = [
     "EfficiencyModel", "FlopsModel", "LayerShape", "count_macs", "record_layer_shapes",

@@ -38,8 +38,8 @@ from ..groups import ChannelGroup
 from .base import EfficiencyModel
 from .blocks import BlockEncoder, BlockInfo, default_block_types, find_blocks, type_key
 from .lpnet import LPNet
-from .profiler import Timing, device_name, measure_ms
 from .samples import LatencyContextError, context_diff
+from .timing import Timing, device_name, measure_ms
 
 __all__ = ["KINDS", "LatencyPredictor", "LatencyModel"]
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .profiler import fixed_threads
+from .timing import fixed_threads
 
 __all__ = ["LPNet", "FitConfig", "fit_lpnet", "LatencyErrors", "latency_errors", "split_indices"]
 

@@ -1,0 +1,134 @@
+"""Timing one forward robustly: warm-up, repeats, median, fixed threads, CUDA synchronisation.
+
+``clock="wall"`` measures latency; ``clock="cpu"`` measures the CPU time of a single-threaded forward,
+which is what the latency would be on an idle core (for shared, busy machines).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..export import call_model
+
+__all__ = ["Timing", "CLOCKS", "fixed_threads", "measure_ms", "device_of", "device_name"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How one latency is measured.
+
+    Attributes:
+        warmup: untimed forwards first (new shapes trigger kernel selection; keep >= 1).
+        repeats: timed forwards; the median is the latency.
+        threads: CPU threads during timing (``torch.set_num_threads``); None keeps the current count.
+        clock: ``'wall'`` times with ``time.perf_counter`` (the latency). ``'cpu'`` times with
+            ``time.process_time``: the CPU time the forward costs, which on a shared, busy machine is
+            what the latency would be on an idle core (waiting for the core is not counted; cache
+            sharing still is). Only for ``threads=1`` on a CPU device, where the two agree when the
+            machine is idle.
+    """
+
+    warmup: int = 3
+    repeats: int = 15
+    threads: int | None = None
+    clock: str = "wall"
+
+    def __post_init__(self) -> None:
+        for name, low in (("warmup", 0), ("repeats", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name}={value!r} must be an integer >= {low}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"threads={self.threads!r} must be None or an integer >= 1")
+        if self.clock not in CLOCKS:
+            raise ConfigError(f"clock={self.clock!r} is not one of {tuple(CLOCKS)}")
+        if self.clock == "cpu" and self.threads != 1:
+            raise ConfigError(f"clock='cpu' needs threads=1 (got {self.threads!r}): with more threads CPU time "
+                              "adds up the threads' work and is not a latency")
+
+    def resolved_threads(self) -> int:
+        return self.threads if self.threads is not None else torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def fixed_threads(count: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(count)``; restore the previous count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def measure_ms(module: nn.Module, inputs: Any, timing: Timing = Timing(),
+               device: str | torch.device | None = None) -> float:
+    """Median latency in milliseconds of ``module(inputs)`` on ``device`` (eval mode, no grad).
+
+    ``inputs`` (a tensor, tuple or dict) must already be on ``device``; the module is moved there.
+    The module's train/eval mode is restored afterwards.
+    """
+    device = torch.device(device) if device is not None else device_of(inputs)
+    if timing.clock == "cpu" and device.type != "cpu":
+        raise ConfigError(f"clock='cpu' times CPU work; on {device} use clock='wall'")
+    clock = CLOCKS[timing.clock]
+    was_training = module.training
+    module.to(device).eval()
+    times = []
+    try:
+        with torch.no_grad(), fixed_threads(timing.resolved_threads()):
+            for _ in range(timing.warmup):
+                call_model(module, inputs)
+            for _ in range(timing.repeats):
+                _sync(device)
+                start = clock()
+                call_model(module, inputs)
+                _sync(device)
+                times.append(clock() - start)
+    finally:
+        module.train(was_training)
+    return 1e3 * statistics.median(times)
+
+
+def device_of(inputs: Any) -> torch.device:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.device
+    values = inputs.values() if isinstance(inputs, dict) else inputs
+    return next((v.device for v in values if isinstance(v, torch.Tensor)), torch.device("cpu"))
+
+
+def device_name(device: str | torch.device) -> str:
+    """``'<type>: <model name>'`` of a device, e.g. ``'cuda: NVIDIA H100'`` or ``'cpu: Intel(R) Xeon(R) ...'``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "cuda: unavailable"
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"{device.type}: {_cpu_model()}"
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
