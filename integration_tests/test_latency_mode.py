@@ -25,13 +25,6 @@ pytestmark = pytest.mark.slow
 CPU = ["--threads", "1", "--clock", "cpu", "--warmup", "1", "--repeats", "3"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_collect_train_eval_prune_to_a_latency_budget(tmp_path, capsys):
     samples, lpnet, out = tmp_path / "r18.jsonl", tmp_path / "r18.lpnet", tmp_path / "pruned"

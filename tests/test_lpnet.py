@@ -36,14 +36,6 @@ def resnet(block: type[nn.Module], num_classes: int = 10, layers=(1, 1, 1, 1)) -
     return ResNet(block, list(layers), num_classes=num_classes).eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models and MLPs: one thread is fastest, and several are much slower on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory):

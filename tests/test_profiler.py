@@ -46,14 +46,6 @@ class GroupedCNN(nn.Module):
         return self.head(self.b(self.a(x)).mean((2, 3)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest, and several are much slower on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def r10():
