@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -127,7 +127,8 @@ def nni_masks(wg: WGates) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def _full_masks(layer: nn.Module) -> dict[str, torch.Tensor]:
-    out = {"weight": torch.ones_like(layer.weight.detach())}
-    if getattr(layer, "bias", None) is not None:
-        out["bias"] = torch.ones_like(layer.bias.detach())
+    out = {"weight": torch.ones_like(cast(torch.Tensor, layer.weight).detach())}
+    bias = getattr(layer, "bias", None)
+    if bias is not None:
+        out["bias"] = torch.ones_like(bias.detach())
     return out

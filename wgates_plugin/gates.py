@@ -7,7 +7,9 @@ convolutions that produce it, and turns the scores into 0/1 gates.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -74,8 +76,13 @@ class Producer:
     channels: torch.Tensor
 
     @property
+    def weight(self) -> torch.Tensor:
+        """The producer's current weight (NNI's wrappers may swap the module for one of theirs)."""
+        return cast(torch.Tensor, self.module.weight)
+
+    @property
     def features(self) -> int:
-        return int(self.module.weight[0].numel())
+        return int(self.weight[0].numel())
 
 
 class WeightGate(nn.Module):
@@ -107,6 +114,8 @@ class WeightGate(nn.Module):
             opening the best-scored / closing the worst-scored channels.
         init_score: initial score of every channel.
     """
+
+    frozen: torch.Tensor  # a registered buffer: empty while the gate is not frozen
 
     def __init__(
         self,
@@ -145,7 +154,7 @@ class WeightGate(nn.Module):
         """``X``: the group's reshaped filters, shape ``(C, sum_j D_j)``."""
         blocks = []
         for p in self.producers:
-            w = p.module.weight if self.weight_grad else p.module.weight.detach()
+            w = p.weight if self.weight_grad else p.weight.detach()
             w2d = w.reshape(w.shape[0], -1).index_select(0, p.rows)  # (n, D_j)
             if self.score_input is ScoreInput.ABS:
                 w2d = w2d.abs()
@@ -162,7 +171,7 @@ class WeightGate(nn.Module):
         per producer on a view of its weight, scattered to the group's channels (``X`` is zero outside
         a producer's rows). Building ``X`` copied every gated weight several times per call.
         """
-        fc = self.fc.to(self.producers[0].module.weight.dtype)
+        fc = self.fc.to(self.producers[0].weight.dtype)
         s = fc.new_zeros(self.channels)  # (C,)
         for p, fc_j in zip(self.producers, fc.split([p.features for p in self.producers])):
             s = s.index_add(0, p.channels, self._producer_scores(p, fc_j).index_select(0, p.rows))
@@ -171,7 +180,7 @@ class WeightGate(nn.Module):
 
     def _producer_scores(self, p: Producer, fc_j: torch.Tensor) -> torch.Tensor:
         """Score contribution of every output filter of one producer, shape ``(out,)``."""
-        w = p.module.weight if self.weight_grad else p.module.weight.detach()
+        w = p.weight if self.weight_grad else p.weight.detach()
         w2d = w.reshape(w.shape[0], -1)  # (out, D_j), a view of the weight
         if self.score_input is ScoreInput.ABS:
             return w2d.abs() @ fc_j
@@ -225,3 +234,13 @@ def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     order = torch.argsort(scores, descending=True, stable=True)
     mask[order[:k]] = 1
     return mask
+
+
+class GateList(nn.ModuleList):
+    """A ``ModuleList`` of :class:`WeightGate` (typed iteration and indexing)."""
+
+    def __iter__(self) -> Iterator[WeightGate]:
+        return cast(Iterator[WeightGate], super().__iter__())
+
+    def __getitem__(self, idx: int) -> WeightGate:  # type: ignore[override]
+        return cast(WeightGate, super().__getitem__(idx))

@@ -15,6 +15,7 @@ import math
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch_pruning as tp
@@ -222,7 +223,7 @@ def _add_item(group: ChannelGroup, graph: tp.DependencyGraph, item: object, name
     if isinstance(module, nn.Module) and isinstance(module, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose2d)):
         return f"{type(module).__name__} '{name}' is not supported"
     if isinstance(module, _CHANNEL_WISE) or isinstance(module, nn.Parameter):
-        group.members.append(Member(name, module, Role.PASS, idx_t, chan_t))
+        group.members.append(Member(name, cast(nn.Module, module), Role.PASS, idx_t, chan_t))
     return None
 
 

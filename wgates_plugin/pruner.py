@@ -30,7 +30,7 @@ from .config import BudgetMode, WGatesConfig
 from .efficiency.base import EfficiencyModel
 from .efficiency.flops import FlopsModel, record_layer_shapes
 from .errors import BudgetError, ConfigError, StateError
-from .gates import Producer, WeightGate
+from .gates import GateList, Producer, WeightGate
 from .groups import ChannelGroup, Member, select_groups, trace_groups
 
 __all__ = ["WGates"]
@@ -74,13 +74,14 @@ class WGates(nn.Module):
         self.traced = trace_groups(model, example_inputs, _root_types(self.config))
         self.groups: list[ChannelGroup] = []
         self.groups = self._select(select)
-        self.gates = nn.ModuleList(self._make_gate(g) for g in self.groups)
+        self.gates = GateList(self._make_gate(g) for g in self.groups)
         self.flops = FlopsModel(record_layer_shapes(model, example_inputs), self.groups)
         self.efficiency = self._make_efficiency(efficiency)
         self.reference_cost = self.efficiency.reference()
         self.multiplier = DualMultiplier(self.config.alpha, self.config.controller_rate, self.config.target or 1.0)
         self._check_feasible()
         self._current: list[torch.Tensor] | None = None
+        self.history: list[tuple[str, bool, list[int]]] = []  # torch-pruning's, set by export()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self.attach()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -68,8 +69,9 @@ def _shape(name: str, module: nn.Module, positions: int) -> LayerShape:
         k = module.kernel_size[0] * module.kernel_size[1]
         return LayerShape(name, positions, k, module.in_channels, module.out_channels, module.groups,
                           module.bias is not None, is_depthwise(module))
-    return LayerShape(name, positions, 1, module.in_features, module.out_features, 1,
-                      module.bias is not None, False)
+    linear = cast(nn.Linear, module)
+    return LayerShape(name, positions, 1, linear.in_features, linear.out_features, 1,
+                      linear.bias is not None, False)
 
 
 def _call(model: nn.Module, example_inputs: object) -> object:
@@ -112,9 +114,10 @@ class FlopsModel(EfficiencyModel):
         >>> groups = [g for g in trace_groups(model, x).groups if not g.reason and not g.shortcut]
         >>> flops = FlopsModel(record_layer_shapes(model, x), groups)
         >>> round(flops.reference() / 1e6, 1)
-        37.1
+        37.0
     """
 
+    sizes: torch.Tensor  # registered buffer, (G,)
     unit = "MACs"
 
     def __init__(self, shapes: Sequence[LayerShape], groups: Sequence[ChannelGroup]) -> None:
@@ -125,7 +128,8 @@ class FlopsModel(EfficiencyModel):
         index = {s.name: i for i, s in enumerate(self.shapes)}
         # (layer, group, multiplicity) terms: each closed channel of `group` removes `multiplicity`
         # inputs / outputs of `layer`.
-        in_terms, out_terms = [], []
+        in_terms: list[tuple[int, int, float]] = []
+        out_terms: list[tuple[int, int, float]] = []
         for gi, g in enumerate(groups):
             for m in g.members:
                 if m.name not in index or m.role is Role.PASS:
