@@ -15,7 +15,7 @@ from .groups import build_graph
 if TYPE_CHECKING:
     from .pruner import WGates
 
-__all__ = ["prune_groups", "prune_copy", "nni_masks", "verify_outputs", "call_model"]
+__all__ = ["prune_groups", "prune_copy", "removal_plan", "nni_masks", "verify_outputs", "call_model", "eval_outputs"]
 
 History = list[tuple[str, bool, list[int]]]
 
@@ -26,6 +26,16 @@ def call_model(model: nn.Module, example_inputs: Any) -> Any:
     if isinstance(example_inputs, (tuple, list)):
         return model(*example_inputs)
     return model(example_inputs)
+
+def eval_outputs(model: nn.Module, example_inputs: Any) -> Any:
+    """The model's outputs on ``example_inputs`` in eval mode under ``no_grad``; its mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return call_model(model, example_inputs)
+    finally:
+        model.train(was_training)
 
 
 def prune_groups(model: nn.Module, example_inputs: Any, plan: Mapping[str, torch.Tensor]) -> History:
@@ -51,7 +61,7 @@ def prune_groups(model: nn.Module, example_inputs: Any, plan: Mapping[str, torch
     return [(n, bool(out), [int(i) for i in idx]) for n, out, idx in graph.pruning_history()]
 
 
-def _removal_plan(wg: WGates) -> dict[str, torch.Tensor]:
+def removal_plan(wg: WGates) -> dict[str, torch.Tensor]:
     plan = {}
     for group, gate in zip(wg.groups, wg.current_gates()):
         closed = torch.nonzero(gate.detach() < 0.5).flatten().cpu()
@@ -68,7 +78,7 @@ def prune_copy(wg: WGates, verify: bool = True, rtol: float = 1e-4, atol: float 
         pruned = copy.deepcopy(wg.model)
     finally:
         wg.attach()
-    wg.history = prune_groups(pruned, wg.example_inputs, _removal_plan(wg))
+    wg.history = prune_groups(pruned, wg.example_inputs, removal_plan(wg))
     if verify:
         verify_outputs(wg.model, pruned, wg.example_inputs, rtol, atol)
     return pruned

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, ExportError
-from .export import call_model, prune_groups
+from .export import eval_outputs, prune_groups
 from .groups import ChannelGroup, Role, trace_groups
 
 __all__ = ["speedup", "plan_removal", "RemovalPlan", "assert_same_outputs"]
@@ -220,7 +220,7 @@ def reference_outputs(model: nn.Module, dummy_input: Any, plan: RemovalPlan) -> 
             dims[m.module] = m.channel_dim
     handles = [mod.register_forward_pre_hook(_zeroing(torch.cat(pos), dims[mod])) for mod, pos in zero.items()]
     try:
-        return _eval_outputs(model, dummy_input)
+        return eval_outputs(model, dummy_input)
     finally:
         for h in handles:
             h.remove()
@@ -234,21 +234,12 @@ def _zeroing(positions: torch.Tensor, channel_dim: int) -> Any:
     return hook
 
 
-def _eval_outputs(model: nn.Module, dummy_input: Any) -> Any:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return call_model(model, dummy_input)
-    finally:
-        model.train(was_training)
-
 
 def assert_same_outputs(model: nn.Module, dummy_input: Any, expected: Any, rtol: float = 1e-4,
                         atol: float = 1e-5) -> None:
     """Raise :class:`ExportError` unless ``model``'s eval outputs on ``dummy_input`` equal ``expected``."""
     try:
-        torch.testing.assert_close(_eval_outputs(model, dummy_input), expected, rtol=rtol, atol=atol)
+        torch.testing.assert_close(eval_outputs(model, dummy_input), expected, rtol=rtol, atol=atol)
     except AssertionError as exc:
         raise ExportError(f"the pruned model does not reproduce the reference outputs (rtol={rtol}, "
                           f"atol={atol}): {exc}") from None

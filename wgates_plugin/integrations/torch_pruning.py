@@ -42,7 +42,7 @@ from torch import nn
 
 from ..config import BudgetMode, LayerBounds, WGatesConfig
 from ..errors import ConfigError, ConfigTypeError, StateError
-from ..export import _removal_plan, call_model, prune_groups
+from ..export import eval_outputs, prune_groups, removal_plan
 from ..gates import WeightGate
 from ..groups import ChannelGroup, Member, Role, select_groups, trace_groups
 from ..pruner import WGates
@@ -224,8 +224,8 @@ class WGatesMetaPruner:
                              "Call pruner.regularize(model) after every loss.backward() of a training loop, "
                              "then step()")
         self.wgates.freeze()
-        expected = _gated_outputs(self.model, self.example_inputs)
-        plan = _removal_plan(self.wgates)
+        expected = eval_outputs(self.model, self.example_inputs)
+        plan = removal_plan(self.wgates)
         self.wgates.remove()
         self._history = prune_groups(self.model, self.example_inputs, plan)
         assert_same_outputs(self.model, self.example_inputs, expected)
@@ -321,15 +321,6 @@ def _prunable(model: nn.Module, example_inputs: Any, exclude: set[str], exclude_
                           "(pass prune_shortcuts=True) or produces the model's output")
     return groups
 
-
-def _gated_outputs(model: nn.Module, example_inputs: Any) -> Any:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return call_model(model, example_inputs)
-    finally:
-        model.train(was_training)
 
 
 def _device(model: nn.Module) -> torch.device:
