@@ -257,3 +257,56 @@ def test_target_term_pushes_up_below_the_target_and_down_above():
         r = torch.tensor(ratio, requires_grad=True)
         DualMultiplier(initial=2.0, rate=0.1, target=0.5).penalty(r).backward()
         assert float(r.grad) == pytest.approx(sign * 2.0 / 0.5)
+
+
+# ---------------------------------------------------------------------------- sigmoid gates (Table II ablation)
+def test_sigmoid_gates_are_soft_during_training_and_hard_once_frozen():
+    torch.manual_seed(0)
+    model = randomize_bn(SmallCNN()).eval()
+    x = torch.randn(4, 3, 16, 16)
+    wg = WGates(model, x, target=0.5, activation="sigmoid", sigmoid_k=4.0)
+    with torch.no_grad():
+        for gate in wg.gates:
+            gate.fc.normal_(0, 0.05)
+    gate = wg.gates[0]
+    scores = gate.unit_scores()
+    torch.testing.assert_close(gate(), torch.sigmoid(4.0 * scores), rtol=0, atol=0)
+    assert 0 < float(gate().min()) and float(gate().max()) < 1  # continuous, not 0/1
+    torch.testing.assert_close(wg.counts(), torch.stack([torch.sigmoid(4.0 * g.unit_scores()).sum() for g in wg.gates]))
+    loss = model(x).square().mean() + wg.efficiency_loss()
+    loss.backward()
+    assert all(g.fc.grad is not None and g.fc.grad.abs().sum() > 0 for g in wg.gates)
+    wg.freeze()
+    assert set(torch.cat([g() for g in wg.gates]).unique().tolist()) <= {0.0, 1.0}
+    full = wg.flops.full_counts()
+    one_channel = float(wg.flops(full) - wg.flops(full - 1)) / wg.flops.reference()
+    assert abs(wg.flops_ratio() - 0.5) <= one_channel  # the projection lands within one channel
+    small = wg.export()  # exact once frozen: verified inside export
+    assert count_macs(small, x) < count_macs(model, x)
+
+
+def test_sigmoid_freeze_without_projection_keeps_the_nonnegative_scores():
+    torch.manual_seed(1)
+    model = SmallCNN()
+    x = torch.randn(2, 3, 16, 16)
+    wg = WGates(model, x, activation="sigmoid")
+    with torch.no_grad():
+        for gate in wg.gates:
+            gate.fc.normal_(0, 0.5)
+    expected = [(g.unit_scores() >= 0).float() for g in wg.gates]
+    expected = [e if e.sum() >= 1 else torch.nn.functional.one_hot(g.unit_scores().argmax(), e.numel()).float()
+                for e, g in zip(expected, wg.gates)]  # at least one channel stays (min_keep = 1)
+    assert wg.kept() == {n: (int(e.sum()), g.size) for n, e, g in zip(wg.kept(), expected, wg.groups)}
+    wg.freeze()
+    for gate, e in zip(wg.gates, expected):
+        torch.testing.assert_close(gate(), e)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("activation", "relu", "activation='relu' is not one of 'binary', 'sigmoid'"),
+    ("sigmoid_k", 0, "sigmoid_k=0 must be a number > 0"),
+    ("sigmoid_k", True, "sigmoid_k=True must be a number > 0"),
+])
+def test_bad_activation_options_are_rejected(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        WGatesConfig(**{field: value})

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .errors import ConfigError, ConfigTypeError
-from .gates import ScoreInput
+from .gates import GateActivation, ScoreInput
 
 __all__ = ["BudgetMode", "WGatesConfig", "LayerBounds"]
 
@@ -57,6 +57,9 @@ class WGatesConfig:
         score_input: what the gate FC reads (:class:`~wgates_plugin.gates.ScoreInput`).
         weight_grad: let the gate path send gradients into conv weights.
         init_score: initial score of every channel (inside ``(0, 0.5)``: open and trainable).
+        activation: ``'binary'`` (the paper) or ``'sigmoid'`` (the Table II ablation), see
+            :class:`~wgates_plugin.gates.GateActivation`.
+        sigmoid_k: scale ``k`` of the sigmoid gate ``sigmoid(k * s)``; > 0.
         bounds: default kept-fraction bounds of every group.
         layer_bounds: per-layer overrides, keyed by a producer layer's qualified name.
         exclude: qualified layer names never to prune (any group containing one stays intact).
@@ -73,6 +76,8 @@ class WGatesConfig:
     score_input: ScoreInput = ScoreInput.WEIGHT
     weight_grad: bool = False
     init_score: float = 0.25
+    activation: GateActivation = GateActivation.BINARY
+    sigmoid_k: float = 4.0
     bounds: LayerBounds = field(default_factory=LayerBounds)
     layer_bounds: Mapping[str, LayerBounds] = field(default_factory=dict)
     exclude: tuple[str, ...] = ()
@@ -83,6 +88,7 @@ class WGatesConfig:
         default = BudgetMode.TARGET if self.target is not None else BudgetMode.PAPER
         object.__setattr__(self, "mode", _enum(BudgetMode, "mode", default if self.mode is None else self.mode))
         object.__setattr__(self, "score_input", _enum(ScoreInput, "score_input", self.score_input))
+        object.__setattr__(self, "activation", _enum(GateActivation, "activation", self.activation))
         if self.target is not None:
             _check_fraction("target", self.target, lo_open=True)
         if self.mode is BudgetMode.TARGET and self.target is None:
@@ -91,6 +97,8 @@ class WGatesConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"{name}={value!r} must be a number >= 0")
+        if isinstance(self.sigmoid_k, bool) or not isinstance(self.sigmoid_k, (int, float)) or self.sigmoid_k <= 0:
+            raise ConfigError(f"sigmoid_k={self.sigmoid_k!r} must be a number > 0")
         if not 0 < self.tolerance < 0.5:
             raise ConfigError(f"tolerance={self.tolerance!r} must be in (0, 0.5)")
         if not 0 < self.init_score < 0.5:

@@ -16,7 +16,7 @@ from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["BinaryGate", "ScoreInput", "Producer", "WeightGate", "binary_gate"]
+__all__ = ["BinaryGate", "GateActivation", "ScoreInput", "Producer", "WeightGate", "binary_gate"]
 
 
 class BinaryGate(torch.autograd.Function):
@@ -59,6 +59,20 @@ class ScoreInput(str, enum.Enum):
     WEIGHT = "weight"
     ABS = "abs"
     CONSTANT = "constant"
+
+
+class GateActivation(str, enum.Enum):
+    """How scores become gates.
+
+    ``BINARY`` is the paper's method: ``(sign(s) + 1) / 2`` with the Eq. (7) gradient, so training sees
+    exactly the network that will be exported. ``SIGMOID`` is the paper's Table II ablation: a scaled
+    sigmoid ``sigmoid(k * s)`` multiplies each channel during training (a soft, continuous gate whose
+    sum is the soft channel count of the efficiency loss); freezing keeps the channels with
+    ``s >= 0`` (gate >= 1/2), so the frozen network differs from the trained one.
+    """
+
+    BINARY = "binary"
+    SIGMOID = "sigmoid"
 
 
 @dataclass(frozen=True)
@@ -111,8 +125,11 @@ class WeightGate(nn.Module):
             letting the criterion learn from the network, and costs a backward through every weight.
         tie: conv-group count the pattern must repeat over (1 = free).
         min_keep / max_keep: bounds on the number of open channels, enforced in every forward by
-            opening the best-scored / closing the worst-scored channels.
+            opening the best-scored / closing the worst-scored channels (``BINARY``; a ``SIGMOID`` gate
+            is bounded when frozen).
         init_score: initial score of every channel.
+        activation: binary (the paper) or scaled sigmoid (ablation), see :class:`GateActivation`.
+        sigmoid_k: the sigmoid's scale ``k`` (paper Table II: 4).
     """
 
     frozen: torch.Tensor  # a registered buffer: empty while the gate is not frozen
@@ -127,6 +144,8 @@ class WeightGate(nn.Module):
         min_keep: int = 1,
         max_keep: int | None = None,
         init_score: float = 0.25,
+        activation: GateActivation = GateActivation.BINARY,
+        sigmoid_k: float = 4.0,
     ) -> None:
         super().__init__()
         if not producers:
@@ -139,6 +158,8 @@ class WeightGate(nn.Module):
         self.weight_grad = weight_grad
         self.tie = tie
         self.units = channels // tie
+        self.activation = GateActivation(activation)
+        self.sigmoid_k = float(sigmoid_k)
         self.min_keep = min_keep
         self.max_keep = self.units if max_keep is None else max_keep
         features = sum(p.features for p in producers)
@@ -193,19 +214,32 @@ class WeightGate(nn.Module):
         return self.unit_scores().repeat(self.tie)
 
     def forward(self) -> torch.Tensor:
-        """Current 0/1 gate per channel, shape ``(C,)``, differentiable through Eq. (7)."""
+        """Current gate per channel, shape ``(C,)``: 0/1 differentiable through Eq. (7) (``BINARY``) or
+        ``sigmoid(k * s)`` (``SIGMOID``); the frozen 0/1 mask once frozen."""
         if self.is_frozen:
             return self.frozen
         s = self.unit_scores()  # (units,)
+        if self.activation is GateActivation.SIGMOID:
+            return torch.sigmoid(self.sigmoid_k * s).repeat(self.tie)  # (C,)
+        return self._binary(s).repeat(self.tie)  # (C,)
+
+    def hard(self) -> torch.Tensor:
+        """The 0/1 gate per channel that freezing now would keep (bounds applied), shape ``(C,)``."""
+        if self.is_frozen:
+            return self.frozen
+        with torch.no_grad():
+            return self._binary(self.unit_scores()).repeat(self.tie)
+
+    def _binary(self, s: torch.Tensor) -> torch.Tensor:
+        """Bounded 0/1 gate of the unit scores ``s (units,)`` with the Eq. (7) gradient."""
         gate = binary_gate(s)
         mask = bounded_mask(s.detach(), gate.detach(), self.min_keep, self.max_keep)
-        gate = gate + (mask - gate).detach()  # forward value = mask, gradient = Eq. (7)
-        return gate.repeat(self.tie)  # (C,)
+        return gate + (mask - gate).detach()  # forward value = mask, gradient = Eq. (7)
 
     def freeze(self, units_mask: torch.Tensor | None = None) -> None:
         """Fix the gates to ``units_mask`` (default: the current gates); ``forward`` returns them after."""
         with torch.no_grad():
-            mask = self.forward().view(self.tie, self.units)[0] if units_mask is None else units_mask
+            mask = self.hard().view(self.tie, self.units)[0] if units_mask is None else units_mask
             self.frozen = mask.float().repeat(self.tie).to(self.fc.device)
 
     def unfreeze(self) -> None:

@@ -126,7 +126,8 @@ class WGates(nn.Module):
         high = max(low, math.floor(b.max_keep * units + 1e-9))
         producers = [Producer(m.module, m.idxs, m.channels) for m in group.producers]
         return WeightGate(producers, group.size, self.config.score_input, self.config.weight_grad,
-                          group.tie, low, high, self.config.init_score)
+                          group.tie, low, high, self.config.init_score, self.config.activation,
+                          self.config.sigmoid_k)
 
     def _make_efficiency(self, efficiency: Any) -> EfficiencyModel:
         if efficiency is None:
@@ -235,7 +236,7 @@ class WGates(nn.Module):
     def kept(self) -> dict[str, tuple[int, int]]:
         """``{group name: (kept channels, channels)}`` for every gated group."""
         with torch.no_grad():
-            return {g.name: (int(c), g.size) for g, c in zip(self.groups, self.counts())}
+            return {g.name: (int(gate.hard().sum()), g.size) for g, gate in zip(self.groups, self.gates)}
 
     def stats(self) -> dict[str, Any]:
         """Live statistics for logging: cost and FLOPs ratios, multiplier, kept channels."""
@@ -252,7 +253,7 @@ class WGates(nn.Module):
         project = self.config.mode is BudgetMode.TARGET if project is None else project
         with torch.no_grad():
             scores = [g.unit_scores() for g in self.gates]
-            units = [int(g().sum()) // g.tie for g in self.gates]
+            units = [int(g.hard().sum()) // g.tie for g in self.gates]
         if project:
             if self.config.target is None:
                 raise BudgetError("freeze(project=True) needs a target")
@@ -270,7 +271,7 @@ class WGates(nn.Module):
     def kept_channels(self) -> dict[str, torch.Tensor]:
         """``{group name: sorted kept channel indices}`` from the current gates."""
         with torch.no_grad():
-            return {g.name: torch.nonzero(v > 0.5).flatten() for g, v in zip(self.groups, self.current_gates())}
+            return {g.name: torch.nonzero(gate.hard() > 0.5).flatten() for g, gate in zip(self.groups, self.gates)}
 
     def export(self, verify: bool = True, rtol: float = 1e-4, atol: float = 1e-5) -> nn.Module:
         """A physically pruned copy of the model that computes what the gated model computes.
