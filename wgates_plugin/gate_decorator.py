@@ -152,7 +152,9 @@ class GateDecorator(nn.Module):
         self.example_inputs = example_inputs
         self.target = None if target is None else float(target)
         self.prune_shortcuts = bool(prune_shortcuts)
+        was_training = model.training
         self.traced = trace_groups(model, example_inputs, tuple(root_types) or (nn.Conv2d, nn.Linear))
+        model.train(was_training)  # torch-pruning's tracing leaves the model in eval mode
         self.groups: list[ChannelGroup] = []
         self.groups = self._select(select, tuple(exclude), tuple(exclude_types))
         self.flops = FlopsModel(record_layer_shapes(model, example_inputs), self.groups)
@@ -161,7 +163,8 @@ class GateDecorator(nn.Module):
         _check_names(model, "layer_min_keep", tuple(layer_min_keep or {}))
         self.low_units = [self._low_units(g, min_keep, min_keep_ratio, layer_min_keep or {}) for g in self.groups]
         device = _device(model)
-        self.sites = [s for gi, g in enumerate(self.groups) for s in _sites(gi, g)]
+        order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+        self.sites = [s for gi, g in enumerate(self.groups) for s in _sites(gi, g, order)]
         self.phi = nn.ParameterList(nn.Parameter(torch.ones(len(s.idxs), device=device)) for s in self.sites)
         self.group_state = nn.ModuleList(_GroupState(g.size, device) for g in self.groups)
         self.batches = 0  # batches accumulated into the importance since the last reset
@@ -535,10 +538,10 @@ class GateDecorator(nn.Module):
 
 
 # ---------------------------------------------------------------------------- helpers
-def _sites(gi: int, group: ChannelGroup) -> list[ScaleSite]:
-    """GBN sites: the group's affine BatchNorms; without any, its producers' outputs."""
+def _sites(gi: int, group: ChannelGroup, order: Mapping[str, int]) -> list[ScaleSite]:
+    """GBN sites: the group's affine BatchNorms; without any, its producers' outputs (in model order)."""
     bns = [m for m in group.members if m.role is Role.PASS and _affine_bn(m.module)]
-    members = bns or group.producers
+    members = sorted(bns or group.producers, key=lambda m: order.get(m.name, len(order)))
     return [ScaleSite(gi, m.name, m.module, m.idxs, m.channels, bool(bns)) for m in members]
 
 
