@@ -19,9 +19,11 @@ from .errors import (
     TracingError,
     WGatesError,
 )
+from .gate_decorator import GateDecorator
 from .gates import ScoreInput
 from .pruner import WGates
 from .speedup import speedup  # eager: a lazy function named like its module would be shadowed by it
+from .tick_tock import TickTock
 
 __version__ = "0.1.0"
 
@@ -30,6 +32,7 @@ _LAZY = {
     "WGatesPruner": "wgates_plugin.integrations.nni",
     "WGatesImportance": "wgates_plugin.integrations.torch_pruning",
     "WGatesMetaPruner": "wgates_plugin.integrations.torch_pruning",
+    "GateDecoratorPruner": "wgates_plugin.integrations.nni_gate_decorator",
 }
 
 
@@ -47,6 +50,9 @@ __all__ = [
     "WGatesPruner",
     "WGatesImportance",
     "WGatesMetaPruner",
+    "GateDecorator",
+    "GateDecoratorPruner",
+    "TickTock",
     "speedup",
     "BudgetMode",
     "LayerBounds",

@@ -1,6 +1,8 @@
 """Front ends for the host frameworks, imported only when used.
 
 - :mod:`wgates_plugin.integrations.nni` — :class:`WGatesPruner`, an NNI 3 pruner (needs ``nni``).
+- :mod:`wgates_plugin.integrations.nni_gate_decorator` — :class:`GateDecoratorPruner`, Gate Decorator as an
+  NNI 3 pruner (needs ``nni``).
 - :mod:`wgates_plugin.integrations.torch_pruning` — :class:`WGatesImportance` and
   :class:`WGatesMetaPruner` for torch-pruning's pruning loop.
 
@@ -12,9 +14,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["WGatesPruner", "WGatesImportance", "WGatesMetaPruner"]
+__all__ = ["WGatesPruner", "WGatesImportance", "WGatesMetaPruner", "GateDecoratorPruner"]
 
-_HOMES = {"WGatesPruner": ".nni", "WGatesImportance": ".torch_pruning", "WGatesMetaPruner": ".torch_pruning"}
+_HOMES = {"WGatesPruner": ".nni", "WGatesImportance": ".torch_pruning", "WGatesMetaPruner": ".torch_pruning",
+          "GateDecoratorPruner": ".nni_gate_decorator"}
 
 
 def __getattr__(name: str) -> Any:
