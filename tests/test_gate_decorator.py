@@ -491,3 +491,12 @@ def test_run_arguments_are_checked(small):
         gd.run([torch.randn(2, 3, 16, 16)])
     with pytest.raises(ConfigError, match="train_loader yielded no batch"):
         gd.run([])
+
+
+def test_docstring_example_runs():
+    import doctest
+
+    import wgates_plugin.gate_decorator as module
+
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
