@@ -11,21 +11,17 @@ All methods prune the same channel groups: the producer layers named in ``ctx.pr
 whole). Each searches one knob by bisection (:mod:`benchmarks.landing`), measuring the FLOPs of the
 physically pruned candidate:
 
-================  ==========================================================  ======================
-method            what decides the channels                                    knob (``info["ratio"]``)
-================  ==========================================================  ======================
-``uniform``       none: every group keeps its first ``k`` (a width multiplier)  per-layer ratio
-``random``        a random subset per group (seeded by ``ctx.seed``)            per-layer ratio
-``l1``            NNI 3 ``L1NormPruner`` (filter L1 norm)                       per-layer ratio
-``fpgm``          NNI 3 ``FPGMPruner`` (distance to the geometric median)       per-layer ratio
-``slim``          Network Slimming: torch-pruning ``BNScalePruner``'s L1 on BN   global ratio
-                  gamma for ``ctx.steps`` steps, then global ranking of |gamma|
-``taylor``        NNI 3 ``TaylorPruner``: ``ctx.steps`` training steps          global ratio
-                  accumulate ``(w * dL/dw)^2``; global ranking of its metric
-``depgraph``      torch-pruning ``GroupNormPruner``: group-norm sparse          global ratio
-                  training for ``ctx.steps`` steps, global ranking of the
-                  (mean-normalized) group L2 norms
-================  ==========================================================  ======================
+- ``uniform``: no criterion, every group keeps its first channels (a width multiplier); knob: the
+  per-layer ratio.
+- ``random``: a random subset per group (``torch.randperm`` seeded by ``ctx.seed``); per-layer ratio.
+- ``l1``: NNI 3 ``L1NormPruner`` (filter L1 norm); per-layer ratio.
+- ``fpgm``: NNI 3 ``FPGMPruner`` (summed distance to the layer's other filters); per-layer ratio.
+- ``slim``: Network Slimming with torch-pruning's ``BNScalePruner``: L1 on BN gamma during
+  ``ctx.steps`` training steps, then global ranking of |gamma|; knob: the global ratio.
+- ``taylor``: NNI 3 ``TaylorPruner``: ``ctx.steps`` training steps accumulate ``(w * dL/dw)^2``,
+  summed per filter; global ranking of that metric; global ratio.
+- ``depgraph``: torch-pruning's ``GroupNormPruner``: group-norm sparse training for ``ctx.steps``
+  steps, then global ranking of the (mean-normalized) group L2 norms; global ratio.
 
 The per-layer methods remove the same number of channels from a group at a given ratio, so at one
 budget ``uniform``, ``random``, ``l1`` and ``fpgm`` build the same architecture and differ only in
@@ -65,7 +61,7 @@ from torch import nn
 
 from benchmarks.landing import FlopsMeter, GlobalPath, Landing, LayerwisePath, Plan, Window, land
 from wgates_plugin.efficiency.flops import count_macs
-from wgates_plugin.errors import BudgetError, ConfigError
+from wgates_plugin.errors import BudgetError, ConfigError, ConfigTypeError
 from wgates_plugin.export import prune_groups
 from wgates_plugin.groups import ChannelGroup, Role, select_groups, trace_groups
 
@@ -114,6 +110,7 @@ class PruneContext:
 
     Raises:
         ConfigError: a value out of range (named in the message).
+        ConfigTypeError: ``budget`` or ``tolerance`` is not a number.
     """
 
     model: nn.Module
@@ -127,11 +124,14 @@ class PruneContext:
     hyper: MethodDefaults = DEFAULTS
 
     def __post_init__(self) -> None:
+        for name in ("budget", "tolerance"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), (int, float)):
+                raise ConfigTypeError(f"{name}={getattr(self, name)!r} must be a number")
         if not 0 < self.budget <= 1:
             raise ConfigError(f"budget={self.budget!r} must be in (0, 1] (a fraction of the baseline's FLOPs)")
         if not 0 < self.tolerance < 1:
             raise ConfigError(f"tolerance={self.tolerance!r} must be in (0, 1) (relative to the budget)")
-        if not isinstance(self.steps, int) or self.steps < 0:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
             raise ConfigError(f"steps={self.steps!r} must be an int >= 0")
         self.prunable = tuple(self.prunable)
         if not self.prunable:

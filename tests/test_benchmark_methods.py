@@ -34,7 +34,7 @@ from benchmarks.methods import (
 )
 from benchmarks.models import MODELS, BasicBlock, CifarResNet, build, option_b_extra_params
 from wgates_plugin import count_macs
-from wgates_plugin.errors import BudgetError, ConfigError
+from wgates_plugin.errors import BudgetError, ConfigError, ConfigTypeError
 
 X = torch.zeros(1, 3, 32, 32)
 STEPS = 3
@@ -207,6 +207,8 @@ def test_every_method_lands_and_keeps_shortcuts(resnet20, name, budget):
     if out.info["ranking"] == "per-layer":  # a global ranking may leave a layer whole
         assert all(pruned[n] < full[n] for n in ctx.prunable)
     assert out.steps_used == steps_for(name) == loader.drawn == len(trained_forwards)  # trained once, exactly
+    trained = not torch.equal(out.model.conv1.weight, resnet20.conv1.weight)  # the stem is never pruned
+    assert trained == (out.steps_used > 0)  # the returned model is the one that was trained
     assert out.info["search_iterations"] >= 2 and json.loads(json.dumps(out.info)) == out.info
     assert out.model(torch.randn(2, 3, 32, 32)).shape == (2, 10) and not out.model.training
 
@@ -328,6 +330,10 @@ def test_bad_names_and_values(two_block):
                                           r"fpgm, slim, taylor, depgraph"):
         get_method("obd")
     assert get_method("fpgm") is METHODS["fpgm"]
+    with pytest.raises(ConfigTypeError, match=r"budget='0.5' must be a number"):
+        PruneContext(two_block, X, [], "0.5", 0, 0, ("block0.conv1",))
+    with pytest.raises(ConfigError, match=r"steps=True must be an int >= 0"):
+        PruneContext(two_block, X, [], 0.5, 0, True, ("block0.conv1",))
     for bad, match in [({"budget": 0.0}, r"budget=0.0 must be in \(0, 1\]"),
                        ({"budget": 1.5}, r"budget=1.5 must be in \(0, 1\]"),
                        ({"tolerance": 0}, r"tolerance=0 must be in \(0, 1\)"),
