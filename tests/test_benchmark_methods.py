@@ -27,6 +27,7 @@ from benchmarks.methods import (
     MethodDefaults,
     PruneContext,
     Pruned,
+    _group_scores,
     _groups,
     _ignored,
     get_method,
@@ -307,6 +308,12 @@ def test_off_path_landing_stays_one_channel_from_the_rule(resnet20):
     signs = {sign for _g, _i, sign in out.info["off_path"]}
     assert len(signs) == 1 and set(deviation.values()) <= {0, *signs}  # one channel off the rule at most
     assert sum(abs(d) for d in deviation.values()) == out.info["off_path_channels"]
+
+
+def test_taylor_scores_of_a_coupled_group_sum_its_producers(two_block):
+    group = next(g for g in _groups(context(two_block, 0.5, prune_shortcuts=True)) if g.name == "conv1")
+    per_layer = {"conv1": torch.arange(16.0), "block0.conv2": torch.arange(16.0).flip(0) * 10}
+    torch.testing.assert_close(_group_scores(group, per_layer), torch.arange(16.0) + torch.arange(16.0).flip(0) * 10)
 
 
 def test_global_path_keeps_each_groups_best_channel():
