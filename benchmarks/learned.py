@@ -1,0 +1,203 @@
+"""The learned methods of the comparison: W-Gates (FLOPs and latency mode), Gate Decorator, scratch.
+
+Each follows the :mod:`benchmarks.methods` contract: ``method(ctx) -> Pruned`` with the physically
+pruned model, the training steps spent while pruning (they count against the total budget) and
+JSON-serializable details. Extra knobs are bound with :func:`functools.partial` by the harness.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from wgates_plugin import WGates
+from wgates_plugin.budget import minimum_cost, project_counts
+from wgates_plugin.efficiency import FitConfig, LatencyPredictor, Timing, collect_latency, train_predictor
+from wgates_plugin.errors import BudgetError
+from wgates_plugin.export import removal_plan
+from wgates_plugin.training import evaluate, recalibrate_bn, train_steps
+
+from .methods import PruneContext, Pruned
+
+__all__ = ["wgates", "gate_decorator", "scratch", "latency_predictor", "TraceEval", "uniform_counts"]
+
+TraceEval = Callable[[nn.Module], float]  # calibrated top-1 of the (gated) model, for live traces
+
+
+def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float, weight_decay: float,
+           predictor: LatencyPredictor | None = None, trace_eval: TraceEval | None = None, eval_every: int = 8,
+           **options: Any) -> Pruned:
+    """W-Gates in target mode: gates and weights trained jointly for ``ctx.steps``, then frozen on budget.
+
+    FLOPs mode (``predictor=None``) lands the FLOPs budget exactly. Latency mode trains against an
+    LPNet latency budget (initially the predicted latency of the uniformly thinned network of the same
+    FLOPs), then freezes at the latency target whose network has the FLOPs budget (bisection), so both
+    modes are compared at equal FLOPs.
+
+    Args:
+        ctx: the pruning context (``ctx.model`` is trained in place and keeps no hooks afterwards).
+        gate_lr: Adam learning rate of the gates.
+        weight_lr / momentum / weight_decay: SGD on the weights during gate training.
+        predictor: an LPNet of ``ctx.model``'s architecture (latency mode).
+        trace_eval: if given, the gated model's calibrated top-1 is recorded every ``eval_every`` steps.
+        options: further :class:`~wgates_plugin.WGatesConfig` fields (the ablations use them).
+    """
+    torch.manual_seed(ctx.seed)
+    model, x = ctx.model, ctx.example
+    efficiency, target = None, ctx.budget
+    if predictor is not None:
+        efficiency = predictor.efficiency(model, x)
+        target = _uniform_latency(predictor, model, x, ctx.budget)
+    wg = WGates(model, x, target=target, efficiency=efficiency, **options)
+    _check_same_layers(wg, ctx)
+    sgd = torch.optim.SGD(model.parameters(), lr=weight_lr, momentum=momentum, weight_decay=weight_decay)
+    trace = train_wgates(model, wg, ctx, sgd, gate_lr, trace_eval, eval_every)
+    gated = {"top1_before_freeze": trace_eval(model)} if trace_eval is not None else {}
+    if predictor is None:
+        wg.freeze()
+    else:
+        _freeze_at_flops(wg, ctx.budget, ctx.tolerance / 4)
+    if trace_eval is not None:
+        gated["top1_after_freeze"] = trace_eval(model)
+    pruned = wg.export()
+    info = {**gated, "kept": {k: list(v) for k, v in wg.kept().items()}, "trace": trace, "target": wg.config.target,
+            "predicted_cost_ratio": wg.cost_ratio(),
+            "removed": {k: v.tolist() for k, v in removal_plan(wg).items()}}
+    wg.remove()
+    return Pruned(pruned, ctx.steps, info)
+
+
+def train_wgates(model: nn.Module, wg: WGates, ctx: PruneContext, weights: torch.optim.Optimizer, gate_lr: float,
+                 trace_eval: TraceEval | None, eval_every: int) -> list[dict[str, Any]]:
+    """Joint training (``weights`` optimizer, Adam on the gates) with a live trace of FLOPs/cost/top-1."""
+    gates = torch.optim.Adam(wg.parameters(), lr=gate_lr)
+    trace: list[dict[str, Any]] = [_point(-1, wg, model, trace_eval)]
+
+    def log(step: int, stats: dict[str, float]) -> None:
+        if (step + 1) % eval_every == 0 or step == ctx.steps - 1:
+            trace.append({**_point(step, wg, model, trace_eval), "loss": stats["loss"]})
+
+    train_steps(model, ctx.train_loader, [weights, gates], ctx.steps, extra_loss=wg.efficiency_loss,
+                callback=log, progress=False)
+    return trace
+
+
+def _point(step: int, wg: WGates, model: nn.Module, trace_eval: TraceEval | None) -> dict[str, Any]:
+    point: dict[str, Any] = {"step": step + 1, "flops_ratio": wg.flops_ratio(), "cost_ratio": wg.cost_ratio(),
+                             "multiplier": wg.multiplier.value}
+    if trace_eval is not None:
+        point["top1"] = trace_eval(model)
+    return point
+
+
+def _check_same_layers(wg: WGates, ctx: PruneContext) -> None:
+    gated = sorted({m.name for g in wg.groups for m in g.producers})
+    if gated != sorted(ctx.prunable):
+        raise BudgetError(f"W-Gates gates {gated[:4]}..., the harness's prunable set is {sorted(ctx.prunable)[:4]}...")
+
+
+def uniform_counts(wg: WGates, ratio: float) -> list[int]:
+    """Channel counts of the network thinned by one factor in every gated group to ``ratio`` FLOPs."""
+    bounds = wg.unit_bounds()
+    units = project_counts(wg.flops, [b.high for b in bounds], bounds, ratio * wg.flops.reference())
+    return [u * b.tie for u, b in zip(units, bounds)]
+
+
+def _uniform_latency(predictor: LatencyPredictor, model: nn.Module, x: torch.Tensor, budget: float) -> float:
+    """Predicted latency ratio of the uniformly thinned network at ``budget`` FLOPs."""
+    probe = WGates(copy.deepcopy(model), x, target=budget)
+    counts = uniform_counts(probe, budget)
+    latency = predictor.for_model(model, x, probe.groups)
+    probe.remove()
+    with torch.no_grad():
+        return float(latency.cost(torch.tensor(counts, dtype=torch.float32))) / latency.reference()
+
+
+def _freeze_at_flops(wg: WGates, budget: float, tolerance: float, iterations: int = 40) -> None:
+    """Freeze at the latency target whose projected network has ``budget`` FLOPs (bisection)."""
+    lo, hi = minimum_cost(wg.efficiency, wg.unit_bounds()) / wg.reference_cost * 1.0001, 1.0
+    for _ in range(iterations):
+        t = (lo + hi) / 2
+        wg.config = replace(wg.config, target=t)
+        wg.unfreeze()
+        wg.freeze()
+        ratio = wg.flops_ratio()
+        if abs(ratio / budget - 1) <= tolerance:
+            return
+        lo, hi = (t, hi) if ratio < budget else (lo, t)
+    raise BudgetError(f"no latency target gives {budget} of the FLOPs within {tolerance:.1%}; closest {ratio:.4f}")
+
+
+# ---------------------------------------------------------------------------- Gate Decorator
+def gate_decorator(ctx: PruneContext, **schedule: Any) -> Pruned:
+    """Gate Decorator (GBN + Taylor importance + Tick-Tock) within ``ctx.steps`` training steps."""
+    from wgates_plugin.gate_decorator import GateDecorator, TickTock
+
+    torch.manual_seed(ctx.seed)
+    gd = GateDecorator(ctx.model, ctx.example, target=ctx.budget)
+    trace = gd.run(ctx.train_loader, TickTock(**schedule), max_steps=ctx.steps)
+    pruned = gd.export()
+    info = {"kept": {k: list(v) for k, v in gd.kept().items()}, "rounds": len(trace.rounds),
+            "prunes": _jsonable([asdict(p) for p in trace.prunes])}
+    steps = gd.steps_used
+    gd.remove()
+    return Pruned(pruned, steps, info)
+
+
+# ---------------------------------------------------------------------------- scratch
+def scratch(architecture: nn.Module, seed: int) -> Pruned:
+    """The same architecture with every parameter re-initialized (Liu et al. 2019); trained by the harness."""
+    model = copy.deepcopy(architecture)
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if hasattr(module, "reset_parameters") and module is not model:
+            module.reset_parameters()  # type: ignore[operator]
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+    return Pruned(model, 0, {"reinitialized": True})
+
+
+# ---------------------------------------------------------------------------- LPNet for latency mode
+def latency_predictor(name: str, model: nn.Module, x: torch.Tensor, cache: Path, key: str, batch: int,
+                      samples: int, repeats: int) -> tuple[LatencyPredictor, dict[str, Any]]:
+    """A network LPNet of ``model`` (1 thread, CPU clock), cached; collection resumes if interrupted."""
+    path = Path(cache) / f"lpnet_{name}_{key}_b{batch}_n{samples}.lpnet"
+    report_path = path.with_suffix(".json")
+    if path.exists() and report_path.exists():
+        return LatencyPredictor.load(path), json.loads(report_path.read_text())
+    timing = Timing(repeats=repeats, threads=1, clock="cpu")
+    start = time.perf_counter()
+    data = collect_latency(model, x, path.with_suffix(".jsonl"), samples, batch=batch, timing=timing,
+                           seed=0, model_name=name, progress=False)
+    collect_s = time.perf_counter() - start
+    predictor, report = train_predictor(data, "network", FitConfig(seed=0))
+    predictor.save(path)
+    report = {**_jsonable(report), "collect_seconds": round(collect_s, 1), "samples": samples}
+    report_path.write_text(json.dumps(report, indent=1))
+    return predictor, report
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+
+
+def gated_top1(data: Any, seed: int, bn_batches: int) -> TraceEval:
+    """Calibrated top-1 of a gated model during training; its BN statistics are left as they were."""
+    def top1(model: nn.Module) -> float:
+        buffers = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+        recalibrate_bn(model, data.train(seed + 20_000), bn_batches)
+        try:
+            return evaluate(model, data.test())
+        finally:
+            model.load_state_dict(buffers, strict=False)
+
+    return top1

@@ -1,0 +1,212 @@
+"""The comparison protocol: data, the cached baseline, BN re-calibration and budgeted fine-tuning.
+
+Every method of :mod:`benchmarks.compare` starts from the same trained baseline, gets the same total
+number of training steps (its own pruning-time training plus fine-tuning) and is evaluated the same
+way: BatchNorm statistics re-calibrated on training batches before every evaluation.
+
+The fine-tuning learning rate is constant, so one fine-tuning run yields the accuracy at every step
+budget (1, 3, 10 epochs' worth): the checkpoint at budget ``B`` is exactly what a run stopped at ``B``
+would give. A cosine schedule would tie the curve to its end point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from wgates_plugin.data import load_digits, loaders
+from wgates_plugin.errors import ConfigError
+from wgates_plugin.training import evaluate, fit, recalibrate_bn, train_steps
+
+__all__ = ["Protocol", "Data", "make_data", "baseline", "checkpoints", "finetune_curve", "steps_per_epoch"]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Every knob of the comparison, with its default.
+
+    Attributes:
+        size: image side (digits upsampled from 8x8).
+        train_size: training images; the other 797 of the 1 797 are the test split (fixed split seed 0).
+        batch: training batch size (the last partial batch is dropped: 31 steps per epoch at 1 000).
+        baseline_epochs: epochs of baseline training (SGD, cosine from ``baseline_lr``), seed 0.
+        baseline_lr: initial learning rate of baseline training and of "scratch" (constant there).
+        prune_epochs: training the pruning step itself may spend (W-Gates' gate training, Slimming's
+            sparsity training, Taylor's gradient accumulation, Gate Decorator's Tick-Tock), in epochs.
+        budget_epochs: total training budgets (pruning-time training + fine-tuning) at which every
+            method is evaluated.
+        finetune_lr: constant SGD learning rate of fine-tuning.
+        momentum / weight_decay: SGD settings of every phase.
+        bn_batches: training batches averaged by BN re-calibration before each evaluation.
+        gate_lr: Adam learning rate of the W-Gates gates (short pruning budgets need a fast one).
+        latency_batch: batch size of the latency measurement (1 thread, CPU clock, median).
+        latency_repeats: timed forwards per latency measurement.
+        tolerance: every method's achieved FLOPs must be within ``budget * (1 ± tolerance)``.
+        test_limit: evaluate on the first this many test images only (None: all 797; smoke runs).
+    """
+
+    size: int = 32
+    train_size: int = 1000
+    batch: int = 32
+    baseline_epochs: int = 30
+    baseline_lr: float = 0.1
+    prune_epochs: float = 1.0
+    budget_epochs: tuple[float, ...] = (1.0, 3.0, 10.0)
+    finetune_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    bn_batches: int = 20
+    gate_lr: float = 1e-2
+    latency_batch: int = 32
+    latency_repeats: int = 15
+    tolerance: float = 0.02
+    test_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.budget_epochs or any(b <= 0 for b in self.budget_epochs):
+            raise ConfigError(f"budget_epochs={self.budget_epochs!r} must be positive numbers")
+        if self.prune_epochs < 0:
+            raise ConfigError(f"prune_epochs={self.prune_epochs!r} must be >= 0")
+        object.__setattr__(self, "budget_epochs", tuple(sorted(float(b) for b in self.budget_epochs)))
+
+    def baseline_key(self, model: str) -> str:
+        """Hash of everything the baseline depends on (model, data, baseline recipe, torch version)."""
+        fields = {"model": model, "size": self.size, "train_size": self.train_size, "batch": self.batch,
+                  "epochs": self.baseline_epochs, "lr": self.baseline_lr, "momentum": self.momentum,
+                  "weight_decay": self.weight_decay, "torch": torch.__version__.split("+")[0]}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+    def asdict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Data:
+    """The fixed digits split; ``train(seed)`` gives a loader whose shuffling is seeded."""
+
+    train_set: Any
+    test_set: Any
+    batch: int
+
+    def train(self, seed: int) -> Iterable:
+        return loaders(self.train_set, self.test_set, self.batch, seed=seed)[0]
+
+    def test(self) -> Iterable:
+        return loaders(self.train_set, self.test_set, self.batch, seed=0, test_batch_size=256)[1]
+
+
+def make_data(protocol: Protocol) -> Data:
+    """The bundled digits at ``protocol.size``, split once with seed 0 (the same for every run)."""
+    train_set, test_set = load_digits(protocol.size, protocol.train_size, seed=0)
+    if protocol.test_limit is not None:
+        test_set = torch.utils.data.Subset(test_set, range(min(protocol.test_limit, len(test_set))))
+    return Data(train_set, test_set, protocol.batch)
+
+
+def steps_per_epoch(protocol: Protocol) -> int:
+    return protocol.train_size // protocol.batch
+
+
+# ---------------------------------------------------------------------------- the baseline, trained once
+def baseline(name: str, build: Callable[[str], nn.Module], protocol: Protocol, data: Data, cache: Path,
+             progress: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """The trained baseline of model ``name``: loaded from ``cache`` or trained once and stored there.
+
+    Stored as safetensors (no code runs on loading) with the protocol hash, test top-1 and training
+    time in its metadata. A file whose metadata does not match this protocol is never used: it is
+    retrained under its own key, so changing a baseline knob cannot silently reuse an old model.
+    """
+    from safetensors.torch import load_file, save_file
+
+    key = protocol.baseline_key(name)
+    path = Path(cache) / f"baseline_{name}_{key}.safetensors"
+    torch.manual_seed(0)
+    model = build(name)
+    if path.exists():
+        model.load_state_dict(load_file(path), strict=True)
+        return model, json.loads(_metadata(path)["info"])
+    start = time.perf_counter()
+    fit(model, data.train(0), protocol.baseline_epochs * steps_per_epoch(protocol), protocol.baseline_lr,
+        protocol.momentum, protocol.weight_decay, progress=progress, desc=f"baseline {name}")
+    info = {"model": name, "key": key, "top1": evaluate(model, data.test()),
+            "seconds": round(time.perf_counter() - start, 1), "epochs": protocol.baseline_epochs}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata={"info": json.dumps(info)})
+    tmp.replace(path)  # atomic: an interrupted run never leaves a half-written baseline
+    return model, info
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+# ---------------------------------------------------------------------------- evaluation and fine-tuning
+def calibrated_top1(model: nn.Module, data: Data, seed: int, protocol: Protocol) -> float:
+    """Top-1 on the test split after re-estimating BN statistics on training batches (in place)."""
+    recalibrate_bn(model, data.train(seed + 10_000), protocol.bn_batches)
+    return evaluate(model, data.test())
+
+
+def checkpoints(protocol: Protocol, steps_used: int) -> dict[str, int | None]:
+    """Fine-tuning steps at each total budget (``None``: the pruning step alone exceeded it)."""
+    spe = steps_per_epoch(protocol)
+    out: dict[str, int | None] = {}
+    for epochs in protocol.budget_epochs:
+        left = round(epochs * spe) - steps_used
+        out[_label(epochs)] = left if left >= 0 else None
+    return out
+
+
+def _label(epochs: float) -> str:
+    return f"{epochs:g}"
+
+
+def finetune_curve(model: nn.Module, data: Data, seed: int, protocol: Protocol, steps_used: int,
+                   lr: float | None = None, progress: bool = False) -> dict[str, float | None]:
+    """Fine-tune ``model`` (constant lr) and record calibrated top-1 at every total step budget.
+
+    Returns:
+        ``{budget in epochs (str): top-1, or None when ``steps_used`` alone exceeds that budget}``.
+    """
+    marks = checkpoints(protocol, steps_used)
+    wanted = sorted({s for s in marks.values() if s is not None})
+    opt = torch.optim.SGD(model.parameters(), lr=protocol.finetune_lr if lr is None else lr,
+                          momentum=protocol.momentum, weight_decay=protocol.weight_decay)
+    stream, done, top1 = _Stream(data.train(seed)), 0, {}
+    for target in wanted:
+        train_steps(model, stream, opt, target - done, progress=progress, desc="finetune")
+        done = target
+        top1[target] = calibrated_top1(model, data, seed, protocol)
+    return {label: (None if s is None else top1[s]) for label, s in marks.items()}
+
+
+class _Stream:
+    """One endless batch sequence shared by successive ``train_steps`` calls (each continues it)."""
+
+    def __init__(self, loader: Iterable) -> None:
+        from wgates_plugin.training import cycle
+
+        self.iterator = cycle(loader)
+
+    def __iter__(self) -> Any:
+        return self.iterator
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    import statistics
+
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)

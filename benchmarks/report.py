@@ -1,0 +1,240 @@
+"""Tables and plots from a comparison's ``runs.jsonl``: ``python -m benchmarks.report <out dir>``.
+
+Writes ``<out>/results.md`` (also printed) and PNG plots next to it:
+``acc_vs_flops_<model>.png`` (top-1 against achieved FLOPs, one panel per training budget),
+``kept_channels_<model>.png`` (W-Gates' kept channels per layer, as the paper's Fig. 6/7) and
+``gate_training_<model>.png`` (live FLOPs / predicted latency and top-1 during gate training, Fig. 5).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+LABELS = {"uniform": "uniform width", "random": "random channels", "l1": "L1 (NNI)", "fpgm": "FPGM (NNI)",
+          "slim": "Network Slimming", "taylor": "Taylor (NNI)", "depgraph": "DepGraph GroupNorm",
+          "gate_decorator": "Gate Decorator", "wgates": "W-Gates FLOPs", "wgates_latency": "W-Gates latency",
+          "scratch": "scratch (W-Gates arch.)"}
+OURS = ("wgates", "wgates_latency")
+
+
+def load(path: Path) -> tuple[dict[str, dict], list[dict]]:
+    """``(models, runs)`` of the newest protocol in ``path`` (earlier protocols are ignored)."""
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise SystemExit(f"{path} holds no record")
+    key = lines[-1]["protocol_key"]
+    models = {r["model"]: r for r in lines if r["kind"] == "model" and r["protocol_key"] == key}
+    runs = [r for r in lines if r["kind"] == "run" and r["protocol_key"] == key]
+    return models, runs
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _pm(values: Sequence[float | None], scale: float = 100.0, digits: int = 1) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "—"
+    m, s = mean_std([v * scale for v in vals])
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(vals) > 1 else f"{m:.{digits}f}"
+
+
+def grouped(runs: list[dict]) -> dict[tuple[str, float], dict[str, list[dict]]]:
+    """``{(model, budget): {method: [runs over seeds]}}``."""
+    out: dict[tuple[str, float], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        out[(r["model"], r["budget"])][r["method"]].append(r)
+    return out
+
+
+def epochs_of(runs: list[dict]) -> list[str]:
+    return sorted({e for r in runs for e in r["top1"]}, key=float)
+
+
+# ---------------------------------------------------------------------------- tables
+def table(model: dict, by_method: dict[str, list[dict]], epochs: list[str]) -> list[str]:
+    head = (["method", "FLOPs", "params", "top-1 pruned (raw)", "top-1 pruned + BN"]
+            + [f"top-1 @ {e} ep" for e in epochs] + ["latency ms", "pruning s", "steps", "seeds"])
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in sorted(by_method, key=lambda m: list(LABELS).index(m)):
+        rs = by_method[method]
+        cells = [LABELS[method], _pm([r["flops_ratio"] for r in rs], 100, 1) + " %",
+                 _pm([r["params_ratio"] for r in rs], 100, 0) + " %",
+                 _pm([r.get("top1_pruned_raw") for r in rs]), _pm([r.get("top1_pruned") for r in rs])]
+        cells += [_pm([r["top1"][e] for r in rs]) for e in epochs]
+        cells += [_pm([r["latency_ms"] for r in rs], 1, 2), _pm([r["prune_seconds"] for r in rs], 1, 1),
+                  str(rs[0]["steps_used"]), str(len(rs))]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def standing(by_method: dict[str, list[dict]], epoch: str, ours: str = "wgates") -> str:
+    """'wins' / 'ties' / 'loses' for ``ours`` at one budget: a gap counts only beyond the larger std."""
+    stats = {m: mean_std([r["top1"][epoch] for r in rs if r["top1"].get(epoch) is not None])
+             for m, rs in by_method.items()}
+    stats = {m: v for m, v in stats.items() if v[0] == v[0]}
+    if ours not in stats or len(stats) < 2:
+        return "n/a"
+    m0, s0 = stats[ours]
+    rivals = {m: v for m, v in stats.items() if m not in OURS}
+    best = max(rivals, key=lambda m: rivals[m][0])
+    mb, sb = rivals[best]
+    margin = max(s0, sb)
+    if len(by_method[ours]) < 2:
+        return f"{100 * m0:.1f} vs best other {LABELS[best]} {100 * mb:.1f} (one seed: no verdict)"
+    verdict = "wins" if m0 - mb > margin else "loses" if mb - m0 > margin else "ties"
+    return f"{verdict} ({100 * m0:.1f} vs {LABELS[best]} {100 * mb:.1f}, margin {100 * margin:.1f})"
+
+
+def markdown(models: dict[str, dict], runs: list[dict]) -> str:
+    lines: list[str] = []
+    epochs = epochs_of(runs)
+    groups = grouped(runs)
+    for name, info in models.items():
+        base = info["baseline"]
+        lines += [f"### {name}", "",
+                  f"Baseline: top-1 {100 * base['top1']:.1f} %, {info['macs'] / 1e6:.1f} M MACs, "
+                  f"{info['params'] / 1e6:.3f} M params, {info['latency_ms']:.2f} ms "
+                  f"(batch {info['environment']['protocol']['latency_batch']}, 1 thread, CPU clock).", ""]
+        for budget in sorted({b for (m, b) in groups if m == name}, reverse=True):
+            by_method = groups[(name, budget)]
+            lines += [f"**{name}, {budget:.0%} FLOPs**", ""] + table(info, by_method, epochs) + [""]
+            for e in epochs:
+                for ours in OURS:
+                    if ours in by_method:
+                        lines.append(f"- {LABELS[ours]} @ {e} epochs: {standing(by_method, e, ours)}")
+            lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- plots
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy(name: str, models: dict, runs: list[dict], out: Path) -> Path:
+    """Top-1 (mean ± std over seeds) against achieved FLOPs, one panel per total training budget."""
+    plt = _plt()
+    epochs = epochs_of(runs)
+    fig, axes = plt.subplots(1, len(epochs), figsize=(5 * len(epochs), 4.2), squeeze=False)
+    mine = [r for r in runs if r["model"] == name]
+    for ax, e in zip(axes[0], epochs):
+        for method in [m for m in LABELS if any(r["method"] == m for r in mine)]:
+            pts = _curve([r for r in mine if r["method"] == method], e)
+            if pts:
+                xs, ys, ss = zip(*pts)
+                ax.errorbar(xs, ys, yerr=ss, marker="o" if method in OURS else ".", capsize=2,
+                            lw=2.2 if method in OURS else 1, label=LABELS[method])
+        ax.axhline(100 * models[name]["baseline"]["top1"], color="k", ls="--", lw=0.8, label="baseline")
+        ax.set(title=f"{name}: {e} epochs' training budget", xlabel="FLOPs kept (%)", ylabel="top-1 (%)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    return _save(fig, out / f"acc_vs_flops_{name}.png")
+
+
+def _curve(rs: list[dict], epoch: str) -> list[tuple[float, float, float]]:
+    by_budget: dict[float, list[dict]] = defaultdict(list)
+    for r in rs:
+        if r["top1"].get(epoch) is not None:
+            by_budget[r["budget"]].append(r)
+    pts = []
+    for _b, group in sorted(by_budget.items()):
+        fm, _ = mean_std([100 * r["flops_ratio"] for r in group])
+        am, asd = mean_std([100 * r["top1"][epoch] for r in group])
+        pts.append((fm, am, asd))
+    return pts
+
+
+def plot_kept(name: str, runs: list[dict], out: Path) -> Path | None:
+    """Kept channels per gated layer (W-Gates, first seed), FLOPs and latency mode, every budget."""
+    first = min(r["seed"] for r in runs)
+    chosen = [r for r in runs if r["model"] == name and r["method"] in OURS and r["seed"] == first]
+    if not chosen:
+        return None
+    plt = _plt()
+    budgets = sorted({r["budget"] for r in chosen}, reverse=True)
+    fig, axes = plt.subplots(len(budgets), 1, figsize=(11, 2.6 * len(budgets)), squeeze=False)
+    for ax, budget in zip(axes[:, 0], budgets):
+        rs = {r["method"]: r for r in chosen if r["budget"] == budget}
+        layers = list(next(iter(rs.values()))["info"]["kept"])
+        full = [next(iter(rs.values()))["info"]["kept"][k][1] for k in layers]
+        pos = range(len(layers))
+        ax.bar(pos, full, color="0.85", label="original")
+        width = 0.8 / max(len(rs), 1)
+        for i, (method, r) in enumerate(sorted(rs.items())):
+            kept = [r["info"]["kept"][k][0] for k in layers]
+            ax.bar([p - 0.4 + width * (i + 0.5) for p in pos], kept, width=width, label=LABELS[method])
+        ax.set_xticks(list(pos), layers, rotation=90, fontsize=6)
+        ax.set(title=f"{name}, {budget:.0%} FLOPs: kept channels per gated layer", ylabel="channels")
+        ax.legend(fontsize=7)
+    return _save(fig, out / f"kept_channels_{name}.png")
+
+
+def plot_training(name: str, runs: list[dict], out: Path) -> Path | None:
+    """Live FLOPs / predicted-latency ratio and calibrated top-1 while the gates train (seed with a trace)."""
+    traced = [r for r in runs if r["model"] == name and r["method"] in OURS
+              and r["info"].get("trace") and "top1" in r["info"]["trace"][0]]
+    if not traced:
+        return None
+    plt = _plt()
+    budgets = sorted({r["budget"] for r in traced}, reverse=True)
+    fig, axes = plt.subplots(1, len(budgets), figsize=(5 * len(budgets), 4), squeeze=False)
+    for ax, budget in zip(axes[0], budgets):
+        acc_ax = ax.twinx()
+        for r in [r for r in traced if r["budget"] == budget]:
+            t = r["info"]["trace"]
+            steps = [p["step"] for p in t]
+            color = "C0" if r["method"] == "wgates" else "C1"
+            ax.plot(steps, [100 * p["flops_ratio"] for p in t], color=color, label=f"{LABELS[r['method']]}: FLOPs %")
+            if r["method"] == "wgates_latency":
+                ax.plot(steps, [100 * p["cost_ratio"] for p in t], color=color, ls=":", label="predicted latency %")
+            acc_ax.plot(steps, [100 * p["top1"] for p in t], color=color, ls="--", marker=".",
+                        label=f"{LABELS[r['method']]}: top-1")
+        ax.axhline(100 * budget, color="k", lw=0.6)
+        ax.set(title=f"{name}, {budget:.0%} FLOPs: gate training", xlabel="step", ylabel="FLOPs / latency kept (%)")
+        acc_ax.set_ylabel("top-1 of the gated model (%)")
+        ax.legend(fontsize=7, loc="upper right")
+        acc_ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, out / f"gate_training_{name}.png")
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m benchmarks.report <directory holding runs.jsonl>", file=sys.stderr)
+        return 2
+    out = Path(args[0])
+    models, runs = load(out / "runs.jsonl")
+    text = markdown(models, runs)
+    (out / "results.md").write_text(text + "\n")
+    for name in models:
+        plot_accuracy(name, models, runs, out)
+        plot_kept(name, runs, out)
+        plot_training(name, runs, out)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
