@@ -54,7 +54,7 @@ from .efficiency.flops import FlopsModel, record_layer_shapes
 from .errors import BudgetError, ConfigError, ConfigTypeError, StateError
 from .export import prune_groups, verify_outputs
 from .groups import ChannelGroup, Member, Role, select_groups, trace_groups
-from .pruner import _GateHook
+from .pruner import GateHook
 from .tick_tock import LossFn, TickTock, TickTockTrace, run_tick_tock
 
 __all__ = ["GateDecorator", "ScaleSite", "TickTock"]
@@ -245,9 +245,9 @@ class GateDecorator(nn.Module):
         if self._handles:
             return
         for si, site in enumerate(self.sites):
-            self._handles.append(site.module.register_forward_hook(_GateHook(self._scale_hook(si))))
+            self._handles.append(site.module.register_forward_hook(GateHook(self._scale_hook(si))))
         for module, feeds in _consumer_feeds(self.groups).items():
-            self._handles.append(module.register_forward_pre_hook(_GateHook(self._mask_hook(feeds))))
+            self._handles.append(module.register_forward_pre_hook(GateHook(self._mask_hook(feeds))))
 
     def remove(self) -> None:
         """Remove every hook: the model computes exactly what it computed before attaching."""

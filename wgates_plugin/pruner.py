@@ -162,10 +162,10 @@ class WGates(nn.Module):
         """Register the hooks that apply the gates (done by the constructor)."""
         if self._handles:
             return
-        self._handles.append(self.model.register_forward_pre_hook(_GateHook(self._refresh)))
-        self._handles.append(self.model.register_forward_hook(_GateHook(self._forget)))
+        self._handles.append(self.model.register_forward_pre_hook(GateHook(self._refresh)))
+        self._handles.append(self.model.register_forward_hook(GateHook(self._forget)))
         for module, feeds in self._consumer_feeds().items():
-            self._handles.append(module.register_forward_pre_hook(_GateHook(self._gate_input_hook(feeds))))
+            self._handles.append(module.register_forward_pre_hook(GateHook(self._gate_input_hook(feeds))))
 
     def remove(self) -> None:
         """Remove every hook: the model computes exactly what it computed before attaching."""
@@ -298,7 +298,7 @@ class WGates(nn.Module):
         self._current = None
 
 
-class _GateHook:
+class GateHook:
     """A gate hook that ``copy.deepcopy`` turns into a no-op.
 
     The gates live in :class:`WGates`, bound to the original model. A deep copy of a gated model (NNI
@@ -312,8 +312,8 @@ class _GateHook:
     def __call__(self, *args: Any) -> Any:
         return None if self.fn is None else self.fn(*args)
 
-    def __deepcopy__(self, memo: dict) -> _GateHook:
-        return _GateHook(None)
+    def __deepcopy__(self, memo: dict) -> GateHook:
+        return GateHook(None)
 
 
 def _root_types(config: WGatesConfig) -> tuple[type, ...]:

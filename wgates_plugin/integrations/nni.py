@@ -119,7 +119,7 @@ class WGatesPruner(Pruner):
         self.settings, self.excluded = select_layers(model, entries)
         self.training_steps = training_steps
         self.gate_lr = float(gate_lr)
-        self.dummy_input = dummy_input if dummy_input is not None else _evaluator_dummy_input(evaluator)
+        self.dummy_input = dummy_input if dummy_input is not None else evaluator_dummy_input(evaluator)
         self.notes: list[str] = []
         self.plans: list[GroupPlan] = []
         self.budgets: list[SharedBudget] = []
@@ -270,7 +270,7 @@ class WGatesPruner(Pruner):
         A closed channel zeroes its filter row in ``weight`` and its entry in ``bias``; every
         wrapped layer outside the gated groups gets all-ones masks.
         """
-        masks = {name: _ones(wrapper) for name, wrapper in self._module_wrappers.items()}
+        masks = {name: full_masks(wrapper) for name, wrapper in self._module_wrappers.items()}
         with torch.no_grad():
             gates = self.core.current_gates()
         for group, gate in zip(self.core.groups, gates):
@@ -318,7 +318,7 @@ def _check_arguments(evaluator: Any, training_steps: Any, flops_target: Any, eff
                           "(bounds, exclusions and ratios come from config_list)")
 
 
-def _evaluator_dummy_input(evaluator: Evaluator | None) -> Any:
+def evaluator_dummy_input(evaluator: Evaluator | None) -> Any:
     """The dummy input a user gave the evaluator (TorchEvaluator / LightningEvaluator), else None.
 
     NNI's ``LightningEvaluator.get_dummy_input()`` falls back to a whole training batch (inputs *and*
@@ -354,7 +354,8 @@ def _weight_owner(module: nn.Module, wrapped: bool) -> nn.Module:
     return getattr(module, "_nni_wrapper", module) if wrapped else module
 
 
-def _ones(wrapper: ModuleWrapper) -> dict[str, torch.Tensor]:
+def full_masks(wrapper: ModuleWrapper) -> dict[str, torch.Tensor]:
+    """All-ones masks (nothing pruned) for every pruning target of an NNI module wrapper."""
     out = {}
     for name, space in wrapper.pruning_target_spaces.items():
         if space.target is not None:

@@ -39,7 +39,7 @@ from ..errors import ConfigError, ConfigTypeError, StateError
 from ..gate_decorator import GateDecorator
 from ..groups import Role, trace_groups
 from ..tick_tock import TickTock, plan_rounds, step_plan
-from .nni import _evaluator_dummy_input, _ones
+from .nni import evaluator_dummy_input, full_masks
 from .nni_config import canonical_config_list, select_layers, weight_setting
 from .nni_plan import GroupPlan, group_bounds, plan_groups
 
@@ -116,7 +116,7 @@ class GateDecoratorPruner(Pruner):
         self.settings, self.excluded = select_layers(model, entries)
         self.training_steps = training_steps
         self.schedule = schedule or TickTock()
-        self.dummy_input = dummy_input if dummy_input is not None else _evaluator_dummy_input(evaluator)
+        self.dummy_input = dummy_input if dummy_input is not None else evaluator_dummy_input(evaluator)
         if self.dummy_input is None:
             raise ConfigError("GateDecoratorPruner traces the model's channel dependencies from an example batch: "
                               "pass dummy_input=<a batch the model accepts> (or give the evaluator one)")
@@ -252,7 +252,7 @@ class GateDecoratorPruner(Pruner):
         A pruned channel zeroes its filter row in ``weight`` and its entry in ``bias``; every wrapped
         layer outside the gated groups gets all-ones masks.
         """
-        masks = {name: _ones(wrapper) for name, wrapper in self._module_wrappers.items()}
+        masks = {name: full_masks(wrapper) for name, wrapper in self._module_wrappers.items()}
         for group, keep in zip(self.core.groups, self.core.current_gates()):
             for m in group.members:
                 if m.role is Role.CONSUMER or m.name not in masks:
