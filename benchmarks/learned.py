@@ -60,19 +60,28 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
     _check_same_layers(wg, ctx)
     sgd = torch.optim.SGD(model.parameters(), lr=weight_lr, momentum=momentum, weight_decay=weight_decay)
     trace = train_wgates(model, wg, ctx, sgd, gate_lr, trace_eval, eval_every)
-    gated = {"top1_before_freeze": trace_eval(model)} if trace_eval is not None else {}
+    gated, timed = _timed_eval(trace_eval, model, "top1_before_freeze")
     if predictor is None:
         wg.freeze()
     else:
         _freeze_at_flops(wg, ctx.budget, ctx.tolerance / 4)
-    if trace_eval is not None:
-        gated["top1_after_freeze"] = trace_eval(model)
+    after, timed_after = _timed_eval(trace_eval, model, "top1_after_freeze")
+    gated.update(after)
+    eval_seconds = sum(p.get("eval_seconds", 0.0) for p in trace) + timed + timed_after
     pruned = wg.export()
     info = {**gated, "kept": {k: list(v) for k, v in wg.kept().items()}, "trace": trace, "target": wg.config.target,
             "predicted_cost_ratio": wg.cost_ratio(),
-            "removed": {k: v.tolist() for k, v in removal_plan(wg).items()}}
+            "removed": {k: v.tolist() for k, v in removal_plan(wg).items()}, "eval_seconds": eval_seconds}
     wg.remove()
     return Pruned(pruned, ctx.steps, info)
+
+
+def _timed_eval(trace_eval: TraceEval | None, model: nn.Module, key: str) -> tuple[dict[str, float], float]:
+    if trace_eval is None:
+        return {}, 0.0
+    start = time.perf_counter()
+    value = trace_eval(model)
+    return {key: value}, time.perf_counter() - start
 
 
 def train_wgates(model: nn.Module, wg: WGates, ctx: PruneContext, weights: torch.optim.Optimizer, gate_lr: float,
@@ -94,7 +103,9 @@ def _point(step: int, wg: WGates, model: nn.Module, trace_eval: TraceEval | None
     point: dict[str, Any] = {"step": step + 1, "flops_ratio": wg.flops_ratio(), "cost_ratio": wg.cost_ratio(),
                              "multiplier": wg.multiplier.value}
     if trace_eval is not None:
+        start = time.perf_counter()
         point["top1"] = trace_eval(model)
+        point["eval_seconds"] = time.perf_counter() - start  # not part of the pruning time
     return point
 
 

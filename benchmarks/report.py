@@ -71,10 +71,19 @@ def table(model: dict, by_method: dict[str, list[dict]], epochs: list[str]) -> l
                  _pm([r["params_ratio"] for r in rs], 100, 0) + " %",
                  _pm([r.get("top1_pruned_raw") for r in rs]), _pm([r.get("top1_pruned") for r in rs])]
         cells += [_pm([r["top1"][e] for r in rs]) for e in epochs]
-        cells += [_pm([r["latency_ms"] for r in rs], 1, 2), _pm([r["prune_seconds"] for r in rs], 1, 1),
+        cells += [_pm([r["latency_ms"] for r in rs], 1, 2), _pm(_pruning_seconds(rs), 1, 1),
                   str(rs[0]["steps_used"]), str(len(rs))]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
+
+
+def _pruning_seconds(rs: list[dict]) -> list[float]:
+    """Pruning wall times; runs whose time still includes live-trace evaluations are left out."""
+    def clean(r: dict) -> bool:
+        trace = r["info"].get("trace") or [{}]
+        return "top1" not in trace[0] or "eval_seconds" in r["info"]
+
+    return [r["prune_seconds"] for r in rs if clean(r)]
 
 
 def standing(by_method: dict[str, list[dict]], epoch: str, ours: str = "wgates") -> str:
@@ -108,12 +117,22 @@ def markdown(models: dict[str, dict], runs: list[dict]) -> str:
         for budget in sorted({b for (m, b) in groups if m == name}, reverse=True):
             by_method = groups[(name, budget)]
             lines += [f"**{name}, {budget:.0%} FLOPs**", ""] + table(info, by_method, epochs) + [""]
-            for e in epochs:
-                for ours in OURS:
-                    if ours in by_method:
-                        lines.append(f"- {LABELS[ours]} @ {e} epochs: {standing(by_method, e, ours)}")
-            lines.append("")
+        lines += summary(name, groups, epochs) + [""]
     return "\n".join(lines)
+
+
+def summary(name: str, groups: dict[tuple[str, float], dict[str, list[dict]]], epochs: list[str]) -> list[str]:
+    """Where each W-Gates mode wins, ties or loses against the best other method, per budget."""
+    rows = [f"**{name}: W-Gates against the best other method** (a gap counts only beyond the larger "
+            "standard deviation over seeds)", "", "| W-Gates | FLOPs budget | " + " | ".join(
+                f"@ {e} epochs" for e in epochs) + " |", "|" + "---|" * (len(epochs) + 2)]
+    for ours in OURS:
+        for budget in sorted({b for (m, b) in groups if m == name}, reverse=True):
+            by_method = groups[(name, budget)]
+            if ours in by_method:
+                cells = [standing(by_method, e, ours) for e in epochs]
+                rows.append(f"| {LABELS[ours]} | {budget:.0%} | " + " | ".join(cells) + " |")
+    return rows
 
 
 # ---------------------------------------------------------------------------- plots
