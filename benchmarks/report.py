@@ -157,12 +157,21 @@ def plot_accuracy(name: str, models: dict, runs: list[dict], out: Path) -> Path:
             if pts:
                 xs, ys, ss = zip(*pts)
                 ax.errorbar(xs, ys, yerr=ss, marker="o" if method in OURS else ".", capsize=2,
-                            lw=2.2 if method in OURS else 1, label=LABELS[method])
+                            lw=2.2 if method in OURS else 1, color=_color(method),
+                            ls="--" if method == "scratch" else "-", label=LABELS[method])
         ax.axhline(100 * models[name]["baseline"]["top1"], color="k", ls="--", lw=0.8, label="baseline")
         ax.set(title=f"{name}: {e} epochs' training budget", xlabel="FLOPs kept (%)", ylabel="top-1 (%)")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="lower right")
     return _save(fig, out / f"acc_vs_flops_{name}.png")
+
+
+def _color(method: str) -> Any:
+    """One fixed colour per method across every plot (tab10, then black for scratch)."""
+    import matplotlib
+
+    order = [m for m in LABELS if m != "scratch"]
+    return "black" if method == "scratch" else matplotlib.colormaps["tab10"](order.index(method) % 10)
 
 
 def _curve(rs: list[dict], epoch: str) -> list[tuple[float, float, float]]:
