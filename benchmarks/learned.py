@@ -23,6 +23,7 @@ from wgates_plugin.budget import minimum_cost, project_counts
 from wgates_plugin.efficiency import FitConfig, LatencyPredictor, Timing, collect_latency, train_predictor
 from wgates_plugin.errors import BudgetError
 from wgates_plugin.export import removal_plan
+from wgates_plugin.gates import top_k_mask
 from wgates_plugin.training import evaluate, recalibrate_bn, train_steps
 
 from .methods import PruneContext, Pruned
@@ -64,7 +65,7 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
     if predictor is None:
         wg.freeze()
     else:
-        _freeze_at_flops(wg, ctx.budget, ctx.tolerance / 4)
+        gated["freeze"] = _freeze_at_flops(wg, ctx.budget, ctx.tolerance / 4, ctx.tolerance / 2)
     after, timed_after = _timed_eval(trace_eval, model, "top1_after_freeze")
     gated.update(after)
     eval_seconds = sum(p.get("eval_seconds", 0.0) for p in trace) + timed + timed_after
@@ -76,7 +77,7 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
     return Pruned(pruned, ctx.steps, info)
 
 
-def _timed_eval(trace_eval: TraceEval | None, model: nn.Module, key: str) -> tuple[dict[str, float], float]:
+def _timed_eval(trace_eval: TraceEval | None, model: nn.Module, key: str) -> tuple[dict[str, Any], float]:
     if trace_eval is None:
         return {}, 0.0
     start = time.perf_counter()
@@ -132,19 +133,41 @@ def _uniform_latency(predictor: LatencyPredictor, model: nn.Module, x: torch.Ten
         return float(latency.cost(torch.tensor(counts, dtype=torch.float32))) / latency.reference()
 
 
-def _freeze_at_flops(wg: WGates, budget: float, tolerance: float, iterations: int = 40) -> None:
-    """Freeze at the latency target whose projected network has ``budget`` FLOPs (bisection)."""
+def _freeze_at_flops(wg: WGates, budget: float, tolerance: float, accept: float, iterations: int = 40) -> str:
+    """Freeze at the latency target whose projected network has ``budget`` FLOPs (bisection).
+
+    The projection moves one channel at a time, so the FLOPs it lands on jump as the latency target
+    moves; if no target lands within ``tolerance``, the closest one within ``accept`` is used, and
+    failing that the learned gates are projected onto the FLOPs budget directly. Returns which.
+    """
     lo, hi = minimum_cost(wg.efficiency, wg.unit_bounds()) / wg.reference_cost * 1.0001, 1.0
+    tried: list[tuple[float, float]] = []
     for _ in range(iterations):
         t = (lo + hi) / 2
-        wg.config = replace(wg.config, target=t)
-        wg.unfreeze()
-        wg.freeze()
-        ratio = wg.flops_ratio()
-        if abs(ratio / budget - 1) <= tolerance:
-            return
+        ratio = _freeze_at(wg, t)
+        tried.append((abs(ratio / budget - 1), t))
+        if tried[-1][0] <= tolerance:
+            return "latency target"
         lo, hi = (t, hi) if ratio < budget else (lo, t)
-    raise BudgetError(f"no latency target gives {budget} of the FLOPs within {tolerance:.1%}; closest {ratio:.4f}")
+    gap, t = min(tried)
+    if gap <= accept:
+        _freeze_at(wg, t)
+        return "closest latency target"
+    wg.unfreeze()
+    with torch.no_grad():
+        scores = [g.unit_scores() for g in wg.gates]
+        units = [int(g.hard().sum()) // g.tie for g in wg.gates]
+    units = project_counts(wg.flops, units, wg.unit_bounds(), budget * wg.flops.reference())
+    for gate, s, k in zip(wg.gates, scores, units):
+        gate.freeze(top_k_mask(s, k))
+    return "FLOPs projection of the latency-trained gates"
+
+
+def _freeze_at(wg: WGates, target: float) -> float:
+    wg.config = replace(wg.config, target=target)
+    wg.unfreeze()
+    wg.freeze()
+    return wg.flops_ratio()
 
 
 # ---------------------------------------------------------------------------- Gate Decorator
