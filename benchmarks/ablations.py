@@ -130,11 +130,15 @@ def plot_alpha(path: Path) -> Path | None:
         ax.plot(alphas, [100 * mean_std([r[field] for r in rows if r["options"]["alpha"] == a])[0] for a in alphas],
                 marker="o", label=label)
     acc = ax.twinx()
-    acc.plot(alphas, [100 * mean_std([r["top1"][last] for r in rows if r["options"]["alpha"] == a])[0]
-                      for a in alphas], "k--", marker="s", label=f"top-1 @ {last} ep")
+    for key, style, label in ((None, "k:", "top-1 exported + BN"), (last, "k--", f"top-1 @ {last} ep")):
+        acc.plot(alphas, [100 * mean_std([r["top1_pruned"] if key is None else r["top1"][key]
+                                          for r in rows if r["options"]["alpha"] == a])[0] for a in alphas],
+                 style, marker="s", label=label)
     ax.set(xscale="log", xlabel="α", ylabel="kept (%)", title="α sweep (paper mode, no target)")
+    ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
+    ax.minorticks_off()
     acc.set_ylabel("top-1 (%)")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="center right", fontsize=8)
     acc.legend(loc="lower left", fontsize=8)
     return _save(fig, path.parent / "alpha_sweep.png")
 
