@@ -11,6 +11,7 @@ from torch import nn
 
 from .errors import ExportError
 from .groups import build_graph
+from .groups import removal_plan as plan_from_masks
 
 if TYPE_CHECKING:
     from .pruner import WGates
@@ -62,13 +63,8 @@ def prune_groups(model: nn.Module, example_inputs: Any, plan: Mapping[str, torch
 
 
 def removal_plan(wg: WGates) -> dict[str, torch.Tensor]:
-    plan = {}
-    for group, gate in zip(wg.groups, wg.current_gates()):
-        closed = torch.nonzero(gate.detach() < 0.5).flatten().cpu()
-        root = next(m for m in group.producers if m.module is group.root)
-        lookup = dict(zip(root.channels.tolist(), root.idxs.tolist()))
-        plan[group.name] = torch.tensor([lookup[int(c)] for c in closed], dtype=torch.long)
-    return plan
+    """``{root layer name: output indices to remove}`` from ``wg``'s current gates."""
+    return plan_from_masks(wg.groups, wg.current_gates())
 
 
 def prune_copy(wg: WGates, verify: bool = True, rtol: float = 1e-4, atol: float = 1e-5) -> nn.Module:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -49,11 +48,11 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from .efficiency.base import EfficiencyModel
+from .efficiency.base import EfficiencyModel, bind_efficiency
 from .efficiency.flops import FlopsModel, record_layer_shapes
 from .errors import BudgetError, ConfigError, ConfigTypeError, StateError
 from .export import prune_groups, verify_outputs
-from .groups import ChannelGroup, Member, Role, select_groups, trace_groups
+from .groups import ChannelGroup, Member, Role, consumer_feeds, removal_plan, select_groups, trace_groups, why_not
 from .pruner import GateHook
 from .tick_tock import LossFn, TickTock, TickTockTrace, run_tick_tock
 
@@ -197,23 +196,10 @@ class GateDecorator(nn.Module):
 
     def why_not(self, group: ChannelGroup) -> str:
         """Why ``group`` is not gated (or 'gated')."""
-        if group in self.groups:
-            return "gated"
-        if group.reason:
-            return group.reason
-        if group.shortcut and not self.prune_shortcuts:
-            return "shortcut-coupled (pass prune_shortcuts=True to prune it)"
-        return "not selected or excluded"
+        return why_not(group, self.groups, self.prune_shortcuts)
 
     def _make_efficiency(self, efficiency: Any) -> EfficiencyModel:
-        if efficiency is None:
-            return self.flops
-        model = efficiency if isinstance(efficiency, EfficiencyModel) else efficiency(self.groups)
-        names = tuple(g.name for g in self.groups)
-        if tuple(model.group_names) != names:
-            raise ConfigError(f"the efficiency model was built for groups {list(model.group_names)[:4]}..., "
-                              f"this model's gated groups are {list(names)[:4]}...; rebuild it for this model")
-        return model
+        return self.flops if efficiency is None else bind_efficiency(efficiency, self.groups)
 
     def _low_units(self, group: ChannelGroup, min_keep: int, ratio: float, layers: Mapping[str, float]) -> int:
         """The fewest units (``tie`` channels each) the group may keep."""
@@ -246,7 +232,7 @@ class GateDecorator(nn.Module):
             return
         for si, site in enumerate(self.sites):
             self._handles.append(site.module.register_forward_hook(GateHook(self._scale_hook(si))))
-        for module, feeds in _consumer_feeds(self.groups).items():
+        for module, feeds in consumer_feeds(self.groups).items():
             self._handles.append(module.register_forward_pre_hook(GateHook(self._mask_hook(feeds))))
 
     def remove(self) -> None:
@@ -516,13 +502,7 @@ class GateDecorator(nn.Module):
 
     def removal_plan(self) -> dict[str, torch.Tensor]:
         """``{root layer name: output indices to remove}``, what :func:`~wgates_plugin.export.prune_groups` takes."""
-        plan = {}
-        for gi, group in enumerate(self.groups):
-            closed = torch.nonzero(self._keep(gi) < 0.5).flatten().cpu()
-            root = next(m for m in group.producers if m.module is group.root)
-            lookup = dict(zip(root.channels.tolist(), root.idxs.tolist()))
-            plan[group.name] = torch.tensor([lookup[int(c)] for c in closed], dtype=torch.long)
-        return plan
+        return removal_plan(self.groups, [self._keep(gi) for gi in range(len(self.groups))])
 
     # ------------------------------------------------------------------ state
     def get_extra_state(self) -> dict[str, Any]:
@@ -547,14 +527,6 @@ def _sites(gi: int, group: ChannelGroup, order: Mapping[str, int]) -> list[Scale
 
 def _affine_bn(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine
-
-
-def _consumer_feeds(groups: list[ChannelGroup]) -> dict[nn.Module, list[tuple[int, Member]]]:
-    feeds: dict[nn.Module, list[tuple[int, Member]]] = defaultdict(list)
-    for gi, g in enumerate(groups):
-        for m in g.consumers:
-            feeds[m.module].append((gi, m))
-    return feeds
 
 
 def _along(vector: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import enum
 import math
 import sys
-from collections.abc import Callable, Iterable
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -24,7 +25,8 @@ from torch_pruning import ops
 
 from .errors import TracingError
 
-__all__ = ["Role", "Member", "ChannelGroup", "GroupGraph", "trace_groups", "is_depthwise"]
+__all__ = ["Role", "Member", "ChannelGroup", "GroupGraph", "trace_groups", "is_depthwise", "select_groups",
+           "why_not", "consumer_feeds", "removal_plan"]
 
 # Normalizations that mix channels: removing a channel changes the others' statistics, so neither
 # zeroing nor removing is exact.
@@ -302,3 +304,34 @@ def select_groups(
         if any(include(p.name, p.module) for p in producers):
             chosen.append(g)
     return chosen
+
+
+def why_not(group: ChannelGroup, selected: Sequence[ChannelGroup], prune_shortcuts: bool) -> str:
+    """Why ``group`` is not among the ``selected`` (gated) groups, or ``'gated'``."""
+    if group in selected:
+        return "gated"
+    if group.reason:
+        return group.reason
+    if group.shortcut and not prune_shortcuts:
+        return "shortcut-coupled (pass prune_shortcuts=True to prune it)"
+    return "not selected or excluded"
+
+
+def consumer_feeds(groups: Sequence[ChannelGroup]) -> dict[nn.Module, list[tuple[int, Member]]]:
+    """``{consumer layer: [(group index, member)]}``: the inputs where each group's channels are read."""
+    feeds: dict[nn.Module, list[tuple[int, Member]]] = defaultdict(list)
+    for gi, g in enumerate(groups):
+        for m in g.consumers:
+            feeds[m.module].append((gi, m))
+    return feeds
+
+
+def removal_plan(groups: Sequence[ChannelGroup], keep: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{root layer name: its output indices to remove}`` for 0/1 keep vectors ``(C,)`` of ``groups``."""
+    plan = {}
+    for group, mask in zip(groups, keep):
+        closed = torch.nonzero(mask.detach() < 0.5).flatten().cpu()
+        root = next(m for m in group.producers if m.module is group.root)
+        lookup = dict(zip(root.channels.tolist(), root.idxs.tolist()))
+        plan[group.name] = torch.tensor([lookup[int(c)] for c in closed], dtype=torch.long)
+    return plan

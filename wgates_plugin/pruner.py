@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -27,11 +26,11 @@ from torch import nn
 
 from .budget import DualMultiplier, UnitBounds, minimum_cost, project_counts
 from .config import BudgetMode, WGatesConfig
-from .efficiency.base import EfficiencyModel
+from .efficiency.base import EfficiencyModel, bind_efficiency
 from .efficiency.flops import FlopsModel, record_layer_shapes
 from .errors import BudgetError, ConfigError, StateError
 from .gates import GateList, Producer, WeightGate
-from .groups import ChannelGroup, Member, select_groups, trace_groups
+from .groups import ChannelGroup, Member, consumer_feeds, select_groups, trace_groups, why_not
 
 __all__ = ["WGates"]
 
@@ -111,13 +110,7 @@ class WGates(nn.Module):
 
     def why_not(self, group: ChannelGroup) -> str:
         """Why ``group`` is not gated (or 'gated')."""
-        if group in self.groups:
-            return "gated"
-        if group.reason:
-            return group.reason
-        if group.shortcut and not self.config.prune_shortcuts:
-            return "shortcut-coupled (pass prune_shortcuts=True to prune it)"
-        return "not selected or excluded"
+        return why_not(group, self.groups, self.config.prune_shortcuts)
 
     def _make_gate(self, group: ChannelGroup) -> WeightGate:
         units = group.size // group.tie
@@ -130,16 +123,7 @@ class WGates(nn.Module):
                           self.config.sigmoid_k)
 
     def _make_efficiency(self, efficiency: Any) -> EfficiencyModel:
-        if efficiency is None:
-            return self.flops
-        model = efficiency(self.groups) if not isinstance(efficiency, EfficiencyModel) else efficiency
-        names = tuple(g.name for g in self.groups)
-        if tuple(model.group_names) != names:
-            raise ConfigError(
-                f"the efficiency model was built for groups {list(model.group_names)[:4]}..., "
-                f"this model's gated groups are {list(names)[:4]}...; rebuild it for this model"
-            )
-        return model
+        return self.flops if efficiency is None else bind_efficiency(efficiency, self.groups)
 
     def unit_bounds(self) -> list[UnitBounds]:
         return [UnitBounds(g.min_keep, g.max_keep, g.tie) for g in self.gates]
@@ -164,7 +148,7 @@ class WGates(nn.Module):
             return
         self._handles.append(self.model.register_forward_pre_hook(GateHook(self._refresh)))
         self._handles.append(self.model.register_forward_hook(GateHook(self._forget)))
-        for module, feeds in self._consumer_feeds().items():
+        for module, feeds in consumer_feeds(self.groups).items():
             self._handles.append(module.register_forward_pre_hook(GateHook(self._gate_input_hook(feeds))))
 
     def remove(self) -> None:
@@ -173,13 +157,6 @@ class WGates(nn.Module):
             h.remove()
         self._handles.clear()
         self._current = None
-
-    def _consumer_feeds(self) -> dict[nn.Module, list[tuple[int, Member]]]:
-        feeds: dict[nn.Module, list[tuple[int, Member]]] = defaultdict(list)
-        for gi, g in enumerate(self.groups):
-            for m in g.consumers:
-                feeds[m.module].append((gi, m))
-        return feeds
 
     def _refresh(self, _module: nn.Module, _args: Any) -> None:
         """Compute every gate once per forward of the model (consumer hooks read them)."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["EfficiencyModel"]
+__all__ = ["EfficiencyModel", "bind_efficiency"]
 
 
 class EfficiencyModel(nn.Module, abc.ABC):
@@ -35,3 +37,22 @@ class EfficiencyModel(nn.Module, abc.ABC):
     @abc.abstractmethod
     def full_counts(self) -> torch.Tensor:
         """The encoding of the unpruned network, shape ``(G,)``."""
+
+
+def bind_efficiency(efficiency: EfficiencyModel | Callable[[list[Any]], EfficiencyModel],
+                    groups: Sequence[Any]) -> EfficiencyModel:
+    """``efficiency`` for these gated ``groups``: a model as is, a factory called with them; checked.
+
+    Raises:
+        ConfigError: the model was built for other groups.
+    """
+    from ..errors import ConfigError
+
+    model = efficiency if isinstance(efficiency, EfficiencyModel) else efficiency(list(groups))
+    names = tuple(g.name for g in groups)
+    if tuple(model.group_names) != names:
+        raise ConfigError(
+            f"the efficiency model was built for groups {list(model.group_names)[:4]}..., "
+            f"this model's gated groups are {list(names)[:4]}...; rebuild it for this model"
+        )
+    return model
