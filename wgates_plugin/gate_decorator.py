@@ -52,7 +52,17 @@ from .efficiency.base import EfficiencyModel, bind_efficiency
 from .efficiency.flops import FlopsModel, record_layer_shapes
 from .errors import BudgetError, ConfigError, ConfigTypeError, StateError
 from .export import prune_groups, verify_outputs
-from .groups import ChannelGroup, Member, Role, consumer_feeds, removal_plan, select_groups, trace_groups, why_not
+from .groups import (
+    ChannelGroup,
+    Member,
+    Role,
+    consumer_feeds,
+    removal_plan,
+    scale_input,
+    select_groups,
+    trace_groups,
+    why_not,
+)
 from .pruner import GateHook
 from .tick_tock import LossFn, TickTock, TickTockTrace, run_tick_tock
 
@@ -254,13 +264,7 @@ class GateDecorator(nn.Module):
 
     def _mask_hook(self, feeds: list[tuple[int, Member]]) -> Callable:
         def hook(_module: nn.Module, args: tuple) -> tuple:
-            x = args[0]
-            dim = feeds[0][1].channel_dim % x.dim()
-            mask = x.new_ones(x.shape[dim])  # (C_in,)
-            for gi, m in feeds:
-                keep = self._keep(gi).to(x)[m.channels.to(x.device)]
-                mask = mask.index_copy(0, m.idxs.to(x.device), keep)
-            return (x * _along(mask, dim, x.dim()),) + tuple(args[1:])
+            return (scale_input(args[0], feeds, self._keep),) + tuple(args[1:])
 
         return hook
 

@@ -26,7 +26,7 @@ from torch_pruning import ops
 from .errors import TracingError
 
 __all__ = ["Role", "Member", "ChannelGroup", "GroupGraph", "trace_groups", "is_depthwise", "select_groups",
-           "why_not", "consumer_feeds", "removal_plan"]
+           "why_not", "consumer_feeds", "scale_input", "removal_plan"]
 
 # Normalizations that mix channels: removing a channel changes the others' statistics, so neither
 # zeroing nor removing is exact.
@@ -324,6 +324,22 @@ def consumer_feeds(groups: Sequence[ChannelGroup]) -> dict[nn.Module, list[tuple
         for m in g.consumers:
             feeds[m.module].append((gi, m))
     return feeds
+
+
+def scale_input(x: torch.Tensor, feeds: Sequence[tuple[int, Member]],
+                vector: Callable[[int], torch.Tensor]) -> torch.Tensor:
+    """``x`` with the channels a consumer reads from each group multiplied by ``vector(group index)``.
+
+    ``feeds`` are the consumer's ``(group index, member)`` pairs (:func:`consumer_feeds`); channels of
+    ``x`` that no group feeds are left as they are.
+    """
+    dim = feeds[0][1].channel_dim % x.dim()
+    scale = x.new_ones(x.shape[dim])  # (C_in,)
+    for gi, m in feeds:
+        scale = scale.index_copy(0, m.idxs.to(x.device), vector(gi).to(x)[m.channels.to(x.device)])
+    shape = [1] * x.dim()
+    shape[dim] = -1
+    return x * scale.view(shape)
 
 
 def removal_plan(groups: Sequence[ChannelGroup], keep: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -30,7 +30,7 @@ from .efficiency.base import EfficiencyModel, bind_efficiency
 from .efficiency.flops import FlopsModel, record_layer_shapes
 from .errors import BudgetError, ConfigError, StateError
 from .gates import GateList, Producer, WeightGate
-from .groups import ChannelGroup, Member, consumer_feeds, select_groups, trace_groups, why_not
+from .groups import ChannelGroup, Member, consumer_feeds, scale_input, select_groups, trace_groups, why_not
 
 __all__ = ["WGates"]
 
@@ -167,15 +167,8 @@ class WGates(nn.Module):
 
     def _gate_input_hook(self, feeds: list[tuple[int, Member]]) -> Callable:
         def hook(_module: nn.Module, args: tuple) -> tuple:
-            x = args[0]
             gates = self.current_gates()
-            dim = feeds[0][1].channel_dim % x.dim()
-            scale = x.new_ones(x.shape[dim])
-            for gi, m in feeds:
-                scale = scale.index_copy(0, m.idxs.to(x.device), gates[gi].to(x)[m.channels.to(x.device)])
-            shape = [1] * x.dim()
-            shape[dim] = -1
-            return (x * scale.view(shape),) + tuple(args[1:])
+            return (scale_input(args[0], feeds, gates.__getitem__),) + tuple(args[1:])
 
         return hook
 
