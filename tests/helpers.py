@@ -40,3 +40,37 @@ def calibrated_model(name: str, side: int, **kwargs) -> nn.Module:
     for m in bns:
         m.momentum = 0.1
     return model
+
+
+def lightning_setup(net: nn.Module, batches: list, dummy_input: torch.Tensor, training_step, max_epochs: int):
+    """``(LightningModule wrapping net, NNI LightningEvaluator)`` for the pruners' Lightning tests.
+
+    The caller checks ``pytorch_lightning < 2`` first (NNI 3.0's LightningEvaluator needs it).
+    """
+    import nni
+    import pytorch_lightning as pl
+    from nni.compression import LightningEvaluator
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, _idx):
+            return training_step(batch, self)
+
+        def configure_optimizers(self):
+            return nni.trace(torch.optim.SGD)(self.parameters(), lr=0.01)
+
+    class Data(pl.LightningDataModule):
+        def train_dataloader(self):
+            return DataLoader(TensorDataset(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])),
+                              batch_size=8)
+
+    trainer = nni.trace(pl.Trainer)(max_epochs=max_epochs, logger=False, enable_checkpointing=False,
+                                    enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    return Module(), LightningEvaluator(trainer, nni.trace(Data)(), dummy_input=dummy_input)

@@ -12,7 +12,7 @@ from nni.compression import TorchEvaluator
 from nni.compression.pruning import L1NormPruner
 from torch import nn
 
-from tests.helpers import randomize_bn
+from tests.helpers import lightning_setup, randomize_bn
 from wgates_plugin import BudgetMode, WGatesPruner, count_macs, speedup
 from wgates_plugin.errors import ConfigError, StateError
 
@@ -259,33 +259,9 @@ def test_lightning_evaluator():
     pl = pytest.importorskip("pytorch_lightning")
     if int(pl.__version__.split(".")[0]) >= 2:
         pytest.skip("NNI 3.0's LightningEvaluator needs pytorch-lightning < 2 (it sets fit_loop.max_steps)")
-    from nni.compression import LightningEvaluator
-    from torch.utils.data import DataLoader, TensorDataset
-
-    class Module(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = randomize_bn(cnn())
-
-        def forward(self, x):
-            return self.net(x)
-
-        def training_step(self, batch, _idx):
-            return training_step(batch, self)
-
-        def configure_optimizers(self):
-            return nni.trace(torch.optim.SGD)(self.parameters(), lr=0.01)
-
-    class Data(pl.LightningDataModule):
-        def train_dataloader(self):
-            return DataLoader(TensorDataset(torch.cat([b[0] for b in BATCHES]), torch.cat([b[1] for b in BATCHES])),
-                              batch_size=8)
-
-    trainer = nni.trace(pl.Trainer)(max_epochs=1, logger=False, enable_checkpointing=False,
-                                    enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
-    model = Module()
+    model, lightning = lightning_setup(randomize_bn(cnn()), BATCHES, X, training_step, max_epochs=1)
     pruner = WGatesPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}],
-                          evaluator=LightningEvaluator(trainer, nni.trace(Data)(), dummy_input=X), training_steps=3)
+                          evaluator=lightning, training_steps=3)
     wrapped, masks = pruner.compress()
     assert pruner._step == 3 and all(g.is_frozen for g in pruner.wgates.gates)
     expected = eval_out(wrapped)
