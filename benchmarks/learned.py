@@ -129,8 +129,7 @@ def _uniform_latency(predictor: LatencyPredictor, model: nn.Module, x: torch.Ten
     counts = uniform_counts(probe, budget)
     latency = predictor.for_model(model, x, probe.groups)
     probe.remove()
-    with torch.no_grad():
-        return float(latency.cost(torch.tensor(counts, dtype=torch.float32))) / latency.reference()
+    return latency.budget_of(counts, f"the uniformly thinned network at {budget} of the FLOPs")
 
 
 def _freeze_at_flops(wg: WGates, budget: float, tolerance: float, accept: float, iterations: int = 40) -> str:

@@ -1,4 +1,7 @@
-"""The comparison harness end to end on its smoke preset: every method, one budget, a few steps."""
+"""The comparison harness end to end on its smoke preset: every method, one budget, a few steps.
+
+Every latency (the LPNet's samples, the latency budget, the recorded latencies) is timed by a
+:class:`SimulatedClock`, so the run is the same whatever else the machine is doing."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import json
 import pytest
 
 from benchmarks import compare, report
+from wgates_plugin.efficiency import SimulatedClock
 
 pytestmark = pytest.mark.slow
 
@@ -14,7 +18,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    rc = compare.main(["--preset", "smoke", "--out", str(out / "out"), "--cache", str(out / "cache")])
+    with SimulatedClock():
+        rc = compare.main(["--preset", "smoke", "--out", str(out / "out"), "--cache", str(out / "cache")])
     assert rc == 0
     return out
 
@@ -49,7 +54,8 @@ def test_training_steps_are_charged_against_the_budget(smoke):
 
 def test_a_second_invocation_resumes_without_rerunning(smoke):
     before = (smoke / "out" / "runs.jsonl").read_text()
-    assert compare.main(["--preset", "smoke", "--out", str(smoke / "out"), "--cache", str(smoke / "cache")]) == 0
+    with SimulatedClock():
+        assert compare.main(["--preset", "smoke", "--out", str(smoke / "out"), "--cache", str(smoke / "cache")]) == 0
     after = (smoke / "out" / "runs.jsonl").read_text()
     new = [json.loads(line) for line in after[len(before):].splitlines() if line.strip()]
     assert [r["kind"] for r in new] == ["model"]  # the cached baseline is reloaded, no run repeated
@@ -76,8 +82,9 @@ def test_ablations_run_every_variant_and_report_them(smoke):
     from benchmarks import ablations
 
     out, cache = smoke / "out", smoke / "cache"
-    assert ablations.main(["--preset", "smoke", "--seeds", "0", "--alphas", "2", "--budget", "0.5",
-                           "--out", str(out), "--cache", str(cache)]) == 0
+    with SimulatedClock():
+        assert ablations.main(["--preset", "smoke", "--seeds", "0", "--alphas", "2", "--budget", "0.5",
+                               "--out", str(out), "--cache", str(cache)]) == 0
     rows = {r["variant"]: r for r in _lines(out / "ablations.jsonl")}
     assert set(rows) == set(ablations.VARIANTS) | {"alpha=2"}
     for name in ablations.VARIANTS:

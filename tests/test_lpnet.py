@@ -13,16 +13,20 @@ from safetensors.torch import save_file
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from wgates_plugin import ConfigError, WGates
+from wgates_plugin import ConfigError, MeasurementError, WGates
 from wgates_plugin.efficiency import (
+    CandidateSpace,
     FitConfig,
     LatencyContextError,
+    LatencyModel,
     LatencyPredictor,
     LPNet,
+    SimulatedClock,
     Timing,
     collect_latency,
     evaluate_predictor,
     latency_errors,
+    measure_ms,
     train_predictor,
 )
 from wgates_plugin.efficiency.lpnet import fit_lpnet, split_indices
@@ -35,6 +39,13 @@ def resnet(block: type[nn.Module], num_classes: int = 10, layers=(1, 1, 1, 1)) -
     torch.manual_seed(0)
     return ResNet(block, list(layers), num_classes=num_classes).eval()
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def clock():
+    """Every latency in this module is timed by a simulated clock: exact and independent of the load."""
+    with SimulatedClock(seconds_per_mac=1e-9, seconds_per_layer=2e-5) as simulated:
+        yield simulated
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +220,22 @@ def test_block_lpnet_binds_to_a_deeper_model_of_the_same_block_type(collected, b
         block[0].for_model(resnet(Bottleneck), x)
 
 
+def test_a_latency_budget_is_derived_in_zero_one_or_refused_naming_both_latencies(collected, network):
+    model, x, _ = collected
+    latency = network[0].for_model(model, x)
+    half = latency.full_counts() * 0.5
+    with torch.no_grad():
+        assert latency.budget_of(half) == float(latency.cost(half)) / latency.reference()
+    assert 0 < latency.budget_of(half) < 1
+    # a reference measured while other jobs slowed the candidates down: the thinned network looks slower
+    groups = CandidateSpace(model, x).groups
+    disturbed = LatencyModel(network[0], groups, latency.predicted_reference() / 1.2368)
+    with pytest.raises(MeasurementError, match=r"predicts the unpruned network at [\d.]+ ms, 1.2368 of the unpruned "
+                       r"model's measured [\d.]+ ms, so it is no latency budget \(allowed: \(0, 1\]\).*HINT: "
+                       r"collect them again with more repeats"):
+        disturbed.budget_of(disturbed.full_counts(), "the unpruned network")
+
+
 def test_network_lpnet_refuses_other_gated_groups(collected, network):
     model, x, _ = collected
     with pytest.raises(LatencyContextError, match="groups: saved"):
@@ -231,7 +258,10 @@ def test_latency_target_lands_the_predicted_latency_and_export_reports_measured(
     small = wg.export()
     report = wg.efficiency.compare(small, wg.counts(), FAST)
     assert report["predicted_ms"] == pytest.approx(wg.cost_ratio() * wg.reference_cost, rel=1e-5)
-    assert report["measured_ms"] > 0 and report["reference_ms"] == wg.reference_cost
+    assert report["reference_ms"] == wg.reference_cost
+    batch = torch.randn(predictor.context["batch"], *x.shape[1:])
+    assert report["measured_ms"] == pytest.approx(measure_ms(small, batch, FAST), rel=1e-12)  # the exported model
+    assert report["measured_ms"] < wg.reference_cost
     assert report["error_pct"] == pytest.approx(100 * (report["predicted_ms"] / report["measured_ms"] - 1))
     for k, v in predictor.state_dict().items():  # the LPNet is fixed while the gates train
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)

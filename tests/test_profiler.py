@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import pytest
@@ -15,14 +16,17 @@ from wgates_plugin.efficiency import (
     CandidateSpace,
     FlopsModel,
     LatencyContextError,
+    SimulatedClock,
     Timing,
     collect_latency,
     device_name,
     load_samples,
     measure_ms,
     record_layer_shapes,
+    use_clock,
 )
 from wgates_plugin.efficiency.profiler import architecture_hash, capture_block_inputs
+from wgates_plugin.efficiency.timing import CLOCKS
 
 FAST = Timing(warmup=1, repeats=2, threads=1)
 
@@ -70,21 +74,74 @@ def test_measure_restores_mode_and_threads_and_returns_milliseconds(r10):
     model, x = r10
     model.train()
     threads = torch.get_num_threads()
-    ms = measure_ms(model, x, Timing(warmup=1, repeats=3, threads=1))
+    ms = measure_ms(model, x, Timing(warmup=1, repeats=3, threads=1))  # the real clock: only its form is checked
     assert model.training and torch.get_num_threads() == threads
-    assert 0 < ms < 10_000
+    assert math.isfinite(ms) and ms > 0
 
 
-def test_cpu_clock_counts_work_not_waiting(r10):
+def test_the_latency_is_the_median_of_the_timed_forwards_and_warmups_are_not_timed():
+    reads: list[int] = []
+    forwards: list[int] = []  # clock readings made before each forward
+
+    class Probe(nn.Module):
+        def forward(self, t):
+            forwards.append(len(reads))
+            return t
+
+    ticks = [0.0, 0.003, 1.0, 1.010, 2.0, 2.001, 3.0, 3.005, 4.0, 4.002]  # 3, 10, 1, 5, 2 ms
+
+    def clock() -> float:
+        reads.append(1)
+        return ticks[len(reads) - 1]
+
+    with use_clock(clock):
+        ms = measure_ms(Probe(), torch.ones(1), Timing(warmup=2, repeats=5))
+    assert ms == pytest.approx(3.0, rel=1e-12)  # the median of 3, 10, 1, 5, 2
+    assert forwards == [0, 0, 1, 3, 5, 7, 9]  # two untimed warm-ups, then one forward between each pair
+
+
+@pytest.mark.parametrize("name, other", [("wall", "cpu"), ("cpu", "wall")])
+def test_timing_clock_names_the_clock_that_is_read(monkeypatch, name, other):
+    assert CLOCKS == {"wall": time.perf_counter, "cpu": time.process_time}
+    ticks = iter(range(100))
+    monkeypatch.setitem(CLOCKS, name, lambda: float(next(ticks)))  # one second per reading
+    monkeypatch.setitem(CLOCKS, other, lambda: pytest.fail(f"the {other!r} clock was read"))
+    assert measure_ms(nn.Identity(), torch.ones(1), Timing(warmup=1, repeats=3, threads=1, clock=name)) == 1000.0
+
+
+def test_cpu_clock_is_refused_off_the_cpu(r10):
     model, x = r10
-    cpu = Timing(warmup=1, repeats=3, threads=1, clock="cpu")
-    ms = measure_ms(model, x, cpu)
-    assert ms > 0
-    slept = nn.Sequential()
-    slept.forward = lambda t: time.sleep(0.05) or t  # 50 ms of waiting, no work
-    assert measure_ms(slept, x, cpu) < 5 < measure_ms(slept, x, FAST)
     with pytest.raises(ConfigError, match="clock='cpu' times CPU work; on meta use clock='wall'"):
-        measure_ms(model, x, cpu, device="meta")
+        measure_ms(model, x, Timing(warmup=1, repeats=3, threads=1, clock="cpu"), device="meta")
+
+
+def test_simulated_clock_charges_every_conv_and_linear_forward_by_its_macs():
+    model, x = GroupedCNN().eval(), torch.randn(3, 3, 16, 16)
+    # a: 3 x 16 x 16 x 16 outputs of 3*3*3 MACs; b: the same outputs of 4*3*3 (4 groups); head: 3 x 5 of 16
+    forward = 1e-9 * (3 * 16 * 256 * 27 + 3 * 16 * 256 * 36 + 3 * 5 * 16) + 3 * 1e-4
+    with SimulatedClock(seconds_per_mac=1e-9, seconds_per_layer=1e-4) as clock:
+        ms = measure_ms(model, x, Timing(warmup=1, repeats=3))
+        assert clock() == pytest.approx(4 * forward, rel=1e-12)  # one warm-up and three timed forwards
+    assert ms == pytest.approx(1e3 * forward, rel=1e-12)
+    before = clock()
+    model(x)
+    assert clock() == before  # outside the block no hook is left
+
+
+def test_clocks_nest_and_are_checked():
+    outer, inner = SimulatedClock(1.0, 0.0), SimulatedClock(0.0, 1.0)
+    conv = nn.Conv2d(1, 1, 1, bias=False)
+    with outer:
+        with inner:
+            assert measure_ms(conv, torch.ones(1, 1, 2, 2), Timing(warmup=0, repeats=1)) == 1000.0  # 1 s per layer
+        assert measure_ms(conv, torch.ones(1, 1, 2, 2), Timing(warmup=0, repeats=1)) == 4000.0  # 4 MACs at 1 s
+    with pytest.raises(ConfigError, match=r"seconds_per_mac=-1 must be a finite number >= 0"):
+        SimulatedClock(seconds_per_mac=-1)
+    with pytest.raises(ConfigError, match=r"seconds_per_layer=nan must be a finite number >= 0"):
+        SimulatedClock(seconds_per_layer=float("nan"))
+    with pytest.raises(ConfigTypeError, match="use_clock\(\) takes a callable returning seconds, got int"):
+        with use_clock(3):  # type: ignore[arg-type]
+            pass
 
 
 def test_measure_runs_under_no_grad_and_eval():
@@ -197,6 +254,23 @@ def test_collection_writes_context_reference_and_candidates(r10, tmp_path):
     assert [rec["index"] for rec in lines[1:]] == [-1, 0, 1, 2]
     assert samples.reference["counts"] == ctx["sizes"] and all(rec["ms"] > 0 for rec in lines[1:])
     assert load_samples(path).records == samples.records
+
+
+def test_collected_latencies_are_the_built_candidates_timed_by_the_injected_clock(r10, tmp_path):
+    model, x = r10
+    space = CandidateSpace(model, x)
+    with SimulatedClock() as clock:
+        samples = collect_latency(model, x, tmp_path / "s.jsonl", 4, batch=2, timing=FAST, blocks=True,
+                                  progress=False)
+        batch = torch.zeros(2, 3, 32, 32)
+        for rec in samples.records:
+            assert rec["ms"] == pytest.approx(measure_ms(space.build(rec["counts"]), batch, FAST), rel=1e-12)
+    # outside the blocks: the stem conv (2 x 64 x 16 x 16 outputs of 3*7*7) and the fc (2 x 10 of 512),
+    # neither pruned (the stem is shortcut-coupled, the fc reads the unpruned last stage)
+    outside = 1e3 * (clock.seconds_per_mac * (2 * 64 * 256 * 147 + 2 * 10 * 512) + 2 * clock.seconds_per_layer)
+    for rec in [samples.reference, *samples.records]:
+        assert rec["ms"] - sum(b["ms"] for b in rec["blocks"]) == pytest.approx(outside, rel=1e-9)
+    assert samples.reference["ms"] > max(rec["ms"] for rec in samples.records)
 
 
 def test_reference_is_remeasured_and_its_median_is_the_reference(r10, tmp_path):

@@ -182,5 +182,5 @@ def test_prune_and_finetune_end_to_end(small_digits):
     assert report["recipe"]["gate_steps"] == 4 and set(report["seconds"]) == {"gates", "export", "finetune"}
     # the kept counts describe the returned model: layer1.0.conv1 keeps that many filters
     kept, size = report["kept"]["layer1.0.conv1"]
-    assert result.model.layer1[0].conv1.out_channels == kept < size == 64
+    assert result.model.layer1[0].conv1.out_channels == kept <= size == 64
     assert not result.wgates._handles  # the gates are detached from the trained baseline

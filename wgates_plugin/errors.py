@@ -34,3 +34,10 @@ class ExportError(WGatesError, RuntimeError):
 
 class StateError(WGatesError, RuntimeError):
     """An operation was called in the wrong state (e.g. training after ``freeze()``)."""
+
+
+class MeasurementError(WGatesError, ValueError):
+    """A value derived from measurements is outside its domain (e.g. a latency budget above 1).
+
+    The message names the measured values and how to measure again (more repeats, an idle machine).
+    """

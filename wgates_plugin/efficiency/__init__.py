@@ -9,11 +9,11 @@ from .lpnet import FitConfig, LatencyErrors, LPNet, latency_errors
 from .lpnet_fit import evaluate_predictor, train_predictor
 from .profiler import collect_latency
 from .samples import LatencyContextError, LatencySamples, load_samples
-from .timing import Timing, device_name, measure_ms
+from .timing import SimulatedClock, Timing, device_name, measure_ms, use_clock
 
 __all__ = [
     "EfficiencyModel", "FlopsModel", "LayerShape", "count_macs", "record_layer_shapes",
-    "CandidateSpace", "Timing", "measure_ms", "device_name", "collect_latency",
+    "CandidateSpace", "Timing", "measure_ms", "device_name", "use_clock", "SimulatedClock", "collect_latency",
     "LatencySamples", "load_samples", "LatencyContextError",
     "BlockEncoder", "find_blocks",
     "LPNet", "FitConfig", "LatencyErrors", "latency_errors",

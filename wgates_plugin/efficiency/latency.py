@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..config import WGatesConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, MeasurementError
 from ..groups import ChannelGroup
 from .base import EfficiencyModel
 from .blocks import BlockEncoder, BlockInfo, default_block_types, find_blocks, type_key
@@ -269,6 +269,30 @@ class LatencyModel(EfficiencyModel):
     def reference(self) -> float:
         """The unpruned model's *measured* latency (ms): the budget is a fraction of it."""
         return self.reference_ms
+
+    def budget_of(self, counts: torch.Tensor | Sequence[float], what: str = "this network") -> float:
+        """The predicted latency of ``counts`` as a budget: a fraction of the measured reference in (0, 1].
+
+        A network with fewer channels is predicted slower than the unpruned one only when the
+        measurements behind the LPNet or the reference were disturbed (other jobs on the cores, too
+        few repeats), so a ratio outside (0, 1] is refused here, where it is derived.
+
+        Raises:
+            MeasurementError: the ratio is not in (0, 1]; the message names both latencies.
+        """
+        counts = torch.as_tensor(counts, dtype=torch.float32).to(self.sizes)  # (G,)
+        with torch.no_grad():
+            predicted = float(self.cost(counts))
+        ratio = predicted / self.reference_ms
+        if not 0 < ratio <= 1:
+            ctx = self.predictor.context
+            raise MeasurementError(
+                f"the LPNet predicts {what} at {predicted:.4g} ms, {ratio:.4f} of the unpruned model's measured "
+                f"{self.reference_ms:.4g} ms, so it is no latency budget (allowed: (0, 1]). The latency samples "
+                f"({ctx.get('model')!r} on '{ctx.get('device')}', clock {ctx.get('clock', 'wall')!r}, timing "
+                f"{ctx.get('timing')}) or the reference were disturbed. HINT: collect them again with more repeats "
+                "and no other jobs on the cores (or clock='cpu' with threads=1 on a shared machine)")
+        return ratio
 
     def predicted_reference(self) -> float:
         with torch.no_grad():

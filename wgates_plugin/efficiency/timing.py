@@ -2,6 +2,11 @@
 
 ``clock="wall"`` measures latency; ``clock="cpu"`` measures the CPU time of a single-threaded forward,
 which is what the latency would be on an idle core (for shared, busy machines).
+
+Everything that consumes timings (the profiler, LPNet reports, latency budgets, the benchmarks) reads
+the clock through :func:`measure_ms`, so a deterministic clock can be injected with :func:`use_clock`:
+:class:`SimulatedClock` advances only by the work the forwards do, which makes every measured latency
+an exact, load-independent number (for tests and dry runs of a latency pipeline).
 """
 
 from __future__ import annotations
@@ -10,17 +15,18 @@ import contextlib
 import platform
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ConfigTypeError
 from ..export import call_model
 
-__all__ = ["Timing", "CLOCKS", "fixed_threads", "measure_ms", "device_of", "device_name"]
+__all__ = ["Timing", "CLOCKS", "fixed_threads", "measure_ms", "device_of", "device_name", "use_clock",
+           "SimulatedClock"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,81 @@ def _sync(device: torch.device) -> None:
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_INJECTED: list[Callable[[], float]] = []  # innermost use_clock() last
+
+
+@contextlib.contextmanager
+def use_clock(clock: Callable[[], float]) -> Iterator[None]:
+    """Inside the block, :func:`measure_ms` reads ``clock()`` (seconds) instead of ``Timing.clock``'s clock.
+
+    Example:
+        >>> from torch import nn
+        >>> ticks = iter([0.0, 0.004, 1.0, 1.002, 2.0, 2.009])  # three timed forwards: 4, 2 and 9 ms
+        >>> with use_clock(lambda: next(ticks)):
+        ...     measure_ms(nn.Identity(), torch.ones(1), Timing(warmup=0, repeats=3))
+        4.0
+    """
+    if not callable(clock):
+        raise ConfigTypeError(f"use_clock() takes a callable returning seconds, got {type(clock).__name__}")
+    _INJECTED.append(clock)
+    try:
+        yield
+    finally:
+        _INJECTED.remove(clock)
+
+
+class SimulatedClock:
+    """A deterministic clock whose time advances only by the work that module forwards do.
+
+    Every ``nn.Conv2d`` / ``nn.Linear`` forward run while the clock is active advances it by
+    ``seconds_per_mac * MACs + seconds_per_layer`` (MACs of the whole batch). A fixed cost per layer
+    makes latency differ from FLOPs, as on real hardware. Nothing else moves it, so measured latencies
+    are exact functions of the architecture and the batch, whatever else the machine is doing.
+
+    Used as a context manager, it is injected into :func:`measure_ms` (see :func:`use_clock`).
+
+    Example:
+        >>> conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        >>> with SimulatedClock(seconds_per_mac=1e-9, seconds_per_layer=1e-4):  # 1 ns per MAC, 0.1 ms per layer
+        ...     ms = measure_ms(conv, torch.ones(2, 3, 4, 4), Timing(warmup=1, repeats=3))
+        >>> round(ms, 9)  # 2 * 8 * 4 * 4 outputs of 3 * 3 * 3 MACs = 6 912 ns, plus 0.1 ms
+        0.106912
+    """
+
+    def __init__(self, seconds_per_mac: float = 1e-9, seconds_per_layer: float = 1e-5) -> None:
+        for name, value in (("seconds_per_mac", seconds_per_mac), ("seconds_per_layer", seconds_per_layer)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ConfigError(f"{name}={value!r} must be a finite number >= 0")
+        self.seconds_per_mac = float(seconds_per_mac)
+        self.seconds_per_layer = float(seconds_per_layer)
+        self.now = 0.0
+        self._active: list[contextlib.ExitStack] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def cost(self, module: nn.Module, output: Any) -> float:
+        """Seconds one forward of ``module`` producing ``output`` costs (0 for other module types)."""
+        if isinstance(module, nn.Conv2d) and isinstance(output, torch.Tensor):
+            macs = output.numel() * (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
+        elif isinstance(module, nn.Linear) and isinstance(output, torch.Tensor):
+            macs = output.numel() * module.in_features
+        else:
+            return 0.0
+        return self.seconds_per_mac * macs + self.seconds_per_layer
+
+    def _advance(self, module: nn.Module, _args: tuple, output: Any) -> None:
+        self.now += self.cost(module, output)
+
+    def __enter__(self) -> SimulatedClock:
+        stack = contextlib.ExitStack()
+        stack.enter_context(use_clock(self))
+        stack.callback(torch.nn.modules.module.register_module_forward_hook(self._advance).remove)
+        self._active.append(stack)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._active.pop().close()
 
 
 def measure_ms(module: nn.Module, inputs: Any, timing: Timing = Timing(),
@@ -89,7 +170,7 @@ def measure_ms(module: nn.Module, inputs: Any, timing: Timing = Timing(),
     device = torch.device(device) if device is not None else device_of(inputs)
     if timing.clock == "cpu" and device.type != "cpu":
         raise ConfigError(f"clock='cpu' times CPU work; on {device} use clock='wall'")
-    clock = CLOCKS[timing.clock]
+    clock = _INJECTED[-1] if _INJECTED else CLOCKS[timing.clock]
     was_training = module.training
     module.to(device).eval()
     times = []
