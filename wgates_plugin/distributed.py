@@ -41,18 +41,46 @@ def sync_gates(wg: WGates, group: dist.ProcessGroup | None = None) -> list[torch
     if not dist.is_available() or not dist.is_initialized():
         raise StateError("sync_gates() needs torch.distributed initialized (dist.init_process_group)")
     world = dist.get_world_size(group)
-    handles = []
-    for p in wg.parameters():
+    params = list(wg.parameters())
+    for p in params:
         with torch.no_grad():
             dist.broadcast(p.data, src=dist.get_global_rank(group, 0) if group else 0, group=group)
-        handles.append(p.register_hook(_averaging_hook(world, group)))
-    return handles
+    averager = _GradAverager(params, world, group)
+    return [p.register_hook(averager.hook(i)) for i, p in enumerate(params)]
 
 
-def _averaging_hook(world: int, group: dist.ProcessGroup | None):  # type: ignore[no-untyped-def]
-    def hook(grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=group)
-        return grad / world
+class _GradAverager:
+    """Averages the gate gradients of each backward over the ranks, in one all-reduce at its end.
 
-    return hook
+    A collective issued from inside an autograd hook interleaves with DDP's bucket all-reduces, and
+    the interleaving can differ between ranks: with gloo, two ranks then wait on different
+    collectives forever (seen on torch 2.1 with another job on the cores). Queued as a callback of
+    the backward, the all-reduce runs after every gradient (and so every DDP bucket) was computed,
+    last on every rank. Only this backward's contribution is averaged: gradients accumulated by
+    earlier backwards are left as they are.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], world: int, group: dist.ProcessGroup | None) -> None:
+        self.params, self.world, self.group = params, world, group
+        self.pending: dict[int, torch.Tensor] = {}  # parameter index -> this backward's gradient
+
+    def hook(self, index: int):  # type: ignore[no-untyped-def]
+        def record(grad: torch.Tensor) -> torch.Tensor:
+            if not self.pending:
+                torch.autograd.Variable._execution_engine.queue_callback(self.average)
+            self.pending[index] = grad.detach().clone()
+            return grad
+
+        return record
+
+    def average(self) -> None:
+        items, self.pending = sorted(self.pending.items()), {}
+        flat = torch.cat([g.reshape(-1) for _, g in items])  # (sum of numels,)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
+        flat /= self.world
+        mean = torch.split(flat, [g.numel() for _, g in items])
+        with torch.no_grad():
+            for (index, local), avg in zip(items, mean):
+                grad = self.params[index].grad
+                if grad is not None:  # holds earlier gradients + local: swap local for the mean
+                    grad.add_(avg.view_as(local) - local)
