@@ -139,7 +139,7 @@ def test_clocks_nest_and_are_checked():
         SimulatedClock(seconds_per_mac=-1)
     with pytest.raises(ConfigError, match=r"seconds_per_layer=nan must be a finite number >= 0"):
         SimulatedClock(seconds_per_layer=float("nan"))
-    with pytest.raises(ConfigTypeError, match="use_clock\(\) takes a callable returning seconds, got int"):
+    with pytest.raises(ConfigTypeError, match=r"use_clock\(\) takes a callable returning seconds, got int"):
         with use_clock(3):  # type: ignore[arg-type]
             pass
 

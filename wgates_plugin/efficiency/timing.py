@@ -139,7 +139,8 @@ class SimulatedClock:
     def cost(self, module: nn.Module, output: Any) -> float:
         """Seconds one forward of ``module`` producing ``output`` costs (0 for other module types)."""
         if isinstance(module, nn.Conv2d) and isinstance(output, torch.Tensor):
-            macs = output.numel() * (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
+            kh, kw = module.kernel_size
+            macs = output.numel() * (module.in_channels // module.groups) * kh * kw  # per output element
         elif isinstance(module, nn.Linear) and isinstance(output, torch.Tensor):
             macs = output.numel() * module.in_features
         else:
