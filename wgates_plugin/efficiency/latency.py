@@ -280,9 +280,7 @@ class LatencyModel(EfficiencyModel):
         Raises:
             MeasurementError: the ratio is not in (0, 1]; the message names both latencies.
         """
-        counts = torch.as_tensor(counts, dtype=torch.float32).to(self.sizes)  # (G,)
-        with torch.no_grad():
-            predicted = float(self.cost(counts))
+        predicted = self.predicted_ms(counts)
         ratio = predicted / self.reference_ms
         if not 0 < ratio <= 1:
             ctx = self.predictor.context
@@ -294,9 +292,14 @@ class LatencyModel(EfficiencyModel):
                 "and no other jobs on the cores (or clock='cpu' with threads=1 on a shared machine)")
         return ratio
 
-    def predicted_reference(self) -> float:
+    def predicted_ms(self, counts: torch.Tensor | Sequence[float]) -> float:
+        """The predicted latency (ms) of the candidate keeping ``counts (G,)`` channels, as a number."""
+        counts = torch.as_tensor(counts, dtype=torch.float32).detach().to(self.sizes)  # (G,)
         with torch.no_grad():
-            return float(self.cost(self.full_counts()))
+            return float(self.cost(counts))
+
+    def predicted_reference(self) -> float:
+        return self.predicted_ms(self.full_counts())
 
     def compare(self, pruned: nn.Module, counts: torch.Tensor, timing: Timing | None = None) -> dict[str, float]:
         """Predicted vs measured latency of an exported model whose encoding is ``counts``.
@@ -307,7 +310,6 @@ class LatencyModel(EfficiencyModel):
         ctx = self.predictor.context
         x = torch.randn(ctx["batch"], *ctx["input_shape"], device=ctx["device"].split(":")[0])
         measured = measure_ms(copy.deepcopy(pruned), x, timing or Timing(**ctx["timing"]))
-        with torch.no_grad():
-            predicted = float(self.cost(counts.detach().to(self.sizes)))
+        predicted = self.predicted_ms(counts)
         return {"predicted_ms": predicted, "measured_ms": measured,
                 "error_pct": 100 * (predicted - measured) / measured, "reference_ms": self.reference_ms}
