@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from wgates_plugin import count_macs
-from wgates_plugin.training import count_params
+from wgates_plugin.app.training import count_params
 
 from . import learned
 from .compare import PRESETS, Setup, append, latency_ms, prepare

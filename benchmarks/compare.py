@@ -37,10 +37,10 @@ import torch
 from torch import nn
 
 from wgates_plugin import count_macs
+from wgates_plugin.app.training import count_params, evaluate
 from wgates_plugin.efficiency import Timing, measure_ms
 from wgates_plugin.errors import ConfigError
 from wgates_plugin.export import prune_groups
-from wgates_plugin.training import count_params, evaluate
 
 from . import learned
 from .methods import METHODS, PruneContext, Pruned, prunable_layers

@@ -16,8 +16,8 @@ import json
 import torch
 import torchvision
 
-from wgates_plugin.data import load_digits, loaders
-from wgates_plugin.training import Recipe, fit, prune_and_finetune
+from wgates_plugin.app.data import load_digits, loaders
+from wgates_plugin.app.training import Recipe, fit, prune_and_finetune
 
 
 def main() -> None:

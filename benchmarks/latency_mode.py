@@ -40,21 +40,17 @@ from torch import nn
 from wgates_plugin import WGates, count_macs
 from wgates_plugin.budget import project_counts
 from wgates_plugin.efficiency import (
-    CandidateSpace,
     FitConfig,
     FlopsModel,
     LatencyPredictor,
     Timing,
-    collect_latency,
     device_name,
-    evaluate_predictor,
     latency_errors,
-    load_samples,
     measure_ms,
     record_layer_shapes,
-    train_predictor,
 )
 from wgates_plugin.efficiency.lpnet import split_indices
+from wgates_plugin.profiling import CandidateSpace, collect_latency, evaluate_predictor, load_samples, train_predictor
 
 
 @dataclass(frozen=True)
@@ -164,14 +160,14 @@ def _block_part(setup: Setup) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- (b) FLOPs vs latency mode
 def _digits(setup: Setup) -> tuple[Any, Any]:
-    from wgates_plugin.data import load_digits, loaders
+    from wgates_plugin.app.data import load_digits, loaders
 
     train, test = load_digits(setup.r18_size, seed=setup.seed)
     return loaders(train, test, batch_size=32, seed=setup.seed)
 
 
 def _baseline(setup: Setup, train_loader: Any) -> nn.Module:
-    from wgates_plugin.training import fit
+    from wgates_plugin.app.training import fit
 
     model = _model("resnet18").train()
     fit(model, train_loader, setup.baseline_steps, progress=True, desc="baseline")
@@ -179,7 +175,7 @@ def _baseline(setup: Setup, train_loader: Any) -> nn.Module:
 
 
 def _prune(base: nn.Module, x: torch.Tensor, train_loader: Any, setup: Setup, **wg_kwargs: Any) -> tuple:
-    from wgates_plugin.training import Recipe, train_gates
+    from wgates_plugin.app.training import Recipe, train_gates
 
     model = copy.deepcopy(base)
     wg = WGates(model, x, **wg_kwargs)
@@ -217,7 +213,7 @@ def side_by_side(models: dict[str, nn.Module], setup: Setup, size: int) -> dict[
 
 def part_b(setup: Setup) -> list[dict[str, Any]]:
     """For each latency target: latency mode, FLOPs mode at its FLOPs, uniform at its FLOPs; timed together."""
-    from wgates_plugin.training import evaluate, recalibrate_bn
+    from wgates_plugin.app.training import evaluate, recalibrate_bn
 
     train_loader, test_loader = _digits(setup)
     base = _baseline(setup, train_loader)

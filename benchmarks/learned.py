@@ -11,7 +11,7 @@ import copy
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 from wgates_plugin import WGates
-from wgates_plugin.budget import minimum_cost, project_counts
-from wgates_plugin.efficiency import FitConfig, LatencyPredictor, Timing, collect_latency, train_predictor
+from wgates_plugin.app.training import Recipe, evaluate, recalibrate_bn, train_gates
+from wgates_plugin.budget import Budget, land
+from wgates_plugin.efficiency import FitConfig, LatencyPredictor, Timing
 from wgates_plugin.errors import BudgetError
-from wgates_plugin.export import removal_plan
-from wgates_plugin.gates import top_k_mask
-from wgates_plugin.training import evaluate, recalibrate_bn, train_steps
+from wgates_plugin.gate_decorator import GateDecorator, TickTock
+from wgates_plugin.profiling import collect_latency, train_predictor
 
 from .methods import PruneContext, Pruned
 
@@ -59,20 +59,22 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
         target = _uniform_latency(predictor, model, x, ctx.budget)
     wg = WGates(model, x, target=target, efficiency=efficiency, **options)
     _check_same_layers(wg, ctx)
-    sgd = torch.optim.SGD(model.parameters(), lr=weight_lr, momentum=momentum, weight_decay=weight_decay)
-    trace = train_wgates(model, wg, ctx, sgd, gate_lr, trace_eval, eval_every)
+    recipe = Recipe(gate_steps=ctx.steps, gate_lr=gate_lr, weight_lr=weight_lr, momentum=momentum,
+                    weight_decay=weight_decay)
+    trace = train_wgates(model, wg, ctx, recipe, trace_eval, eval_every)
     gated, timed = _timed_eval(trace_eval, model, "top1_before_freeze")
+    landed = wg.config.target
     if predictor is None:
         wg.freeze()
     else:
-        gated["freeze"] = _freeze_at_flops(wg, ctx.budget, ctx.tolerance / 4, ctx.tolerance / 2)
+        gated["freeze"], landed = _freeze_at_flops(wg, ctx.budget, ctx.tolerance / 4, ctx.tolerance / 2)
     after, timed_after = _timed_eval(trace_eval, model, "top1_after_freeze")
     gated.update(after)
     eval_seconds = sum(p.get("eval_seconds", 0.0) for p in trace) + timed + timed_after
     pruned = wg.export()
-    info = {**gated, "kept": {k: list(v) for k, v in wg.kept().items()}, "trace": trace, "target": wg.config.target,
+    info = {**gated, "kept": {k: list(v) for k, v in wg.kept().items()}, "trace": trace, "target": landed,
             "predicted_cost_ratio": wg.cost_ratio(),
-            "removed": {k: v.tolist() for k, v in removal_plan(wg).items()}, "eval_seconds": eval_seconds}
+            "removed": {k: v.tolist() for k, v in wg.removal_plan().items()}, "eval_seconds": eval_seconds}
     wg.remove()
     return Pruned(pruned, ctx.steps, info)
 
@@ -85,18 +87,16 @@ def _timed_eval(trace_eval: TraceEval | None, model: nn.Module, key: str) -> tup
     return {key: value}, time.perf_counter() - start
 
 
-def train_wgates(model: nn.Module, wg: WGates, ctx: PruneContext, weights: torch.optim.Optimizer, gate_lr: float,
-                 trace_eval: TraceEval | None, eval_every: int) -> list[dict[str, Any]]:
-    """Joint training (``weights`` optimizer, Adam on the gates) with a live trace of FLOPs/cost/top-1."""
-    gates = torch.optim.Adam(wg.parameters(), lr=gate_lr)
+def train_wgates(model: nn.Module, wg: WGates, ctx: PruneContext, recipe: Recipe, trace_eval: TraceEval | None,
+                 eval_every: int) -> list[dict[str, Any]]:
+    """:func:`~wgates_plugin.app.training.train_gates` with a live trace of FLOPs/cost/top-1."""
     trace: list[dict[str, Any]] = [_point(-1, wg, model, trace_eval)]
 
     def log(step: int, stats: dict[str, float]) -> None:
         if (step + 1) % eval_every == 0 or step == ctx.steps - 1:
             trace.append({**_point(step, wg, model, trace_eval), "loss": stats["loss"]})
 
-    train_steps(model, ctx.train_loader, [weights, gates], ctx.steps, extra_loss=wg.efficiency_loss,
-                callback=log, progress=False)
+    train_gates(model, wg, ctx.train_loader, recipe, progress=False, on_step=log)
     return trace
 
 
@@ -119,7 +119,7 @@ def _check_same_layers(wg: WGates, ctx: PruneContext) -> None:
 def uniform_counts(wg: WGates, ratio: float) -> list[int]:
     """Channel counts of the network thinned by one factor in every gated group to ``ratio`` FLOPs."""
     bounds = wg.unit_bounds()
-    units = project_counts(wg.flops, [b.high for b in bounds], bounds, ratio * wg.flops.reference())
+    units = land([b.high for b in bounds], bounds, [Budget.fraction(wg.flops, ratio)])
     return [u * b.tie for u, b in zip(units, bounds)]
 
 
@@ -132,48 +132,40 @@ def _uniform_latency(predictor: LatencyPredictor, model: nn.Module, x: torch.Ten
     return latency.budget_of(counts, f"the uniformly thinned network at {budget} of the FLOPs")
 
 
-def _freeze_at_flops(wg: WGates, budget: float, tolerance: float, accept: float, iterations: int = 40) -> str:
-    """Freeze at the latency target whose projected network has ``budget`` FLOPs (bisection).
+def _freeze_at_flops(wg: WGates, budget: float, tolerance: float, accept: float,
+                     iterations: int = 40) -> tuple[str, float | None]:
+    """Freeze at the latency target whose landed network has ``budget`` FLOPs (bisection).
 
-    The projection moves one channel at a time, so the FLOPs it lands on jump as the latency target
-    moves; if no target lands within ``tolerance``, the closest one within ``accept`` is used, and
-    failing that the learned gates are projected onto the FLOPs budget directly. Returns which.
+    Landing moves one channel at a time, so the FLOPs it lands on jump as the latency target moves;
+    if no target lands within ``tolerance``, the closest one within ``accept`` is used, and failing
+    that the learned gates are landed on the FLOPs budget directly. Returns how, and the latency target.
     """
-    lo, hi = minimum_cost(wg.efficiency, wg.unit_bounds()) / wg.reference_cost * 1.0001, 1.0
+    lo, hi = wg.floor_ratio() * 1.0001, 1.0
     tried: list[tuple[float, float]] = []
     for _ in range(iterations):
         t = (lo + hi) / 2
-        ratio = _freeze_at(wg, t)
+        ratio = _freeze_at(wg, Budget.fraction(wg.efficiency, t))
         tried.append((abs(ratio / budget - 1), t))
         if tried[-1][0] <= tolerance:
-            return "latency target"
+            return "latency target", t
         lo, hi = (t, hi) if ratio < budget else (lo, t)
     gap, t = min(tried)
     if gap <= accept:
-        _freeze_at(wg, t)
-        return "closest latency target"
-    wg.unfreeze()
-    with torch.no_grad():
-        scores = [g.unit_scores() for g in wg.gates]
-        units = [int(g.hard().sum()) // g.tie for g in wg.gates]
-    units = project_counts(wg.flops, units, wg.unit_bounds(), budget * wg.flops.reference())
-    for gate, s, k in zip(wg.gates, scores, units):
-        gate.freeze(top_k_mask(s, k))
-    return "FLOPs projection of the latency-trained gates"
+        _freeze_at(wg, Budget.fraction(wg.efficiency, t))
+        return "closest latency target", t
+    _freeze_at(wg, Budget.fraction(wg.flops, budget))
+    return "FLOPs projection of the latency-trained gates", None
 
 
-def _freeze_at(wg: WGates, target: float) -> float:
-    wg.config = replace(wg.config, target=target)
+def _freeze_at(wg: WGates, budget: Budget) -> float:
     wg.unfreeze()
-    wg.freeze()
+    wg.freeze(budgets=[budget])
     return wg.flops_ratio()
 
 
 # ---------------------------------------------------------------------------- Gate Decorator
 def gate_decorator(ctx: PruneContext, **schedule: Any) -> Pruned:
     """Gate Decorator (GBN + Taylor importance + Tick-Tock) within ``ctx.steps`` training steps."""
-    from wgates_plugin.gate_decorator import GateDecorator, TickTock
-
     torch.manual_seed(ctx.seed)
     gd = GateDecorator(ctx.model, ctx.example, target=ctx.budget)
     trace = gd.run(ctx.train_loader, TickTock(**schedule), max_steps=ctx.steps)

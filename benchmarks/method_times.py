@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from wgates_plugin.data import load_digits
-from wgates_plugin.training import evaluate, fit
+from wgates_plugin.app.data import load_digits
+from wgates_plugin.app.training import evaluate, fit
 
 from .methods import METHODS, PruneContext, prunable_layers
 from .models import MODELS, build

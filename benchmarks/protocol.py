@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from wgates_plugin.data import load_digits, loaders
+from wgates_plugin.app.data import load_digits, loaders
+from wgates_plugin.app.training import evaluate, fit, recalibrate_bn, train_steps
 from wgates_plugin.errors import ConfigError
-from wgates_plugin.training import evaluate, fit, recalibrate_bn, train_steps
 
 __all__ = ["Protocol", "Data", "make_data", "baseline", "checkpoints", "finetune_curve", "steps_per_epoch"]
 
@@ -196,7 +196,7 @@ class _Stream:
     """One endless batch sequence shared by successive ``train_steps`` calls (each continues it)."""
 
     def __init__(self, loader: Iterable) -> None:
-        from wgates_plugin.training import cycle
+        from wgates_plugin.app.training import cycle
 
         self.iterator = cycle(loader)
 

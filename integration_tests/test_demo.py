@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from wgates_plugin.data import load_digits, loaders
-from wgates_plugin.serialization import RECIPE_FILE, WEIGHTS_FILE, load_pruned
-from wgates_plugin.training import evaluate
+from wgates_plugin.app.data import load_digits, loaders
+from wgates_plugin.app.serialization import RECIPE_FILE, WEIGHTS_FILE, load_pruned
+from wgates_plugin.app.training import evaluate
 
 
 def _wgates() -> list[str]:

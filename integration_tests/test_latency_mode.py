@@ -13,17 +13,9 @@ import pytest
 import torch
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from wgates_plugin.cli import main
-from wgates_plugin.efficiency import (
-    FitConfig,
-    LatencyPredictor,
-    SimulatedClock,
-    Timing,
-    collect_latency,
-    evaluate_predictor,
-    load_samples,
-    train_predictor,
-)
+from wgates_plugin.app.cli import main
+from wgates_plugin.efficiency import FitConfig, LatencyPredictor, SimulatedClock, Timing
+from wgates_plugin.profiling import collect_latency, evaluate_predictor, load_samples, train_predictor
 
 pytestmark = pytest.mark.slow
 

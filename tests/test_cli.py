@@ -14,18 +14,18 @@ import torch
 import torchvision
 from PIL import Image
 
-from wgates_plugin.cli import main
-from wgates_plugin.data import folder_splits, load_digits, loaders
+from wgates_plugin.app.cli import main
+from wgates_plugin.app.data import folder_splits, load_digits, loaders
+from wgates_plugin.app.serialization import load_pruned
+from wgates_plugin.app.training import count_params, evaluate
 from wgates_plugin.efficiency import count_macs
-from wgates_plugin.serialization import load_pruned
-from wgates_plugin.training import count_params, evaluate
 
 TINY = ["--steps", "3", "--finetune-steps", "2", "--bn-batches", "2", "--latency-batch", "4", "--no-progress"]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "wgates_plugin.cli", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "wgates_plugin.app.cli", *args], capture_output=True, text=True,
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -121,9 +121,9 @@ def test_prune_weights_that_do_not_fit(tmp_path, capsys):
 
 
 def test_demo_arguments():
-    from wgates_plugin.cli import build_parser
-    from wgates_plugin.commands.demo import FULL, QUICK, demo_args
-    from wgates_plugin.training import Recipe
+    from wgates_plugin.app.cli import build_parser
+    from wgates_plugin.app.commands.demo import FULL, QUICK, demo_args
+    from wgates_plugin.app.training import Recipe
 
     full = demo_args(build_parser().parse_args(["demo", "--seed", "3", "--latency-batch", "8"]))
     assert (full.model, full.data, full.size, full.flops_target, full.seed, full.latency_batch) == \

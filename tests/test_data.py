@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from wgates_plugin.data import DIGITS_SIZE, image_folder, load_digits, loaders
+from wgates_plugin.app.data import DIGITS_SIZE, image_folder, load_digits, loaders
 from wgates_plugin.errors import ConfigError, ConfigTypeError
 
 

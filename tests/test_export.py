@@ -10,7 +10,7 @@ from torch import nn
 
 from tests.helpers import calibrated_model
 from wgates_plugin import ExportError, StateError, WGates
-from wgates_plugin.export import nni_masks, prune_groups, verify_outputs
+from wgates_plugin.export import prune_groups, verify_outputs
 from wgates_plugin.groups import ChannelGroup, trace_groups
 
 # Plans are checked in float64, where summing over fewer channels changes the result only by rounding.
@@ -111,7 +111,7 @@ def frozen_with_drop(name: str, group_name: str, drop: list[int]) -> WGates:
 
 def test_nni_masks_zero_the_filters_of_every_producer_of_a_closed_channel():
     wg = frozen_with_drop("mobilenet_v2", "features.3.conv.0.0", [0, 3])
-    masks = nni_masks(wg)
+    masks = wg.nni_masks()
     assert set(masks) == {m.name for g in wg.groups for m in g.producers}
     modules = dict(wg.model.named_modules())
     for name, entry in masks.items():
@@ -126,7 +126,7 @@ def test_nni_masks_zero_the_filters_of_every_producer_of_a_closed_channel():
 
 def test_nni_masks_zero_the_bias_of_a_closed_channel():
     wg = frozen_with_drop("squeezenet1_1", "features.12.expand3x3", [0, 3])
-    entry = nni_masks(wg)["features.12.expand3x3"]
+    entry = wg.nni_masks()["features.12.expand3x3"]
     layer = wg.model.features[12].expand3x3
     assert entry["bias"].shape == layer.bias.shape == (256,)
     assert torch.nonzero(entry["bias"] == 0).flatten().tolist() == [0, 3]

@@ -13,8 +13,8 @@ from torch import nn
 from tests.helpers import calibrated_model, randomize_bn
 from wgates_plugin import BudgetError, ConfigError, ConfigTypeError, StateError, count_macs
 from wgates_plugin.gate_decorator import GateDecorator, TickTock
+from wgates_plugin.gate_decorator.tick_tock import TickTockTrainer, plan_rounds, step_plan
 from wgates_plugin.integrations.budgets import LinearCostModel
-from wgates_plugin.tick_tock import TickTockTrainer, plan_rounds, step_plan
 
 
 class SmallCNN(nn.Module):
@@ -165,7 +165,7 @@ def test_shortcut_group_sums_its_bns_and_keeps_one_pattern():
     # ranking 48 of the group's channels below every other channel of the network
     with torch.no_grad():
         gd._score(stem)[16:] = -1.0
-    assert gd.prune(to_cost=0.3) <= 0.3
+    assert gd.prune(target=0.3) <= 0.3
     small = gd.export()
     kept = gd.kept()["conv1"][0]
     assert kept < 64 and len(gd.kept_channels()["conv1"]) == kept
@@ -179,7 +179,7 @@ def test_grouped_conv_pattern_repeats_in_every_conv_group():
     first = next(gi for gi, g in enumerate(gd.groups) if g.name == "0")
     assert gd.groups[first].tie == 4
     score_batch(gd, batches(1)[0])
-    gd.prune(to_cost=0.6)
+    gd.prune(target=0.6)
     keep = gd.current_gates()[first].view(4, 4)  # (tie, units)
     assert 0 < int(keep.sum()) < 16 and all(torch.equal(keep[0], row) for row in keep)
     gd.export()
@@ -201,7 +201,7 @@ def test_global_ranking_removes_the_least_important_channels_across_groups(small
                 offset = 0 if s.group == 0 else 16
                 phi.grad.copy_(values[offset + s.channels])
     gd.accumulate()
-    assert gd.prune(to_cost=30 / 40) == pytest.approx(30 / 40)
+    assert gd.prune(target=30 / 40) == pytest.approx(30 / 40)
     removed = {(g, int(c)) for g, chans in enumerate(gd.current_gates()) for c in torch.nonzero(chans == 0)}
     lowest = {(0, int(i)) if i < 16 else (1, int(i) - 16) for i in torch.argsort(values)[:10]}
     assert removed == lowest
@@ -220,35 +220,35 @@ def assert_landed(gd: GateDecorator, budget: float) -> None:
 
 def test_prune_lands_on_the_budget_respects_floors_and_only_removes(small):
     model, x = small
-    gd = GateDecorator(model, x, prune_shortcuts=True, min_keep=3)
+    gd = GateDecorator(model, x, prune_shortcuts=True, min_channels=3)
     score_batch(gd, batches(1)[0])
-    reached = gd.prune(to_cost=0.4)
+    reached = gd.prune(target=0.4)
     assert reached == gd.cost_ratio() == gd.flops_ratio()
     assert_landed(gd, 0.4)
-    assert gd.prune(to_cost=0.9) == reached  # a budget above the current cost removes nothing
+    assert gd.prune(target=0.9) == reached  # a budget above the current cost removes nothing
     assert gd.prune(fraction=0.5) <= reached * 0.5
     assert min(k for k, _ in gd.kept().values()) >= 3
-    with pytest.raises(BudgetError, match=r"to_cost=0.001 is unreachable: .* keeps 0\.\d+ of the original MACs"):
-        gd.prune(to_cost=0.001)
+    with pytest.raises(BudgetError, match=r"target=0.001 is unreachable: .* keeps 0\.\d+ of the original MACs"):
+        gd.prune(target=0.001)
 
 
-def test_min_keep_ratio_and_layer_floor(small):
+def test_min_keep_and_layer_floor(small):
     model, x = small
-    gd = GateDecorator(model, x, prune_shortcuts=True, min_keep_ratio=0.25, layer_min_keep={"a.0": 0.5})
+    gd = GateDecorator(model, x, prune_shortcuts=True, min_keep=0.25, layer_min_keep={"a.0": 0.5})
     assert gd.low_units == [4, 12]  # ceil(0.25 * 16), ceil(0.5 * 24)
     score_batch(gd, batches(1)[0])
-    gd.prune(to_cost=gd.floor_ratio())
+    gd.prune(target=gd.floor_ratio())
     assert gd.kept() == {"stem.0": (4, 16), "a.0": (12, 24)}
 
 
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({}, ConfigError, "exactly one of to_cost=.* and fraction="),
-        ({"to_cost": 0.5, "fraction": 0.1}, ConfigError, "exactly one of"),
-        ({"to_cost": 0}, ConfigError, r"to_cost=0 must be in \(0, 1\]"),
+        ({}, ConfigError, "exactly one of target=.* and fraction="),
+        ({"target": 0.5, "fraction": 0.1}, ConfigError, "exactly one of"),
+        ({"target": 0}, ConfigError, r"target=0 must be in \(0, 1\]"),
         ({"fraction": 1.0}, ConfigError, r"fraction=1.0 must be in \(0, 1\)"),
-        ({"to_cost": "half"}, ConfigTypeError, "to_cost='half' must be a number"),
+        ({"target": "half"}, ConfigTypeError, "target='half' must be a number"),
     ],
 )
 def test_prune_arguments_are_checked(small, kwargs, error, message):
@@ -262,7 +262,7 @@ def test_prune_arguments_are_checked(small, kwargs, error, message):
 def test_prune_needs_importance(small):
     model, x = small
     with pytest.raises(StateError, match=r"none was accumulated: run a backward pass and call accumulate\(\)"):
-        GateDecorator(model, x).prune(to_cost=0.5)
+        GateDecorator(model, x).prune(target=0.5)
 
 
 # ---------------------------------------------------------------------------- export
@@ -276,7 +276,7 @@ def test_export_merges_random_phi_and_matches_the_gated_model_on_resnet18():
     set_random_phi(gd)
     gated = eval_out(model, x)
     assert not torch.allclose(gated, before, atol=1e-3)  # phi matters, so the check below can fail
-    assert gd.prune(to_cost=0.4) == pytest.approx(0.4, rel=0.01)
+    assert gd.prune(target=0.4) == pytest.approx(0.4, rel=0.01)
     gated = eval_out(model, x)
     small = gd.export()
     scale = max(1.0, float(gated.abs().max()))
@@ -296,7 +296,7 @@ def test_export_without_bn_merges_phi_into_the_convs_and_is_exact_after_a_sigmoi
     assert sorted((s.name, s.on_bn) for s in gd.sites) == [("0", False), ("2", False), ("4", False)]
     score_batch(gd, batches(1)[0])
     set_random_phi(gd)
-    gd.prune(to_cost=0.5)
+    gd.prune(target=0.5)
     gated = eval_out(model, X)
     small = gd.export()
     assert [small[i].out_channels for i in (0, 2)] == [gd.kept()[n][0] for n in ("0", "2")]
@@ -326,7 +326,7 @@ def test_state_dict_round_trip(small):
     score_batch(gd, batches(1)[0])
     twin_model = copy.deepcopy(model)  # the copy's hooks are inert: it is the plain model
     set_random_phi(gd)
-    gd.prune(to_cost=0.5)
+    gd.prune(target=0.5)
     twin = GateDecorator(twin_model, x, target=0.5, prune_shortcuts=True)
     twin.load_state_dict(gd.state_dict())
     assert twin.kept() == gd.kept() and twin.batches == 1
@@ -342,16 +342,16 @@ def test_plan_rounds_ladder_and_step_cap():
     s = TickTock(tick_steps=4, tock_steps=8, prune_per_tick=0.2)
     rounds = plan_rounds(s, 1.0, 0.25)
     assert len(rounds) == math.ceil(math.log(0.25) / math.log(0.8)) == 7
-    assert rounds[-1].to_cost == 0.25 and rounds[-1].tock_steps == 0
-    assert all(b.to_cost / a.to_cost >= 0.8 - 1e-9 for a, b in zip([rounds[0]] + rounds, rounds))
+    assert rounds[-1].target == 0.25 and rounds[-1].tock_steps == 0
+    assert all(b.target / a.target >= 0.8 - 1e-9 for a, b in zip([rounds[0]] + rounds, rounds))
     assert sum(r.tick_steps + r.tock_steps for r in rounds) == 7 * 4 + 6 * 8
     capped = plan_rounds(s, 1.0, 0.25, max_steps=31)  # (31 + 8) // 12 = 3 rounds: 3 * 4 + 2 * 8 = 28
     assert [(r.tick_steps, r.tock_steps) for r in capped] == [(4, 8), (4, 8), (4, 0)]
-    assert capped[-1].to_cost == 0.25
+    assert capped[-1].target == 0.25
     assert plan_rounds(s, 1.0, 0.25, max_steps=3) == [plan_rounds(s, 1.0, 0.25, max_steps=3)[0]]
     assert plan_rounds(s, 1.0, 0.25, max_steps=3)[0].tick_steps == 3
     assert plan_rounds(s, 0.2, 0.25) == []
-    assert step_plan(capped)[3] == ("tick", capped[0].to_cost) and len(step_plan(capped)) == 28
+    assert step_plan(capped)[3] == ("tick", capped[0].target) and len(step_plan(capped)) == 28
 
 
 class CountingLoader:
@@ -380,7 +380,7 @@ def test_run_reaches_the_target_within_max_steps(max_steps, expected):
     assert max_steps is None or trace.steps_used <= max_steps
     assert seen == trace.records
     assert 0.5 * 0.99 <= gd.flops_ratio() <= 0.5
-    assert trace.prunes[-1].cost_ratio == gd.cost_ratio() and trace.prunes[-1].to_cost == 0.5
+    assert trace.prunes[-1].cost_ratio == gd.cost_ratio() and trace.prunes[-1].target == 0.5
     assert [r.phase for r in trace.steps][:3] == ["tick", "tick", "tock"][: min(3, expected)]
     assert model.training and all(p.requires_grad for p in model.parameters())
     gd.export()
@@ -417,7 +417,7 @@ def test_tock_trains_the_weights_and_applies_the_l1_term(small):
         gd = GateDecorator(copy.deepcopy(model), x, prune_shortcuts=True)
         set_random_phi(gd)
         score_batch(gd, batches(1)[0])
-        gd.prune(to_cost=0.7)
+        gd.prune(target=0.7)
         start = [p.detach().clone() for p in gd.phi]
         trainer = TickTockTrainer(gd, batches(1), schedule)
         trainer.tock(1, l1=l1)
@@ -447,8 +447,8 @@ def test_tick_subset_cycles_over_the_first_batches(small):
     [
         ({"target": 1.5}, ConfigError, r"target=1.5 must be in \(0, 1\]"),
         ({"target": "half"}, ConfigTypeError, "target='half' must be a number"),
-        ({"min_keep": 0}, ConfigError, "min_keep=0 must be an int >= 1"),
-        ({"min_keep_ratio": 1.0}, ConfigError, r"min_keep_ratio=1.0 must be a kept fraction in \[0, 1\)"),
+        ({"min_channels": 0}, ConfigError, "min_channels=0 must be an int >= 1"),
+        ({"min_keep": 1.0}, ConfigError, r"min_keep=1.0 must be a kept fraction in \[0, 1\)"),
         ({"layer_min_keep": {"nope": 0.5}}, ConfigError, r"layer_min_keep names layers that are not in the model"),
         ({"exclude": ("nope",)}, ConfigError, r"exclude names layers that are not in the model: \['nope'\]"),
         ({"exclude": ("a.0",)}, ConfigError, "no prunable channel group was selected; groups found: .*shortcut"),
@@ -501,7 +501,7 @@ def test_run_arguments_are_checked(small):
 def test_docstring_example_runs():
     import doctest
 
-    import wgates_plugin.gate_decorator as module
+    import wgates_plugin.gate_decorator.method as module
 
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

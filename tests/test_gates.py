@@ -107,7 +107,7 @@ def test_count_bounds_open_the_best_and_close_the_worst():
 
 
 def test_bounds_hold_in_forward_while_gradient_still_flows():
-    _, gate = _conv_gate(min_keep=3, max_keep=5)
+    _, gate = _conv_gate(min_units=3, max_units=5)
     with torch.no_grad():
         gate.bias.fill_(-0.1)  # every score negative: all gates would close
     g = gate()

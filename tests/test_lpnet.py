@@ -15,7 +15,6 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from wgates_plugin import ConfigError, MeasurementError, WGates
 from wgates_plugin.efficiency import (
-    CandidateSpace,
     FitConfig,
     LatencyContextError,
     LatencyModel,
@@ -23,13 +22,11 @@ from wgates_plugin.efficiency import (
     LPNet,
     SimulatedClock,
     Timing,
-    collect_latency,
-    evaluate_predictor,
     latency_errors,
     measure_ms,
-    train_predictor,
 )
 from wgates_plugin.efficiency.lpnet import fit_lpnet, split_indices
+from wgates_plugin.profiling import CandidateSpace, collect_latency, evaluate_predictor, train_predictor
 
 FAST = Timing(warmup=1, repeats=2, threads=1)
 QUICK_FIT = FitConfig(hidden=(32, 32), epochs=60)
@@ -287,7 +284,7 @@ def test_paper_mode_loss_is_alpha_log_one_plus_relative_latency(collected, block
     (["--lpnet", "x.lpnet", "--latency-target", "1.5"], r"--latency-target=1.5 must be in \(0, 1\]"),
 ])
 def test_prune_latency_options_are_checked(tmp_path, capsys, monkeypatch, extra, match):
-    from wgates_plugin.cli import main
+    from wgates_plugin.app.cli import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "x.lpnet").write_bytes(b"")

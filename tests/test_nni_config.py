@@ -159,7 +159,7 @@ def test_global_group_needs_one_ratio():
 
 def test_global_group_and_flops_target_are_two_budgets():
     with pytest.raises(ConfigError, match=r"two budgets"):
-        pruner([{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "global_group_id": 0}], flops_target=0.5)
+        pruner([{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "global_group_id": 0}], target=0.5)
 
 
 def test_global_group_next_to_free_layers_is_refused():
@@ -176,8 +176,7 @@ def test_unreachable_global_budget():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"training_steps": 0}, r"training_steps=0 must be an int >= 1"),
-    ({"flops_target": 1.5}, r"flops_target=1.5 must be a fraction in \(0, 1\]"),
-    ({"cost_target": 0.5}, r"cost_target is the budget of a custom efficiency model"),
+    ({"target": 1.5}, r"target=1.5 must be a fraction in \(0, 1\]"),
     ({"gate_lr": 0}, r"gate_lr=0 must be a number > 0"),
     ({"prune_shortcuts": False}, r"unknown option\(s\) \['prune_shortcuts'\]"),
 ])
@@ -191,7 +190,7 @@ def test_mode_follows_the_config():
 
     assert pruner([{"op_types": ["Conv2d"], "sparse_ratio": 0.5}]).wgates.config.mode is BudgetMode.NONE
     assert pruner([{"op_types": ["Conv2d"]}]).wgates.config.mode is BudgetMode.PAPER
-    assert pruner([{"op_types": ["Conv2d"]}], flops_target=0.5).wgates.config.mode is BudgetMode.TARGET
+    assert pruner([{"op_types": ["Conv2d"]}], target=0.5).wgates.config.mode is BudgetMode.TARGET
 
 
 def test_fixed_ratio_uses_nni_rounding():
@@ -201,4 +200,4 @@ def test_fixed_ratio_uses_nni_rounding():
     for plan in p.plans:
         b = group_bounds(plan)
         assert b.min_keep == b.max_keep == (16 - int(16 * 0.7)) / 16
-    assert all(g.min_keep == g.max_keep == 16 - int(16 * 0.7) for g in p.wgates.gates)
+    assert all(g.min_units == g.max_units == 16 - int(16 * 0.7) for g in p.wgates.gates)

@@ -12,9 +12,9 @@ from nni.compression import TorchEvaluator
 from torch import nn
 
 from tests.helpers import calibrated_model, lightning_setup, randomize_bn
-from wgates_plugin import GateDecoratorPruner, count_macs, speedup
+from wgates_plugin import count_macs, speedup
 from wgates_plugin.errors import BudgetError, ConfigError, ConfigTypeError, StateError
-from wgates_plugin.gate_decorator import TickTock
+from wgates_plugin.gate_decorator import GateDecoratorPruner, TickTock
 
 X = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 BATCHES = [(torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(i)),
@@ -70,7 +70,7 @@ def test_compress_lands_the_flops_target_and_speedup_reproduces_the_wrapped_mode
     full = count_macs(copy.deepcopy(model), X)
     steps: list = []
     pruner = GateDecoratorPruner(model, [{"op_types": ["Conv2d"]}], evaluator=evaluator(model, counter=steps),
-                                 training_steps=20, flops_target=0.5, schedule=SHORT)
+                                 training_steps=20, target=0.5, schedule=SHORT)
     wrapped, masks = pruner.compress()
     assert len(steps) == pruner.stats()["planned_steps"] == 2 * 2 + 2  # 2 rounds (0.707, 0.5), one Tock between
     assert pruner.stats()["phase"] == "done"
@@ -94,7 +94,7 @@ def test_resnet18_shortcut_groups_share_masks_and_speedup_matches():
     stream = ["conv1"] + [f"layer{i}.{b}.conv2" for i in range(1, 5) for b in (0, 1)] + \
         [f"layer{i}.0.downsample.0" for i in range(2, 5)]
     pruner = GateDecoratorPruner(model, [{"op_names": stream}], evaluator=evaluator(model, data, dummy=x),
-                                 training_steps=3, flops_target=0.6, schedule=TickTock(tick_steps=1, tock_steps=1))
+                                 training_steps=3, target=0.6, schedule=TickTock(tick_steps=1, tock_steps=1))
     wrapped, masks = pruner.compress()
     assert 0.6 * 0.99 <= pruner.core.flops_ratio() <= 0.6
     shortcut = [g for g in pruner.core.groups if g.shortcut]
@@ -117,7 +117,7 @@ def test_ticks_leave_the_weights_to_phi_and_tocks_train_them():
     before = copy.deepcopy(model)
     only_ticks = TickTock(tick_steps=2, tock_steps=0, prune_per_tick=0.3)
     pruner = GateDecoratorPruner(model, [{"op_types": ["Conv2d"]}], evaluator=evaluator(model), training_steps=10,
-                                 flops_target=0.5, schedule=only_ticks)
+                                 target=0.5, schedule=only_ticks)
     pruner.compress()
     assert any(not torch.equal(p, torch.ones_like(p)) for p in pruner.core.phi)  # phi trained
     pruner.unwrap_model()
@@ -126,14 +126,14 @@ def test_ticks_leave_the_weights_to_phi_and_tocks_train_them():
     model = randomize_bn(cnn())
     start = copy.deepcopy(model)
     GateDecoratorPruner(model, [{"op_types": ["Conv2d"]}], evaluator=evaluator(model), training_steps=10,
-                        flops_target=0.5, schedule=SHORT).compress()
+                        target=0.5, schedule=SHORT).compress()
     assert not torch.equal(model[0]._nni_wrapper.weight, start[0].weight)  # Tock steps trained them
 
 
 def test_l1_term_is_added_to_the_loss_in_tocks_only():
     model = randomize_bn(cnn())
     pruner = GateDecoratorPruner(model, [{"op_types": ["Conv2d"]}], evaluator=evaluator(model), training_steps=10,
-                                 flops_target=0.5, schedule=TickTock(tick_steps=1, tock_steps=1, l1=0.5))
+                                 target=0.5, schedule=TickTock(tick_steps=1, tock_steps=1, l1=0.5))
     pruner._timeline = [("tick", 0.8), ("tock", None)]
     loss = torch.tensor(2.0)
     assert float(pruner._patch_loss(loss, None)) == 2.0
@@ -144,21 +144,21 @@ def test_l1_term_is_added_to_the_loss_in_tocks_only():
 def test_max_sparse_ratio_bounds_every_layer():
     model = cnn()
     pruner = GateDecoratorPruner(model, [{"op_types": ["Conv2d"], "max_sparse_ratio": 0.5}],
-                                 evaluator=evaluator(model), training_steps=6, flops_target=0.4,
+                                 evaluator=evaluator(model), training_steps=6, target=0.4,
                                  schedule=TickTock(tick_steps=2, tock_steps=1))
     _, masks = pruner.compress()
     for name, entry in masks.items():
         assert int(rows_kept(entry["weight"]).sum()) >= entry["weight"].shape[0] // 2, name
     assert pruner.core.flops_ratio() <= 0.4
     with pytest.raises(BudgetError, match=r"target=0.1 is unreachable"):
-        GateDecoratorPruner(cnn(), [{"op_types": ["Conv2d"], "max_sparse_ratio": 0.5}], flops_target=0.1,
+        GateDecoratorPruner(cnn(), [{"op_types": ["Conv2d"], "max_sparse_ratio": 0.5}], target=0.1,
                             dummy_input=X)
 
 
 def test_training_function_that_stops_early_still_lands_the_budget_with_a_warning():
     model = cnn()
     pruner = GateDecoratorPruner(model, [{"op_types": ["Conv2d"]}], evaluator=evaluator(model, stop_after=3),
-                                 training_steps=20, flops_target=0.5, schedule=SHORT)
+                                 training_steps=20, target=0.5, schedule=SHORT)
     with pytest.warns(UserWarning, match=r"ran 3 optimizer steps, fewer than the 6 the schedule planned"):
         pruner.compress()
     assert pruner.core.flops_ratio() <= 0.5
@@ -169,7 +169,7 @@ def test_lightning_evaluator():
     if int(pl.__version__.split(".")[0]) >= 2:
         pytest.skip("NNI 3.0's LightningEvaluator needs pytorch-lightning < 2 (it sets fit_loop.max_steps)")
     model, lightning = lightning_setup(randomize_bn(cnn()), BATCHES, X, training_step, max_epochs=3)
-    pruner = GateDecoratorPruner(model, [{"op_types": ["Conv2d"]}], training_steps=6, flops_target=0.5,
+    pruner = GateDecoratorPruner(model, [{"op_types": ["Conv2d"]}], training_steps=6, target=0.5,
                                  evaluator=lightning,
                                  schedule=TickTock(tick_steps=2, tock_steps=2))
     wrapped, masks = pruner.compress()
@@ -188,11 +188,10 @@ def test_lightning_evaluator():
         ([{"op_types": ["Conv2d"], "min_sparse_ratio": 0.2}], {}, ConfigError, "sets min_sparse_ratio=0.2"),
         ([{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "global_group_id": 0}], {}, ConfigError, "sets sparse_ratio"),
         ([{"op_types": ["conv2d"]}], {}, ConfigError, "did you mean 'Conv2d'"),
-        ([{"op_types": ["Conv2d"]}], {"flops_target": None}, ConfigError,
-         "ranks channels globally under one budget: pass flops_target="),
-        ([{"op_types": ["Conv2d"]}], {"flops_target": 1.5}, ConfigError,
-         r"flops_target=1.5 must be a fraction in \(0, 1\]"),
-        ([{"op_types": ["Conv2d"]}], {"cost_target": 0.5}, ConfigError, "pass both efficiency=... and cost_target"),
+        ([{"op_types": ["Conv2d"]}], {"target": None}, ConfigError,
+         "ranks channels globally under one budget: pass target="),
+        ([{"op_types": ["Conv2d"]}], {"target": 1.5}, ConfigError,
+         r"target=1.5 must be a fraction in \(0, 1\]"),
         ([{"op_types": ["Conv2d"]}], {"training_steps": 0}, ConfigError, "training_steps=0 must be an int >= 1"),
         ([{"op_types": ["Conv2d"]}], {"schedule": {"tick_steps": 2}}, ConfigTypeError, "schedule must be a TickTock"),
         ([{"op_types": ["Conv2d"]}], {"schedule": TickTock(weight_decay=0.0, subset_batches=2)}, ConfigError,
@@ -202,7 +201,7 @@ def test_lightning_evaluator():
     ],
 )
 def test_invalid_arguments_are_refused_with_a_reason(config, kwargs, error, message):
-    arguments = {"flops_target": 0.5, "dummy_input": X, **kwargs}
+    arguments = {"target": 0.5, "dummy_input": X, **kwargs}
     with pytest.raises(error, match=message):
         GateDecoratorPruner(cnn(), config, **arguments)
 
@@ -210,9 +209,9 @@ def test_invalid_arguments_are_refused_with_a_reason(config, kwargs, error, mess
 def test_compress_needs_an_evaluator_and_training_steps_and_runs_once():
     model = cnn()
     with pytest.raises(ConfigError, match=r"(?s)compress\(\) trains through an NNI evaluator.*TorchEvaluator"):
-        GateDecoratorPruner(model, [{"op_types": ["Conv2d"]}], flops_target=0.5, dummy_input=X).compress()
+        GateDecoratorPruner(model, [{"op_types": ["Conv2d"]}], target=0.5, dummy_input=X).compress()
     model = cnn()
-    pruner = GateDecoratorPruner(model, [{"op_types": ["Conv2d"]}], evaluator=evaluator(model), flops_target=0.5)
+    pruner = GateDecoratorPruner(model, [{"op_types": ["Conv2d"]}], evaluator=evaluator(model), target=0.5)
     with pytest.raises(ConfigError, match=r"compress\(\) needs training_steps="):
         pruner.compress()
     pruner.training_steps = 4

@@ -205,7 +205,7 @@ def test_global_group_meets_nni_element_budget_exactly():
 def test_flops_target_is_landed_and_matches_the_pruned_model():
     model = randomize_bn(ResNetLike())
     pruner = WGatesPruner(model, [{"op_types": ["Conv2d"]}], evaluator=evaluator(model), training_steps=3,
-                          flops_target=0.6)
+                          target=0.6)
     assert pruner.wgates.config.mode is BudgetMode.TARGET
     wrapped, masks = pruner.compress()
     expected = eval_out(wrapped)
@@ -277,7 +277,7 @@ def test_custom_efficiency_model_and_cost_target():
 
     model = cnn()
     pruner = WGatesPruner(model, [{"op_types": ["Conv2d"]}], evaluator=evaluator(model), training_steps=2,
-                          efficiency=channels, cost_target=0.5)
+                          efficiency=channels, target=0.5)
     _, masks = pruner.compress()
     kept = sum(int(rows_kept(m["weight"]).sum()) for m in masks.values())
     assert kept == int(0.5 * (10 + 16 + 24))  # the largest count within the budget

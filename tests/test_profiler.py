@@ -13,20 +13,18 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 from wgates_plugin import ConfigError, ConfigTypeError, LayerBounds, WGates, WGatesConfig, count_macs
 from wgates_plugin.efficiency import (
-    CandidateSpace,
     FlopsModel,
     LatencyContextError,
     SimulatedClock,
     Timing,
-    collect_latency,
+    architecture_hash,
     device_name,
-    load_samples,
     measure_ms,
     record_layer_shapes,
     use_clock,
 )
-from wgates_plugin.efficiency.profiler import architecture_hash, capture_block_inputs
 from wgates_plugin.efficiency.timing import CLOCKS
+from wgates_plugin.profiling import CandidateSpace, capture_block_inputs, collect_latency, load_samples
 
 FAST = Timing(warmup=1, repeats=2, threads=1)
 

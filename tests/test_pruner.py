@@ -112,6 +112,7 @@ def test_target_multiplier_rises_above_target_and_falls_below():
     model, x = SmallCNN(), torch.randn(2, 3, 16, 16)
     wg = WGates(model, x, target=0.9, alpha=1.0, controller_rate=0.5)
     wg.efficiency_loss()
+    wg.update_multiplier()
     assert wg.multiplier.value > 1.0  # ratio 1.0 > 0.9
     wg.gates[0].freeze(torch.zeros(24).index_fill(0, torch.arange(2), 1))
     wg.unfreeze()
@@ -119,6 +120,7 @@ def test_target_multiplier_rises_above_target_and_falls_below():
         wg.gates[0].bias.fill_(-0.4)  # nearly every gate closes (floor: 1 channel)
     value = wg.multiplier.value
     wg.efficiency_loss()
+    wg.update_multiplier()
     assert wg.multiplier.value < value
 
 

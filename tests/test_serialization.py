@@ -10,9 +10,9 @@ import torchvision
 from torch import nn
 
 from wgates_plugin import WGates
+from wgates_plugin.app.models import Architecture
+from wgates_plugin.app.serialization import RECIPE_FILE, WEIGHTS_FILE, load_pruned, read_recipe, rebuild, save_pruned
 from wgates_plugin.errors import ConfigError
-from wgates_plugin.models import Architecture
-from wgates_plugin.serialization import RECIPE_FILE, WEIGHTS_FILE, load_pruned, read_recipe, rebuild, save_pruned
 
 
 def _randomize(model: nn.Module) -> None:

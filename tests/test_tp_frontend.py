@@ -128,7 +128,7 @@ def test_global_pruning_keeps_torch_pruning_channel_budget():
 
 def test_flops_target():
     model = net()
-    pruner = WGatesMetaPruner(model, X, flops_target=0.5, ignored_layers=[model.fc])
+    pruner = WGatesMetaPruner(model, X, target=0.5, ignored_layers=[model.fc])
     sparse_train(model, pruner)
     pruner.step()
     gated_ratio = pruner.wgates.flops_ratio()
@@ -162,8 +162,8 @@ def test_pruning_history_replays_on_a_fresh_model():
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"importance": tp.importance.MagnitudeImportance(p=1)}, ConfigTypeError,
      r"importance=MagnitudeImportance: W-Gates ranks channels by learned gate scores"),
-    ({"pruning_ratio": 0.5, "flops_target": 0.5}, ConfigError, r"pass pruning_ratio or flops_target, not both"),
-    ({"global_pruning": True, "flops_target": 0.5}, ConfigError, r"flops_target is already a global budget"),
+    ({"pruning_ratio": 0.5, "target": 0.5}, ConfigError, r"pass pruning_ratio or target, not both"),
+    ({"global_pruning": True, "target": 0.5}, ConfigError, r"target is already a global budget"),
     ({"pruning_ratio": 1.0}, ConfigError, r"pruning_ratio=1.0 must be in \[0, 1\)"),
     ({"iterative_steps": 5}, ConfigError, r"iterative_steps=5: W-Gates prunes once"),
     ({"round_to": 8}, ConfigTypeError, r"unsupported argument\(s\) \['round_to'\]"),

@@ -8,9 +8,8 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from wgates_plugin.data import load_digits, loaders
-from wgates_plugin.errors import ConfigError
-from wgates_plugin.training import (
+from wgates_plugin.app.data import load_digits, loaders
+from wgates_plugin.app.training import (
     Recipe,
     count_params,
     cycle,
@@ -20,6 +19,7 @@ from wgates_plugin.training import (
     recalibrate_bn,
     train_steps,
 )
+from wgates_plugin.errors import ConfigError
 
 
 def _onehot_data(n: int = 50, classes: int = 10) -> TensorDataset:

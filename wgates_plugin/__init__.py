@@ -1,30 +1,32 @@
 """W-Gates: weight-dependent gates for network pruning (Li et al., arXiv:2007.02066).
 
-The public API is small; framework integrations (NNI, torch-pruning) live in
-``wgates_plugin.integrations`` and are imported only when used.
+The public API is small: the W-Gates method (:class:`WGates`), its configuration, the cost models'
+base, :func:`speedup` for any NNI pruner's masks, and the errors. Framework front ends (NNI,
+torch-pruning) live in ``wgates_plugin.integrations`` and are imported only when used; Gate Decorator
+is under :mod:`wgates_plugin.gate_decorator`; the layers below are documented in ``docs/ARCHITECTURE.md``.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from .config import BudgetMode, LayerBounds, WGatesConfig
+from .budget import Budget
+from .config import BudgetMode, LayerBounds, ScoreInput, WGatesConfig
 from .efficiency import EfficiencyModel, FlopsModel, count_macs
 from .errors import (
     BudgetError,
     ConfigError,
     ConfigTypeError,
     ExportError,
+    LatencyContextError,
     MeasurementError,
     StateError,
     TracingError,
     WGatesError,
 )
-from .gate_decorator import GateDecorator
-from .gates import ScoreInput
 from .pruner import WGates
 from .speedup import speedup  # eager: a lazy function named like its module would be shadowed by it
-from .tick_tock import TickTock
 
 __version__ = "0.1.0"
 
@@ -33,15 +35,12 @@ _LAZY = {
     "WGatesPruner": "wgates_plugin.integrations.nni",
     "WGatesImportance": "wgates_plugin.integrations.torch_pruning",
     "WGatesMetaPruner": "wgates_plugin.integrations.torch_pruning",
-    "GateDecoratorPruner": "wgates_plugin.integrations.nni_gate_decorator",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'wgates_plugin' has no attribute {name!r}")
-    import importlib
-
     return getattr(importlib.import_module(_LAZY[name]), name)
 
 
@@ -51,10 +50,8 @@ __all__ = [
     "WGatesPruner",
     "WGatesImportance",
     "WGatesMetaPruner",
-    "GateDecorator",
-    "GateDecoratorPruner",
-    "TickTock",
     "speedup",
+    "Budget",
     "BudgetMode",
     "LayerBounds",
     "ScoreInput",
@@ -66,6 +63,7 @@ __all__ = [
     "ConfigTypeError",
     "BudgetError",
     "ExportError",
+    "LatencyContextError",
     "MeasurementError",
     "StateError",
     "TracingError",

@@ -1,4 +1,5 @@
-"""Landing a budget: the target-mode multiplier and the exact projection onto the budget.
+"""Landing a budget: the one budget-landing API (:class:`Budget`, :func:`land`), the exact projection
+onto a budget, and the target-mode multiplier.
 
 The projection keeps the per-layer shape the gates learned: every group's kept count is scaled by one
 common factor ``t`` (clamped to its bounds), ``t`` is found by bisection as the largest factor whose
@@ -8,6 +9,7 @@ still holds. Inside a group the best-scored channels are kept.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,8 +17,9 @@ import torch
 
 from .efficiency.base import EfficiencyModel
 from .errors import BudgetError
+from .groups import ChannelGroup
 
-__all__ = ["UnitBounds", "project_counts", "DualMultiplier"]
+__all__ = ["UnitBounds", "Budget", "land", "minimum_cost", "project_counts", "DualMultiplier"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,14 @@ class UnitBounds:
     low: int
     high: int
     tie: int
+
+    @classmethod
+    def of(cls, group: ChannelGroup, min_keep: float = 0.0, max_keep: float = 1.0, min_channels: int = 1) -> UnitBounds:
+        """The bounds of ``group`` keeping a fraction in ``[min_keep, max_keep]`` and ``>= min_channels``."""
+        units = group.size // group.tie
+        low = max(1, math.ceil(min_keep * units - 1e-9), math.ceil(min_channels / group.tie))
+        low = min(low, units)
+        return cls(low, max(low, math.floor(max_keep * units + 1e-9)), group.tie)
 
 
 def _channels(units: Sequence[int], bounds: Sequence[UnitBounds]) -> torch.Tensor:
@@ -93,6 +104,66 @@ def _top_up(model, units, start, bounds, budget) -> list[int]:
             return units
 
 
+@dataclass
+class Budget:
+    """A limit on the cost of some gated groups: ``model.cost(channels of groups index) <= limit``.
+
+    Attributes:
+        model: the cost model of those groups' channel counts.
+        limit: the largest allowed cost (absolute, in ``model.unit``).
+        index: positions of its groups in the encoding; ``None`` = every gated group.
+        name: how messages refer to it.
+    """
+
+    model: EfficiencyModel
+    limit: float
+    index: list[int] | None = None
+    name: str = "target"
+
+    @classmethod
+    def fraction(cls, model: EfficiencyModel, target: float, index: list[int] | None = None,
+                 name: str | None = None) -> Budget:
+        """The budget of keeping ``target`` (a fraction in (0, 1]) of ``model``'s unpruned cost."""
+        return cls(model, target * model.reference(), index, name or f"target={target}")
+
+    @property
+    def target(self) -> float:
+        """The limit as a fraction of the unpruned cost."""
+        return self.limit / self.model.reference()
+
+    def positions(self, groups: int) -> list[int]:
+        return list(range(groups)) if self.index is None else list(self.index)
+
+    def check_feasible(self, bounds: Sequence[UnitBounds]) -> None:
+        """Raise :class:`BudgetError` when even the per-group minimums exceed the limit."""
+        floor = minimum_cost(self.model, [bounds[i] for i in self.positions(len(bounds))])
+        if floor > self.limit:
+            raise BudgetError(
+                f"{self.name}: the budget allows {self.limit:.6g} {self.model.unit}, but keeping every layer at "
+                f"its minimum already needs {floor:.6g}; lower min keep ratios (max_sparse_ratio) or the ratio"
+            )
+
+
+def land(units: Sequence[int], bounds: Sequence[UnitBounds], budgets: Sequence[Budget]) -> list[int]:
+    """Kept units per group that land on every budget: each budget's groups are projected onto it.
+
+    Args:
+        units: the units every gated group keeps now (the learned shape to preserve), ``(G,)``.
+        bounds: per-group unit bounds.
+        budgets: the budgets to land on (their groups must not overlap).
+
+    Raises:
+        BudgetError: a budget is below the cheapest network its bounds allow.
+    """
+    out = list(units)
+    for b in budgets:
+        idx = b.positions(len(out))
+        sub = project_counts(b.model, [out[i] for i in idx], [bounds[i] for i in idx], b.limit)
+        for i, k in zip(idx, sub):
+            out[i] = k
+    return out
+
+
 class DualMultiplier:
     """The ``TARGET``-mode controller.
 
@@ -110,7 +181,9 @@ class DualMultiplier:
         self.target = target
 
     def penalty(self, ratio: torch.Tensor) -> torch.Tensor:
-        """The loss term for the current cost ratio; updates the multiplier from the detached ratio."""
-        term = self.value * (ratio - self.target).abs() / self.target
-        self.value = max(0.0, self.value + self.rate * (float(ratio.detach()) - self.target) / self.target)
-        return term
+        """The loss term for the current cost ratio (the multiplier is not changed: see :meth:`update`)."""
+        return self.value * (ratio - self.target).abs() / self.target
+
+    def update(self, ratio: float) -> None:
+        """One dual-ascent step from the cost ratio the last penalty was computed at."""
+        self.value = max(0.0, self.value + self.rate * (float(ratio) - self.target) / self.target)

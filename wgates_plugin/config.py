@@ -5,11 +5,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import ConfigError, ConfigTypeError
-from .gates import GateActivation, ScoreInput
 
-__all__ = ["BudgetMode", "WGatesConfig", "LayerBounds"]
+__all__ = ["BudgetMode", "ScoreInput", "GateActivation", "WGatesConfig", "LayerBounds"]
 
 
 class BudgetMode(str, enum.Enum):
@@ -26,6 +26,33 @@ class BudgetMode(str, enum.Enum):
     PAPER = "paper"
     TARGET = "target"
     NONE = "none"
+
+
+class ScoreInput(str, enum.Enum):
+    """What the gate's FC layer reads for each filter.
+
+    ``WEIGHT`` is the paper's Eq. (2). ``ABS`` feeds ``|W|`` (lets the score express magnitude, which a
+    linear function of W cannot). ``CONSTANT`` feeds ones: the paper's "constant input" ablation
+    (Table I), where the gate cannot tell filters apart by their weights.
+    """
+
+    WEIGHT = "weight"
+    ABS = "abs"
+    CONSTANT = "constant"
+
+
+class GateActivation(str, enum.Enum):
+    """How scores become gates.
+
+    ``BINARY`` is the paper's method: ``(sign(s) + 1) / 2`` with the Eq. (7) gradient, so training sees
+    exactly the network that will be exported. ``SIGMOID`` is the paper's Table II ablation: a scaled
+    sigmoid ``sigmoid(k * s)`` multiplies each channel during training (a soft, continuous gate whose
+    sum is the soft channel count of the efficiency loss); freezing keeps the channels with
+    ``s >= 0`` (gate >= 1/2), so the frozen network differs from the trained one.
+    """
+
+    BINARY = "binary"
+    SIGMOID = "sigmoid"
 
 
 @dataclass(frozen=True)
@@ -54,11 +81,11 @@ class WGatesConfig:
         tolerance: relative distance to ``target`` the frozen gates must land within.
         prune_shortcuts: also gate residual-coupled groups (one gate per coupled group). The paper
             keeps them; off by default.
-        score_input: what the gate FC reads (:class:`~wgates_plugin.gates.ScoreInput`).
+        score_input: what the gate FC reads (:class:`ScoreInput`).
         weight_grad: let the gate path send gradients into conv weights.
         init_score: initial score of every channel (inside ``(0, 0.5)``: open and trainable).
         activation: ``'binary'`` (the paper) or ``'sigmoid'`` (the Table II ablation), see
-            :class:`~wgates_plugin.gates.GateActivation`.
+            :class:`GateActivation`.
         sigmoid_k: scale ``k`` of the sigmoid gate ``sigmoid(k * s)``; > 0.
         bounds: default kept-fraction bounds of every group.
         layer_bounds: per-layer overrides, keyed by a producer layer's qualified name.
@@ -112,6 +139,11 @@ class WGatesConfig:
                 raise ConfigTypeError(f"layer_bounds[{key!r}] must be a LayerBounds, got {type(value).__name__}")
         object.__setattr__(self, "exclude", tuple(self.exclude))
         object.__setattr__(self, "exclude_types", tuple(self.exclude_types))
+
+    def selection(self) -> dict[str, Any]:
+        """The fields that choose the gated groups, as :func:`~wgates_plugin.groups.gated_groups` takes them."""
+        return {"exclude": self.exclude, "exclude_types": self.exclude_types, "root_types": self.root_types,
+                "prune_shortcuts": self.prune_shortcuts}
 
     def bounds_for(self, layer_names: list[str]) -> LayerBounds:
         """Bounds of a group: the tightest of its layers' overrides, else the default."""

@@ -57,7 +57,9 @@ class _GradAverager:
     collectives forever (seen on torch 2.1 with another job on the cores). Queued as a callback of
     the backward, the all-reduce runs after every gradient (and so every DDP bucket) was computed,
     last on every rank. Only this backward's contribution is averaged: gradients accumulated by
-    earlier backwards are left as they are.
+    earlier backwards are left as they are. The hook holds this backward's gradient back (autograd
+    accumulates zeros) and the mean is added at the end, so every rank ends with bit-identical
+    gradients (adding ``mean - local`` to ``local`` would round differently on every rank).
     """
 
     def __init__(self, params: list[torch.nn.Parameter], world: int, group: dist.ProcessGroup | None) -> None:
@@ -69,7 +71,7 @@ class _GradAverager:
             if not self.pending:
                 torch.autograd.Variable._execution_engine.queue_callback(self.average)
             self.pending[index] = grad.detach().clone()
-            return grad
+            return torch.zeros_like(grad)
 
         return record
 
@@ -81,6 +83,8 @@ class _GradAverager:
         mean = torch.split(flat, [g.numel() for _, g in items])
         with torch.no_grad():
             for (index, local), avg in zip(items, mean):
-                grad = self.params[index].grad
-                if grad is not None:  # holds earlier gradients + local: swap local for the mean
-                    grad.add_(avg.view_as(local) - local)
+                param = self.params[index]
+                if param.grad is None:
+                    param.grad = avg.view_as(local).clone()
+                else:  # earlier gradients (+ the zeros held back): add the mean
+                    param.grad.add_(avg.view_as(local))

@@ -41,3 +41,7 @@ class MeasurementError(WGatesError, ValueError):
 
     The message names the measured values and how to measure again (more repeats, an idle machine).
     """
+
+
+class LatencyContextError(ConfigError):
+    """Latency data (samples or an LPNet) was measured in another context than the one it is used in."""

@@ -1,42 +1,50 @@
-"""Physical channel removal through torch-pruning, verification, and NNI-format masks."""
+"""The one export path: channel groups + keep vectors → a physically smaller model, verified.
+
+- :func:`prune_groups` removes output channels through torch-pruning (every coupled layer follows);
+- :func:`export_pruned` is the whole export, used by both methods, the torch-pruning front end and
+  :func:`~wgates_plugin.speedup.speedup`: the gated model's outputs, a hook-free model (a copy, or the
+  model itself), an optional preparation (Gate Decorator merges its scales), the removal, the check;
+- :func:`check_outputs` / :func:`verify_outputs` are the one "same outputs" rule;
+- :func:`nni_masks` is the one keep-vectors → NNI-masks converter.
+
+Example:
+    >>> import torch, torchvision
+    >>> from wgates_plugin.export import export_pruned
+    >>> from wgates_plugin.groups import trace_groups
+    >>> model = torchvision.models.resnet18(num_classes=10)
+    >>> x = torch.randn(2, 3, 32, 32)
+    >>> group = next(g for g in trace_groups(model, x).groups if g.name == "layer1.0.conv1")
+    >>> keep = torch.ones(group.size); keep[:16] = 0
+    >>> small, history = export_pruned(model, x, [group], [keep], reference=None)
+    >>> small.layer1[0].conv1.out_channels, model.layer1[0].conv1.out_channels
+    (48, 64)
+"""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
 
 from .errors import ExportError
-from .groups import build_graph
-from .groups import removal_plan as plan_from_masks
+from .groups import ChannelGroup, Role, build_graph, removal_plan
+from .utils import eval_outputs
 
-if TYPE_CHECKING:
-    from .pruner import WGates
-
-__all__ = ["prune_groups", "prune_copy", "removal_plan", "nni_masks", "verify_outputs", "call_model", "eval_outputs"]
+__all__ = ["History", "Masks", "prune_groups", "export_pruned", "check_outputs", "verify_outputs", "nni_masks"]
 
 History = list[tuple[str, bool, list[int]]]
+Masks = dict[str, dict[str, torch.Tensor]]
 
 
-def call_model(model: nn.Module, example_inputs: Any) -> Any:
-    if isinstance(example_inputs, dict):
-        return model(**example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return model(*example_inputs)
-    return model(example_inputs)
+class Attached(Protocol):
+    """Something whose hooks gate a model (a :class:`~wgates_plugin.core.ChannelGating`)."""
 
-def eval_outputs(model: nn.Module, example_inputs: Any) -> Any:
-    """The model's outputs on ``example_inputs`` in eval mode under ``no_grad``; its mode is restored."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return call_model(model, example_inputs)
-    finally:
-        model.train(was_training)
+    def attach(self) -> None: ...
+
+    def remove(self) -> None: ...
 
 
 def prune_groups(model: nn.Module, example_inputs: Any, plan: Mapping[str, torch.Tensor]) -> History:
@@ -44,7 +52,7 @@ def prune_groups(model: nn.Module, example_inputs: Any, plan: Mapping[str, torch
 
     Every layer coupled to a root (BN, the next conv's inputs, depthwise partners, linear inputs after
     a flatten) is pruned along by torch-pruning. Returns torch-pruning's pruning history, which
-    :func:`wgates_plugin.serialization.load_pruned` replays on a freshly built model.
+    :func:`wgates_plugin.app.serialization.load_pruned` replays on a freshly built model.
     """
     graph = build_graph(model, example_inputs)
     modules = dict(model.named_modules())
@@ -62,48 +70,88 @@ def prune_groups(model: nn.Module, example_inputs: Any, plan: Mapping[str, torch
     return [(n, bool(out), [int(i) for i in idx]) for n, out, idx in graph.pruning_history()]
 
 
-def removal_plan(wg: WGates) -> dict[str, torch.Tensor]:
-    """``{root layer name: output indices to remove}`` from ``wg``'s current gates."""
-    return plan_from_masks(wg.groups, wg.current_gates())
+_GATED = "the gated model's outputs"
 
 
-def prune_copy(wg: WGates, verify: bool = True, rtol: float = 1e-4, atol: float = 1e-5) -> nn.Module:
-    """Deep-copy ``wg.model`` without its gate hooks and remove every closed channel from the copy."""
-    wg.remove()
+def export_pruned(
+    model: nn.Module,
+    example_inputs: Any,
+    groups: Sequence[ChannelGroup],
+    keep: Sequence[torch.Tensor],
+    *,
+    gating: Attached | None = None,
+    prepare: Callable[[nn.Module], None] | None = None,
+    in_place: bool = False,
+    verify: bool = True,
+    reference: Any = _GATED,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+) -> tuple[nn.Module, History]:
+    """Remove every channel whose keep entry is 0 from ``model`` (or a copy) and check the outputs.
+
+    Args:
+        model: the gated model (its hooks are what ``gating`` attached), or a plain one.
+        example_inputs: a batch it accepts; used for tracing and for the check.
+        groups: the channel groups, with ``keep``: one 0/1 vector ``(C,)`` per group.
+        gating: the owner of the model's gate hooks: they are removed before the copy (a copy keeps
+            no hooks), re-attached afterwards unless ``in_place``.
+        prepare: called on the hook-free model before the removal (e.g. to merge scales).
+        in_place: prune ``model`` itself instead of a deep copy.
+        verify: compare the pruned model's eval outputs with what ``model`` computes now.
+        reference: what the check compares against: the default is ``model``'s outputs now; pass
+            precomputed outputs (e.g. :func:`~wgates_plugin.speedup.speedup`'s masked reference),
+            or ``None`` for no check.
+        rtol, atol: the tolerances of :func:`check_outputs`.
+
+    Returns:
+        The pruned model and torch-pruning's pruning history.
+
+    Raises:
+        ExportError: a group would lose every channel, or the outputs differ.
+    """
+    expected = None
+    if verify and reference is not None:
+        expected = eval_outputs(model, example_inputs) if reference is _GATED else reference
+    plan = removal_plan(groups, keep)
+    if gating is not None:
+        gating.remove()
     try:
-        pruned = copy.deepcopy(wg.model)
+        pruned = model if in_place else copy.deepcopy(model)
     finally:
-        wg.attach()
-    wg.history = prune_groups(pruned, wg.example_inputs, removal_plan(wg))
-    if verify:
-        verify_outputs(wg.model, pruned, wg.example_inputs, rtol, atol)
-    return pruned
+        if gating is not None and not in_place:
+            gating.attach()
+    if prepare is not None:
+        prepare(pruned)
+    history = prune_groups(pruned, example_inputs, plan)
+    if expected is not None:
+        check_outputs(pruned, example_inputs, expected, rtol, atol,
+                      "the gated model's" if reference is _GATED else "the reference")
+    return pruned, history
+
+
+def check_outputs(model: nn.Module, example_inputs: Any, expected: Any, rtol: float = 1e-4, atol: float = 1e-5,
+                  what: str = "the gated model's") -> None:
+    """Raise :class:`ExportError` unless ``model``'s eval outputs on ``example_inputs`` equal ``expected``.
+
+    The rule: ``|actual - expected| <= atol * max(1, max |expected|) + rtol * |expected|``. ``atol`` is
+    relative to the output scale because summing the same products in another order (fewer channels,
+    another kernel) differs by float rounding proportional to the magnitudes involved.
+    """
+    actual = eval_outputs(model, example_inputs)
+    scale = max([1.0] + [float(t.abs().max()) for t in _tensors(expected) if t.numel()])
+    try:
+        torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol * scale)
+    except AssertionError as exc:
+        raise ExportError(
+            f"the pruned model does not reproduce {what} outputs (rtol={rtol}, atol={atol}): {exc}. Some channel "
+            "leaves its group through an operation torch-pruning does not model; exclude the layers around it."
+        ) from None
 
 
 def verify_outputs(reference: nn.Module, pruned: nn.Module, example_inputs: Any,
                    rtol: float = 1e-4, atol: float = 1e-5) -> None:
-    """Raise :class:`ExportError` unless both models give the same eval outputs on ``example_inputs``.
-
-    ``atol`` is relative to the output scale (multiplied by ``max(1, max |expected|)``): summing the
-    same products in another order differs by float rounding proportional to the magnitudes involved.
-    """
-    modes = (reference.training, pruned.training)
-    reference.eval()
-    pruned.eval()
-    try:
-        with torch.no_grad():
-            expected, actual = call_model(reference, example_inputs), call_model(pruned, example_inputs)
-        scale = max([1.0] + [float(t.abs().max()) for t in _tensors(expected) if t.numel()])
-        torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol * scale)
-    except AssertionError as exc:
-        raise ExportError(
-            "the pruned model does not reproduce the gated model's outputs "
-            f"(rtol={rtol}, atol={atol}): {exc}. Some channel leaves its group through an operation "
-            "torch-pruning does not model; exclude the layers around it."
-        ) from None
-    finally:
-        reference.train(modes[0])
-        pruned.train(modes[1])
+    """:func:`check_outputs` of ``pruned`` against ``reference``'s eval outputs; both modes are restored."""
+    check_outputs(pruned, example_inputs, eval_outputs(reference, example_inputs), rtol, atol)
 
 
 def _tensors(output: Any) -> list[torch.Tensor]:
@@ -116,19 +164,31 @@ def _tensors(output: Any) -> list[torch.Tensor]:
     return []
 
 
-def nni_masks(wg: WGates) -> dict[str, dict[str, torch.Tensor]]:
-    """NNI-format masks ``{layer: {'weight': mask, 'bias': mask}}`` of every producer layer.
+def nni_masks(groups: Sequence[ChannelGroup], keep: Sequence[torch.Tensor], base: Masks | None = None) -> Masks:
+    """NNI-format masks ``{layer: {'weight': mask, 'bias': mask}}`` (1 = kept) of 0/1 keep vectors.
 
-    A mask is 1 where the element is kept; a closed channel zeroes its whole filter and its bias.
+    A closed channel zeroes its filter row and its bias entry in every layer of its group that owns
+    output channels.
+
+    Args:
+        groups: the channel groups, with ``keep``: one 0/1 vector ``(C,)`` per group.
+        base: the masks to write into, e.g. all-ones masks of an NNI pruner's wrapped layers (then
+            only those layers, producers and BatchNorms alike, are masked). Default: fresh masks of
+            every producer's ``weight`` and ``bias``.
     """
-    masks: dict[str, dict[str, torch.Tensor]] = {}
-    for group, gate in zip(wg.groups, wg.current_gates()):
-        for m in group.producers:
-            layer = m.module
-            entry = masks.setdefault(m.name, _full_masks(layer))
-            rows = m.idxs[gate.detach().cpu()[m.channels] < 0.5]
-            for key in entry:
-                entry[key][rows.to(entry[key].device)] = 0
+    masks: Masks = {} if base is None else {name: dict(entry) for name, entry in base.items()}
+    for group, vector in zip(groups, keep):
+        closed = vector.detach().cpu() < 0.5  # (C,)
+        for m in group.members:
+            if m.role is Role.CONSUMER or (base is None and m.role is not Role.PRODUCER):
+                continue
+            if base is None:
+                masks.setdefault(m.name, _full_masks(m.module))
+            elif m.name not in masks:
+                continue
+            rows = m.idxs[closed[m.channels]]
+            for mask in masks[m.name].values():
+                mask[rows.to(mask.device)] = 0
     return masks
 
 

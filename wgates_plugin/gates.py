@@ -6,7 +6,6 @@ convolutions that produce it, and turns the scores into 0/1 gates.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import cast
@@ -14,6 +13,7 @@ from typing import cast
 import torch
 from torch import nn
 
+from .config import GateActivation, ScoreInput
 from .errors import ConfigError
 
 __all__ = ["BinaryGate", "GateActivation", "ScoreInput", "Producer", "WeightGate", "binary_gate"]
@@ -46,33 +46,6 @@ class BinaryGate(torch.autograd.Function):
 def binary_gate(scores: torch.Tensor) -> torch.Tensor:
     """Apply :class:`BinaryGate` to a score tensor."""
     return BinaryGate.apply(scores)
-
-
-class ScoreInput(str, enum.Enum):
-    """What the gate's FC layer reads for each filter.
-
-    ``WEIGHT`` is the paper's Eq. (2). ``ABS`` feeds ``|W|`` (lets the score express magnitude, which a
-    linear function of W cannot). ``CONSTANT`` feeds ones: the paper's "constant input" ablation
-    (Table I), where the gate cannot tell filters apart by their weights.
-    """
-
-    WEIGHT = "weight"
-    ABS = "abs"
-    CONSTANT = "constant"
-
-
-class GateActivation(str, enum.Enum):
-    """How scores become gates.
-
-    ``BINARY`` is the paper's method: ``(sign(s) + 1) / 2`` with the Eq. (7) gradient, so training sees
-    exactly the network that will be exported. ``SIGMOID`` is the paper's Table II ablation: a scaled
-    sigmoid ``sigmoid(k * s)`` multiplies each channel during training (a soft, continuous gate whose
-    sum is the soft channel count of the efficiency loss); freezing keeps the channels with
-    ``s >= 0`` (gate >= 1/2), so the frozen network differs from the trained one.
-    """
-
-    BINARY = "binary"
-    SIGMOID = "sigmoid"
 
 
 @dataclass(frozen=True)
@@ -124,7 +97,7 @@ class WeightGate(nn.Module):
             through the score would change the network to fit the pruning criterion instead of
             letting the criterion learn from the network, and costs a backward through every weight.
         tie: conv-group count the pattern must repeat over (1 = free).
-        min_keep / max_keep: bounds on the number of open channels, enforced in every forward by
+        min_units / max_units: bounds on the number of open units (``tie`` channels each), enforced in every forward by
             opening the best-scored / closing the worst-scored channels (``BINARY``; a ``SIGMOID`` gate
             is bounded when frozen).
         init_score: initial score of every channel.
@@ -141,8 +114,8 @@ class WeightGate(nn.Module):
         score_input: ScoreInput = ScoreInput.WEIGHT,
         weight_grad: bool = False,
         tie: int = 1,
-        min_keep: int = 1,
-        max_keep: int | None = None,
+        min_units: int = 1,
+        max_units: int | None = None,
         init_score: float = 0.25,
         activation: GateActivation = GateActivation.BINARY,
         sigmoid_k: float = 4.0,
@@ -160,8 +133,8 @@ class WeightGate(nn.Module):
         self.units = channels // tie
         self.activation = GateActivation(activation)
         self.sigmoid_k = float(sigmoid_k)
-        self.min_keep = min_keep
-        self.max_keep = self.units if max_keep is None else max_keep
+        self.min_units = min_units
+        self.max_units = self.units if max_units is None else max_units
         features = sum(p.features for p in producers)
         self.fc = nn.Parameter(torch.zeros(features))
         self.bias = nn.Parameter(torch.tensor(float(init_score)))
@@ -233,7 +206,7 @@ class WeightGate(nn.Module):
     def _binary(self, s: torch.Tensor) -> torch.Tensor:
         """Bounded 0/1 gate of the unit scores ``s (units,)`` with the Eq. (7) gradient."""
         gate = binary_gate(s)
-        mask = bounded_mask(s.detach(), gate.detach(), self.min_keep, self.max_keep)
+        mask = bounded_mask(s.detach(), gate.detach(), self.min_units, self.max_units)
         return gate + (mask - gate).detach()  # forward value = mask, gradient = Eq. (7)
 
     def freeze(self, units_mask: torch.Tensor | None = None) -> None:
@@ -241,6 +214,15 @@ class WeightGate(nn.Module):
         with torch.no_grad():
             mask = self.hard().view(self.tie, self.units)[0] if units_mask is None else units_mask
             self.frozen = mask.float().repeat(self.tie).to(self.fc.device)
+
+    def kept_units(self) -> int:
+        """Units (``tie`` channels each) that freezing now would keep."""
+        return int(self.hard().sum()) // self.tie
+
+    def freeze_top(self, k: int) -> None:
+        """Freeze keeping the ``k`` best-scored units."""
+        with torch.no_grad():
+            self.freeze(top_k_mask(self.unit_scores(), k))
 
     def unfreeze(self) -> None:
         self.frozen = self.fc.new_ones(0)
@@ -254,12 +236,12 @@ class WeightGate(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def bounded_mask(scores: torch.Tensor, gate: torch.Tensor, min_keep: int, max_keep: int) -> torch.Tensor:
-    """``gate`` with its count clamped into ``[min_keep, max_keep]`` by score rank, shape ``(n,)``."""
+def bounded_mask(scores: torch.Tensor, gate: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    """``gate`` with its count clamped into ``[low, high]`` by score rank, shape ``(n,)``."""
     kept = int(gate.sum())
-    if min_keep <= kept <= max_keep:
+    if low <= kept <= high:
         return gate
-    return top_k_mask(scores, min(max(kept, min_keep), max_keep))
+    return top_k_mask(scores, min(max(kept, low), high))
 
 
 def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:

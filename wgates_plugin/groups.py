@@ -23,10 +23,11 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning import ops
 
-from .errors import TracingError
+from .errors import ConfigError, TracingError
+from .utils import check_names
 
 __all__ = ["Role", "Member", "ChannelGroup", "GroupGraph", "trace_groups", "is_depthwise", "select_groups",
-           "why_not", "consumer_feeds", "scale_input", "removal_plan"]
+           "why_not", "gated_groups", "consumer_feeds", "scale_input", "removal_plan"]
 
 # Normalizations that mix channels: removing a channel changes the others' statistics, so neither
 # zeroing nor removing is exact.
@@ -315,6 +316,42 @@ def why_not(group: ChannelGroup, selected: Sequence[ChannelGroup], prune_shortcu
     if group.shortcut and not prune_shortcuts:
         return "shortcut-coupled (pass prune_shortcuts=True to prune it)"
     return "not selected or excluded"
+
+
+def gated_groups(
+    model: nn.Module,
+    example_inputs: object,
+    select: Callable[[str, nn.Module], bool] | None = None,
+    exclude: Iterable[str] = (),
+    exclude_types: tuple[type, ...] = (),
+    root_types: tuple[type, ...] = (),
+    prune_shortcuts: bool = False,
+) -> tuple[GroupGraph, list[ChannelGroup]]:
+    """Trace ``model`` (its train/eval mode is restored) and select the groups to gate.
+
+    Args:
+        select: ``(name, module) -> bool`` choosing the producer layers that may be pruned (default all).
+        exclude: qualified layer names never to prune (a group containing one stays whole).
+        exclude_types: layer classes never to prune.
+        root_types: layer classes whose output channels may be pruned (default Conv2d and Linear).
+        prune_shortcuts: also select residual-coupled groups.
+
+    Raises:
+        ConfigError: ``exclude`` names a layer the model does not have, or no group is selected.
+        TracingError: torch-pruning cannot trace the model.
+    """
+    exclude = tuple(exclude)
+    check_names(model, "exclude", exclude)
+    was_training = model.training
+    traced = trace_groups(model, example_inputs, tuple(root_types) or (nn.Conv2d, nn.Linear))
+    model.train(was_training)  # torch-pruning's tracing leaves the model in eval mode
+    excluded, types = set(exclude), tuple(exclude_types)
+    chosen = select_groups(traced.groups, select or (lambda _n, _m: True),
+                           lambda name, module: name in excluded or isinstance(module, types), prune_shortcuts)
+    if not chosen:
+        raise ConfigError("no prunable channel group was selected; groups found: "
+                          + "; ".join(f"{g.name}: {why_not(g, chosen, prune_shortcuts)}" for g in traced.groups[:8]))
+    return traced, chosen
 
 
 def consumer_feeds(groups: Sequence[ChannelGroup]) -> dict[nn.Module, list[tuple[int, Member]]]:

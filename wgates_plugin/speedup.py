@@ -34,17 +34,18 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, ExportError
-from .export import eval_outputs, prune_groups
+from .export import export_pruned
 from .groups import ChannelGroup, Role, trace_groups
+from .utils import eval_outputs
 
-__all__ = ["speedup", "plan_removal", "RemovalPlan", "assert_same_outputs"]
+__all__ = ["speedup", "read_masks", "MaskDecision"]
 
-Masks = Mapping[str, Mapping[str, torch.Tensor | None]]
+MaskInput = Mapping[str, Mapping[str, "torch.Tensor | None"]]  # any NNI pruner's masks (entries may be None)
 
 
 @dataclass
-class RemovalPlan:
-    """Which channels leave which group.
+class MaskDecision:
+    """Which channels leave which group, as read from NNI masks.
 
     Attributes:
         removed: ``{group name: sorted removed group channels}`` for every group that loses channels.
@@ -56,18 +57,18 @@ class RemovalPlan:
     groups: dict[str, ChannelGroup] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def root_indices(self) -> dict[str, torch.Tensor]:
-        """``{root layer name: output indices to remove}``, what :func:`~wgates_plugin.export.prune_groups` takes."""
-        plan = {}
-        for name, chans in self.removed.items():
-            group = self.groups[name]
-            root = next(m for m in group.producers if m.module is group.root)
-            lookup = dict(zip(root.channels.tolist(), root.idxs.tolist()))
-            plan[name] = torch.tensor([lookup[int(c)] for c in chans], dtype=torch.long)
-        return plan
+    def keep_vectors(self) -> tuple[list[ChannelGroup], list[torch.Tensor]]:
+        """The groups that lose channels and their 0/1 keep vectors ``(C,)``, as export takes them."""
+        groups = [self.groups[name] for name in self.removed]
+        keep = []
+        for group, chans in zip(groups, self.removed.values()):
+            vector = torch.ones(group.size)
+            vector[chans] = 0
+            keep.append(vector)
+        return groups, keep
 
 
-def speedup(model: nn.Module, masks: Masks, dummy_input: Any, strict: bool = False, verify: bool = True,
+def speedup(model: nn.Module, masks: MaskInput, dummy_input: Any, strict: bool = False, verify: bool = True,
             rtol: float = 1e-4, atol: float = 1e-5) -> nn.Module:
     """Remove, in place, the output channels that NNI-format ``masks`` zero; return ``model``.
 
@@ -80,7 +81,7 @@ def speedup(model: nn.Module, masks: Masks, dummy_input: Any, strict: bool = Fal
             be removed.
         verify: check that the pruned model's eval outputs on ``dummy_input`` equal the original
             model's with the removed channels zeroed at their consumers.
-        rtol, atol: tolerances of that check.
+        rtol, atol: tolerances of that check (the rule of :func:`~wgates_plugin.export.check_outputs`).
 
     Returns:
         ``model``, pruned (its classes stay; only tensor shapes shrink).
@@ -100,21 +101,21 @@ def speedup(model: nn.Module, masks: Masks, dummy_input: Any, strict: bool = Fal
         48
     """
     _check_unwrapped(model)
-    plan = plan_removal(model, masks, dummy_input, strict)
-    for note in plan.notes:
+    decision = read_masks(model, masks, dummy_input, strict)
+    for note in decision.notes:
         warnings.warn(note, stacklevel=2)
-    expected = reference_outputs(model, dummy_input, plan) if verify else None
-    prune_groups(model, dummy_input, plan.root_indices())
-    if expected is not None:
-        assert_same_outputs(model, dummy_input, expected, rtol, atol)
+    expected = reference_outputs(model, dummy_input, decision) if verify else None
+    groups, keep = decision.keep_vectors()
+    export_pruned(model, dummy_input, groups, keep, in_place=True, verify=verify, reference=expected, rtol=rtol,
+                  atol=atol)
     return model
 
 
-# ---------------------------------------------------------------------------- masks → plan
-def plan_removal(model: nn.Module, masks: Masks, dummy_input: Any, strict: bool = False) -> RemovalPlan:
+# ---------------------------------------------------------------------------- masks → decision
+def read_masks(model: nn.Module, masks: MaskInput, dummy_input: Any, strict: bool = False) -> MaskDecision:
     """Decide, group by group, which channels the masks remove (see the module docstring)."""
     rows = _removed_rows(model, masks)
-    plan = RemovalPlan(groups={})
+    plan = MaskDecision(groups={})
     for group in trace_groups(model, dummy_input).groups:
         plan.groups[group.name] = group
         votes = _votes(group, rows)
@@ -126,7 +127,7 @@ def plan_removal(model: nn.Module, masks: Masks, dummy_input: Any, strict: bool 
     return plan
 
 
-def _removed_rows(model: nn.Module, masks: Masks) -> dict[str, torch.Tensor]:
+def _removed_rows(model: nn.Module, masks: MaskInput) -> dict[str, torch.Tensor]:
     """``{layer: bool (out,)}``: True where the layer's weight mask zeroes the whole output row."""
     if not isinstance(masks, Mapping):
         raise ConfigError(f"masks must be a dict {{layer name: {{'weight': mask}}}}, got {type(masks).__name__}")
@@ -209,8 +210,8 @@ def _check_unwrapped(model: nn.Module) -> None:
                           "pruner.unwrap_model() before speedup()")
 
 
-# ---------------------------------------------------------------------------- reference and check
-def reference_outputs(model: nn.Module, dummy_input: Any, plan: RemovalPlan) -> Any:
+# ---------------------------------------------------------------------------- reference
+def reference_outputs(model: nn.Module, dummy_input: Any, plan: MaskDecision) -> Any:
     """Eval outputs of ``model`` with ``plan``'s channels zeroed at the inputs of their consumers."""
     zero: dict[nn.Module, list[torch.Tensor]] = defaultdict(list)
     dims: dict[nn.Module, int] = {}
@@ -232,14 +233,3 @@ def _zeroing(positions: torch.Tensor, channel_dim: int) -> Any:
         return (x.index_fill(channel_dim % x.dim(), positions.to(x.device), 0.0),) + tuple(args[1:])
 
     return hook
-
-
-
-def assert_same_outputs(model: nn.Module, dummy_input: Any, expected: Any, rtol: float = 1e-4,
-                        atol: float = 1e-5) -> None:
-    """Raise :class:`ExportError` unless ``model``'s eval outputs on ``dummy_input`` equal ``expected``."""
-    try:
-        torch.testing.assert_close(eval_outputs(model, dummy_input), expected, rtol=rtol, atol=atol)
-    except AssertionError as exc:
-        raise ExportError(f"the pruned model does not reproduce the reference outputs (rtol={rtol}, "
-                          f"atol={atol}): {exc}") from None

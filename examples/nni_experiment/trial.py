@@ -23,8 +23,8 @@ from nni.compression import TorchEvaluator
 from torch import nn
 
 from wgates_plugin import WGatesPruner, count_macs, speedup
-from wgates_plugin.data import load_digits, loaders
-from wgates_plugin.training import cycle, evaluate, fit, recalibrate_bn
+from wgates_plugin.app.data import load_digits, loaders
+from wgates_plugin.app.training import cycle, evaluate, fit, recalibrate_bn
 
 DEFAULTS = {"alpha": 1.0, "budget": 0.5, "gate_lr": 1e-3}
 
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace, params: dict[str, float]) -> dict[str, float]:
 
     evaluator = make_evaluator(model, train_loader, 0.01, example)
     pruner = WGatesPruner(model, [{"op_types": ["Conv2d"]}], evaluator=evaluator, training_steps=args.gate_steps,
-                          flops_target=params["budget"], alpha=params["alpha"], gate_lr=params["gate_lr"])
+                          target=params["budget"], alpha=params["alpha"], gate_lr=params["gate_lr"])
     wrapped, masks = pruner.compress()
     nni.report_intermediate_result(evaluate(wrapped, test_loader))  # gated network
     pruner.unwrap_model()

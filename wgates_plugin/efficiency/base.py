@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 __all__ = ["EfficiencyModel", "bind_efficiency"]
 
 
@@ -46,8 +48,6 @@ def bind_efficiency(efficiency: EfficiencyModel | Callable[[list[Any]], Efficien
     Raises:
         ConfigError: the model was built for other groups.
     """
-    from ..errors import ConfigError
-
     model = efficiency if isinstance(efficiency, EfficiencyModel) else efficiency(list(groups))
     names = tuple(g.name for g in groups)
     if tuple(model.group_names) != names:

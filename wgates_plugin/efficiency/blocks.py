@@ -23,10 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LatencyContextError
 from ..groups import ChannelGroup
 from .flops import FlopsModel, LayerShape, record_layer_shapes
-from .samples import LatencyContextError
 
 __all__ = ["SLOT_FEATURES", "BlockInfo", "type_key", "default_block_types", "find_blocks", "BlockEncoder"]
 
@@ -74,7 +73,7 @@ def find_blocks(
         chosen = list(names)
     else:
         types = tuple(block_types) if block_types is not None else default_block_types()
-        chosen = _outermost([n for n, m in modules.items() if n and isinstance(m, types)])
+        chosen = outermost([n for n, m in modules.items() if n and isinstance(m, types)])
     blocks = [BlockInfo(n, type_key(modules[n]), _conv_slots(modules[n])) for n in chosen]
     blocks = [b for b in blocks if b.slots]
     if not blocks:
@@ -85,7 +84,7 @@ def find_blocks(
     return blocks
 
 
-def _outermost(names: list[str]) -> list[str]:
+def outermost(names: list[str]) -> list[str]:
     return [n for n in names if not any(n.startswith(o + ".") for o in names if o != n)]
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..groups import ChannelGroup, Role, is_depthwise
+from ..utils import call_model
 from .base import EfficiencyModel
 
 __all__ = ["LayerShape", "record_layer_shapes", "FlopsModel", "count_macs"]
@@ -56,7 +57,7 @@ def record_layer_shapes(model: nn.Module, example_inputs: object) -> list[LayerS
     try:
         model.eval()
         with torch.no_grad():
-            _call(model, example_inputs)
+            call_model(model, example_inputs)
     finally:
         model.train(was_training)
         for h in handles:
@@ -72,14 +73,6 @@ def _shape(name: str, module: nn.Module, positions: int) -> LayerShape:
     linear = cast(nn.Linear, module)
     return LayerShape(name, positions, 1, linear.in_features, linear.out_features, 1,
                       linear.bias is not None, False)
-
-
-def _call(model: nn.Module, example_inputs: object) -> object:
-    if isinstance(example_inputs, dict):
-        return model(**example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return model(*example_inputs)
-    return model(example_inputs)
 
 
 def layer_macs(shape: LayerShape, c_in: torch.Tensor, c_out: torch.Tensor) -> torch.Tensor:

@@ -24,22 +24,24 @@ Loading never executes code.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from ..config import WGatesConfig
-from ..errors import ConfigError, MeasurementError
-from ..groups import ChannelGroup
+from ..errors import ConfigError, LatencyContextError, MeasurementError
+from ..groups import ChannelGroup, gated_groups
 from .base import EfficiencyModel
-from .blocks import BlockEncoder, BlockInfo, default_block_types, find_blocks, type_key
+from .blocks import BlockEncoder, BlockInfo, default_block_types, find_blocks, outermost, type_key
 from .lpnet import LPNet
-from .samples import LatencyContextError, context_diff
 from .timing import Timing, device_name, measure_ms
+
+if TYPE_CHECKING:
+    from ..config import WGatesConfig
 
 __all__ = ["KINDS", "LatencyPredictor", "LatencyModel"]
 
@@ -51,7 +53,7 @@ _MEASUREMENT_KEYS = ("device", "input_shape", "batch", "threads", "clock")
 class LatencyPredictor(nn.Module):
     """Trained LPNet(s) with the context their training latencies were measured in.
 
-    Build one with :func:`~wgates_plugin.efficiency.lpnet_fit.train_predictor`, or :meth:`load` it.
+    Build one with :func:`~wgates_plugin.profiling.lpnet_fit.train_predictor`, or :meth:`load` it.
 
     Attributes:
         kind: ``'network'`` or ``'block'``.
@@ -133,16 +135,16 @@ class LatencyPredictor(nn.Module):
             LatencyContextError: other device, input shape, batch, architecture (network kind) or
                 block type (block kind) than the LPNet was trained for.
         """
-        from .candidates import CandidateSpace
-
-        groups = list(groups) if groups is not None else CandidateSpace(model, example_inputs, config).groups
+        if groups is None:
+            groups = gated_groups(model, example_inputs, **(config.selection() if config is not None else {}))[1]
         self._check_run(model, example_inputs, device, batch)
         if self.kind == "network":
             self._check_network(model, groups)
             return LatencyModel(self, groups, float(self.info["reference"]["ms"]))
         encoder = BlockEncoder(model, example_inputs, groups, self._blocks_of(model),
                                layout=self.context["blocks"]["layout"])
-        same = _hash(model) == self.context["model_hash"] and [g.name for g in groups] == self.context["groups"]
+        same = (architecture_hash(model) == self.context["model_hash"]
+                and [g.name for g in groups] == self.context["groups"])
         if reference_ms is None:
             reference_ms = float(self.info["reference"]["ms"]) if same else self._measure(model, example_inputs)
         return LatencyModel(self, groups, reference_ms, encoder)
@@ -154,7 +156,7 @@ class LatencyPredictor(nn.Module):
         if not names:
             raise LatencyContextError(f"{type(model).__name__} has no block of the types this block LPNet "
                                       f"knows ({sorted(known)})")
-        return find_blocks(model, names=_outer(names))
+        return find_blocks(model, names=outermost(names))
 
     def efficiency(self, model: nn.Module, example_inputs: torch.Tensor,
                    **kwargs: Any) -> Callable[[list[ChannelGroup]], LatencyModel]:
@@ -173,7 +175,7 @@ class LatencyPredictor(nn.Module):
                 "train an LPNet on this device and input size (wgates lpnet collect / train)")
 
     def _check_network(self, model: nn.Module, groups: Sequence[ChannelGroup]) -> None:
-        now = {"model_hash": _hash(model), "groups": [g.name for g in groups]}
+        now = {"model_hash": architecture_hash(model), "groups": [g.name for g in groups]}
         diff = context_diff(self.context, now, tuple(now))
         if diff:
             raise LatencyContextError(
@@ -219,14 +221,24 @@ class LatencyPredictor(nn.Module):
         return out.eval()
 
 
-def _hash(model: nn.Module) -> str:
-    from .profiler import architecture_hash
+def architecture_hash(model: nn.Module) -> str:
+    """sha256 (16 hex digits) of the architecture: module names, types, settings and parameter shapes.
 
-    return architecture_hash(model)
+    Weight values do not enter: they do not change latency, so a fine-tuned copy hashes the same.
+    """
+    h = hashlib.sha256()
+    for name, module in model.named_modules():
+        h.update(f"{name}|{type(module).__qualname__}|{module.extra_repr()}\n".encode())
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        h.update(f"{name}:{tuple(t.shape)}\n".encode())
+    return h.hexdigest()[:16]
 
 
-def _outer(names: list[str]) -> list[str]:
-    return [n for n in names if not any(n.startswith(o + ".") for o in names if o != n)]
+def context_diff(saved: Mapping[str, Any], current: Mapping[str, Any],
+                 keys: tuple[str, ...] | None = None) -> list[str]:
+    """Human-readable differences between two contexts, restricted to ``keys`` (default: all)."""
+    keys = keys if keys is not None else tuple(sorted(set(saved) | set(current)))
+    return [f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
 
 
 class LatencyModel(EfficiencyModel):

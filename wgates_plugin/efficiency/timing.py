@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ConfigTypeError
-from ..export import call_model
+from ..utils import call_model, device_of
 
-__all__ = ["Timing", "CLOCKS", "fixed_threads", "measure_ms", "device_of", "device_name", "use_clock",
+__all__ = ["Timing", "CLOCKS", "fixed_threads", "measure_ms", "device_name", "use_clock",
            "SimulatedClock"]
 
 
@@ -188,13 +188,6 @@ def measure_ms(module: nn.Module, inputs: Any, timing: Timing = Timing(),
     finally:
         module.train(was_training)
     return 1e3 * statistics.median(times)
-
-
-def device_of(inputs: Any) -> torch.device:
-    if isinstance(inputs, torch.Tensor):
-        return inputs.device
-    values = inputs.values() if isinstance(inputs, dict) else inputs
-    return next((v.device for v in values if isinstance(v, torch.Tensor)), torch.device("cpu"))
 
 
 def device_name(device: str | torch.device) -> str:

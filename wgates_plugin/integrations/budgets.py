@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..budget import DualMultiplier, UnitBounds, minimum_cost, project_counts
+from ..budget import Budget, DualMultiplier
 from ..efficiency.base import EfficiencyModel
-from ..errors import BudgetError
 
 __all__ = ["LinearCostModel", "SharedBudget"]
 
@@ -50,44 +49,25 @@ class LinearCostModel(EfficiencyModel):
 
 
 @dataclass
-class SharedBudget:
-    """One shared budget over some gated groups (e.g. an NNI ``global_group_id``).
+class SharedBudget(Budget):
+    """One shared budget over some gated groups (e.g. an NNI ``global_group_id``), with its penalty.
 
-    Attributes:
-        name: how messages refer to it.
-        index: positions of its groups among the gated groups.
-        model: the cost of those groups' kept channels.
-        budget: the largest allowed cost (absolute, in ``model.unit``).
+    Attributes (besides :class:`~wgates_plugin.budget.Budget`'s):
         multiplier: dual-ascent multiplier of the training-time penalty.
     """
 
-    name: str
-    index: list[int]
-    model: LinearCostModel
-    budget: float
-    multiplier: DualMultiplier
-
-    @property
-    def target(self) -> float:
-        """The budget as a fraction of the unpruned cost."""
-        return self.budget / self.model.reference()
+    multiplier: DualMultiplier | None = None
+    _last_ratio: float | None = None
 
     def penalty(self, counts: torch.Tensor) -> torch.Tensor:
-        """Training-time term for the gated groups' live counts ``(G_all,)``; updates the multiplier."""
+        """Training-time term for the gated groups' live counts ``(G_all,)`` (see :meth:`update`)."""
+        assert self.multiplier is not None and self.index is not None
         ratio = self.model(counts[self.index]) / self.model.reference()  # scalar
+        self._last_ratio = float(ratio.detach())
         return self.multiplier.penalty(ratio.to(counts.dtype))
 
-    def check_feasible(self, bounds: Sequence[UnitBounds]) -> None:
-        """Raise :class:`BudgetError` when even the per-layer minimums exceed the budget."""
-        floor = minimum_cost(self.model, [bounds[i] for i in self.index])
-        if floor > self.budget:
-            raise BudgetError(
-                f"{self.name}: the budget allows {self.budget:.6g} {self.model.unit}, but keeping every layer at "
-                f"its minimum already needs {floor:.6g}; lower min keep ratios (max_sparse_ratio) or the ratio"
-            )
-
-    def project(self, units: list[int], bounds: Sequence[UnitBounds]) -> None:
-        """Replace ``units`` of this budget's groups, in place, by counts that land on the budget exactly."""
-        sub = project_counts(self.model, [units[i] for i in self.index], [bounds[i] for i in self.index], self.budget)
-        for i, k in zip(self.index, sub):
-            units[i] = k
+    def update(self) -> None:
+        """The dual step of the multiplier from the ratio of the last penalty (none: no step)."""
+        if self.multiplier is not None and self._last_ratio is not None:
+            self.multiplier.update(self._last_ratio)
+            self._last_ratio = None

@@ -23,8 +23,8 @@ model with the same eval outputs.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from nni.compression.base.compressor import Pruner
@@ -33,11 +33,13 @@ from nni.compression.utils import Evaluator
 from torch import nn
 
 from ..config import BudgetMode, WGatesConfig
-from ..efficiency.base import EfficiencyModel
+from ..core import EfficiencyArg
 from ..errors import ConfigError, ConfigTypeError, StateError
-from ..gates import Producer, WeightGate, top_k_mask
-from ..groups import Role, trace_groups
+from ..export import Masks
+from ..gates import Producer
+from ..groups import trace_groups
 from ..pruner import WGates
+from ..utils import check_number, device_of
 from .budgets import SharedBudget
 from .nni_config import canonical_config_list, select_layers
 from .nni_plan import GroupPlan, group_bounds, plan_groups, shared_budgets
@@ -46,7 +48,6 @@ __all__ = ["WGatesPruner"]
 
 # WGatesConfig fields a user may set; the rest follow from config_list and the budget arguments.
 OPTION_FIELDS = ("alpha", "controller_rate", "tolerance", "score_input", "weight_grad", "init_score")
-Masks = dict[str, dict[str, torch.Tensor]]
 
 NO_EVALUATOR = (
     "WGatesPruner learns which filters to drop from data, so compress() trains the gates through an NNI "
@@ -74,11 +75,11 @@ class WGatesPruner(Pruner):
         training_steps: optimizer steps of gate training; required by :meth:`compress`.
         dummy_input: a batch the model accepts, used to trace channel dependencies. Default: the
             evaluator's ``dummy_input``.
-        flops_target: keep this fraction of the model's FLOPs (conv + linear MACs), in (0, 1]; the
-            gates learn the per-layer widths and the final freeze lands the budget exactly.
+        target: keep this fraction of the unpruned cost of ``efficiency`` (FLOPs: conv + linear MACs,
+            by default), in (0, 1]; the gates learn the per-layer widths and the final freeze lands
+            the budget exactly.
         efficiency: a custom cost model instead of FLOPs (e.g. a latency predictor): an
             :class:`~wgates_plugin.efficiency.EfficiencyModel` or a callable ``groups -> model``.
-        cost_target: budget of ``efficiency`` as a fraction of the unpruned cost, in (0, 1].
         gate_lr: Adam learning rate of the gate parameters (the decisive knob: too high closes whole
             layers within a few steps, too low never moves a gate).
         **options: W-Gates knobs ``alpha`` (Eq. 12 weight; in target mode the initial multiplier),
@@ -108,13 +109,17 @@ class WGatesPruner(Pruner):
         training_steps: int | None = None,
         *,
         dummy_input: Any = None,
-        flops_target: float | None = None,
-        efficiency: EfficiencyModel | Callable[..., EfficiencyModel] | None = None,
-        cost_target: float | None = None,
+        target: float | None = None,
+        efficiency: EfficiencyArg = None,
         gate_lr: float = 1e-3,
         **options: Any,
     ) -> None:
-        _check_arguments(evaluator, training_steps, flops_target, efficiency, cost_target, gate_lr, options)
+        check_front_end_arguments(evaluator, training_steps, target)
+        check_number("gate_lr", gate_lr, "> 0", type_error=ConfigError)
+        unknown = sorted(set(options) - set(OPTION_FIELDS))
+        if unknown:
+            raise ConfigError(f"unknown option(s) {unknown}: WGatesPruner accepts {', '.join(OPTION_FIELDS)} "
+                              "(bounds, exclusions and ratios come from config_list)")
         entries = canonical_config_list(config_list)
         self.settings, self.excluded = select_layers(model, entries)
         self.training_steps = training_steps
@@ -125,7 +130,7 @@ class WGatesPruner(Pruner):
         self.budgets: list[SharedBudget] = []
         self.wgates: WGates | None = None
         if self.dummy_input is not None:
-            self._build_core(model, flops_target, efficiency, cost_target, options)
+            self._build_core(model, target, efficiency, options)
         elif evaluator is not None:
             raise ConfigError("W-Gates traces the model's channel dependencies from an example batch: pass "
                               "dummy_input=<a batch the model accepts> to WGatesPruner or to the evaluator")
@@ -142,32 +147,20 @@ class WGatesPruner(Pruner):
                              "could not trace the model; pass dummy_input=<a batch the model accepts>")
         return self.wgates
 
-    def _gates(self) -> list[WeightGate]:
-        return [cast(WeightGate, g) for g in self.core.gates]
-
-    def _build_core(self, model: nn.Module, flops_target: float | None, efficiency: Any,
-                    cost_target: float | None, options: dict[str, Any]) -> None:
-        traced = trace_groups(model, self.dummy_input)
-        self.plans, self.notes = plan_groups(traced.groups, self.settings, self.excluded)
+    def _build_core(self, model: nn.Module, target: float | None, efficiency: Any, options: dict[str, Any]) -> None:
+        self.plans, self.notes = plan_groups(trace_groups(model, self.dummy_input).groups, self.settings,
+                                             self.excluded)
         for note in self.notes:
             warnings.warn(note, stacklevel=3)
-        mode, target = _budget_mode(self.plans, flops_target if efficiency is None else cost_target)
+        mode, target = _budget_mode(self.plans, target)
         bounds = {p.name: group_bounds(plan) for plan in self.plans for p in plan.group.producers}
         config = WGatesConfig(mode=mode, target=target, prune_shortcuts=True, layer_bounds=bounds, **options)
-        chosen = set(bounds)
         self.wgates = WGates(model, self.dummy_input, config=config, efficiency=efficiency,
-                             select=lambda name, _module: name in chosen)
-        self.wgates.to(_device(model))
-        self._check_gated()
+                             groups=[plan.group for plan in self.plans])
+        self.wgates.to(device_of(model))
         self.budgets = shared_budgets(self.plans, self.core.groups, config.alpha, config.controller_rate)
         for budget in self.budgets:
             budget.check_feasible(self.core.unit_bounds())
-
-    def _check_gated(self) -> None:
-        planned = sorted(p.group.name for p in self.plans)
-        gated = sorted(g.name for g in self.core.groups)
-        if planned != gated:  # both trace the same model; a difference is a bug, not a user error
-            raise RuntimeError(f"internal error: planned groups {planned} but the core gated {gated}")
 
     def _follower_entries(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Wrap the producers that follow a selected layer's gate, so that they get NNI masks too."""
@@ -190,7 +183,7 @@ class WGatesPruner(Pruner):
             self._point_gates(wrapped=False)
 
     def _point_gates(self, wrapped: bool) -> None:
-        for group, gate in zip(self.core.groups, self._gates()):
+        for group, gate in zip(self.core.groups, self.core.gates):
             gate.producers = [Producer(_weight_owner(m.module, wrapped), m.idxs, m.channels) for m in group.producers]
 
     # ------------------------------------------------------------------ compression
@@ -231,6 +224,9 @@ class WGatesPruner(Pruner):
         return loss + self.efficiency_loss().to(loss)
 
     def _after_step(self) -> None:
+        self.core.update_multiplier()
+        for budget in self.budgets:
+            budget.update()
         self._step += 1
         if self._step == self.training_steps:
             self._finish()
@@ -245,23 +241,9 @@ class WGatesPruner(Pruner):
 
     def _finish(self) -> None:
         """Freeze the gates (landing every budget exactly) and write them into NNI's masks."""
-        if self.budgets:
-            self._freeze_budgets()
-        else:
-            self.core.freeze()
+        self.core.freeze(budgets=self.budgets or None)
         self.update_masks(self.gate_masks())
         self._frozen = True
-
-    def _freeze_budgets(self) -> None:
-        bounds = self.core.unit_bounds()
-        gates = self._gates()
-        with torch.no_grad():
-            scores = [g.unit_scores() for g in gates]
-            units = [int(g().sum()) // g.tie for g in gates]
-        for budget in self.budgets:
-            budget.project(units, bounds)
-        for gate, s, k in zip(gates, scores, units):
-            gate.freeze(top_k_mask(s, k))
 
     # ------------------------------------------------------------------ results
     def gate_masks(self) -> Masks:
@@ -270,17 +252,7 @@ class WGatesPruner(Pruner):
         A closed channel zeroes its filter row in ``weight`` and its entry in ``bias``; every
         wrapped layer outside the gated groups gets all-ones masks.
         """
-        masks = {name: full_masks(wrapper) for name, wrapper in self._module_wrappers.items()}
-        with torch.no_grad():
-            gates = self.core.current_gates()
-        for group, gate in zip(self.core.groups, gates):
-            for m in group.members:
-                if m.role is Role.CONSUMER or m.name not in masks:
-                    continue
-                rows = m.idxs[gate.detach().cpu()[m.channels] < 0.5]
-                for mask in masks[m.name].values():
-                    mask[rows.to(mask.device)] = 0
-        return masks
+        return self.core.nni_masks({name: full_masks(wrapper) for name, wrapper in self._module_wrappers.items()})
 
     def stats(self) -> dict[str, Any]:
         """Live W-Gates statistics: FLOPs / cost ratio, kept channels per group, multipliers."""
@@ -293,29 +265,15 @@ class WGatesPruner(Pruner):
 
 
 # ---------------------------------------------------------------------------- helpers
-def _check_arguments(evaluator: Any, training_steps: Any, flops_target: Any, efficiency: Any,
-                     cost_target: Any, gate_lr: Any, options: Mapping[str, Any]) -> None:
+def check_front_end_arguments(evaluator: Any, training_steps: Any, target: Any) -> None:
+    """The checks both NNI front ends make: the evaluator's type, ``training_steps``, ``target``."""
     if evaluator is not None and not isinstance(evaluator, Evaluator):
         raise ConfigTypeError(f"evaluator must be an NNI Evaluator (TorchEvaluator, LightningEvaluator), "
                               f"got {type(evaluator).__name__}")
-    if training_steps is not None and (isinstance(training_steps, bool) or not isinstance(training_steps, int)
-                                       or training_steps < 1):
-        raise ConfigError(f"training_steps={training_steps!r} must be an int >= 1")
-    for name, value in (("flops_target", flops_target), ("cost_target", cost_target)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1):
-            raise ConfigError(f"{name}={value!r} must be a fraction in (0, 1]")
-    if efficiency is None and cost_target is not None:
-        raise ConfigError("cost_target is the budget of a custom efficiency model: pass efficiency=... too, "
-                          "or use flops_target")
-    if efficiency is not None and flops_target is not None:
-        raise ConfigError("flops_target and efficiency=... are two budgets: with a custom efficiency model "
-                          "give its budget as cost_target")
-    if isinstance(gate_lr, bool) or not isinstance(gate_lr, (int, float)) or gate_lr <= 0:
-        raise ConfigError(f"gate_lr={gate_lr!r} must be a number > 0")
-    unknown = sorted(set(options) - set(OPTION_FIELDS))
-    if unknown:
-        raise ConfigError(f"unknown option(s) {unknown}: WGatesPruner accepts {', '.join(OPTION_FIELDS)} "
-                          "(bounds, exclusions and ratios come from config_list)")
+    if training_steps is not None:
+        check_number("training_steps", training_steps, ">= 1", integer=True, type_error=ConfigError)
+    if target is not None:
+        check_number("target", target, "(0, 1]", what="a fraction", type_error=ConfigError)
 
 
 def evaluator_dummy_input(evaluator: Evaluator | None) -> Any:
@@ -340,13 +298,8 @@ def _budget_mode(plans: Sequence[GroupPlan], target: float | None) -> tuple[Budg
         return BudgetMode.TARGET, target
     if shared and free:
         raise ConfigError(f"layers {free[:6]} have no sparse_ratio and no global_group_id, so nothing sets how "
-                          "much to prune them: give them a ratio or a global group, or pass flops_target")
+                          "much to prune them: give them a ratio or a global group, or pass target")
     return (BudgetMode.PAPER if free else BudgetMode.NONE), None
-
-
-def _device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 def _weight_owner(module: nn.Module, wrapped: bool) -> nn.Module:

@@ -12,7 +12,7 @@ optimizer step per schedule step:
 - Tock steps: ``l1 * sum |phi|`` is added to the loss; the user's optimizer trains the weights and an
   SGD over ``phi`` steps with it.
 
-Budget: one global budget, ``flops_target`` (or ``cost_target`` of a custom ``efficiency`` model).
+Budget: one global budget, ``target`` (of the FLOPs, or of a custom ``efficiency`` model's cost).
 Gate Decorator ranks channels globally, so per-layer ``sparse_ratio``, ``min_sparse_ratio`` and
 ``global_group_id`` are refused; ``max_sparse_ratio`` bounds how much of a layer may go.
 
@@ -26,7 +26,7 @@ eval outputs.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -34,18 +34,18 @@ from nni.compression.base.compressor import Pruner
 from nni.compression.utils import Evaluator
 from torch import nn
 
-from ..efficiency.base import EfficiencyModel
+from ..core import EfficiencyArg
 from ..errors import ConfigError, ConfigTypeError, StateError
-from ..gate_decorator import GateDecorator
-from ..groups import Role, trace_groups
-from ..tick_tock import TickTock, plan_rounds, step_plan
-from .nni import evaluator_dummy_input, full_masks
+from ..export import Masks
+from ..gate_decorator.method import GateDecorator
+from ..gate_decorator.tick_tock import TickTock, plan_rounds, step_plan
+from ..groups import trace_groups
+from .nni import check_front_end_arguments, evaluator_dummy_input, full_masks
 from .nni_config import canonical_config_list, select_layers, weight_setting
 from .nni_plan import GroupPlan, group_bounds, plan_groups
 
 __all__ = ["GateDecoratorPruner"]
 
-Masks = dict[str, dict[str, torch.Tensor]]
 # TickTock knobs that only GateDecorator.run() can honour: here the user's loop and optimizer decide them.
 RUN_ONLY = ("weight_decay", "subset_batches", "freeze_bn_stats")
 PER_LAYER_KEYS = ("sparse_ratio", "min_sparse_ratio", "global_group_id")
@@ -56,7 +56,7 @@ NO_EVALUATOR = (
     "number of optimizer steps the schedule may use:\n"
     "    evaluator = TorchEvaluator(training_func, nni.trace(torch.optim.SGD)(model.parameters(), lr=0.01),\n"
     "                               training_step, dummy_input=example_batch)\n"
-    "    GateDecoratorPruner(model, config_list, evaluator=evaluator, training_steps=60, flops_target=0.5)"
+    "    GateDecoratorPruner(model, config_list, evaluator=evaluator, training_steps=60, target=0.5)"
 )
 
 
@@ -71,15 +71,15 @@ class GateDecoratorPruner(Pruner):
             depthwise partners) share its pattern and get identical masks.
         evaluator: NNI ``TorchEvaluator`` or ``LightningEvaluator``; required by :meth:`compress`.
         training_steps: the most optimizer steps the schedule may use (Ticks and Tocks together); the
-            rounds shrink to fit (see :func:`~wgates_plugin.tick_tock.plan_rounds`); required by
+            rounds shrink to fit (see :func:`~wgates_plugin.gate_decorator.tick_tock.plan_rounds`); required by
             :meth:`compress`.
         dummy_input: a batch the model accepts, used to trace channel dependencies. Default: the
             evaluator's ``dummy_input``.
-        flops_target: keep this fraction of the model's FLOPs (conv + linear MACs), in (0, 1].
+        target: keep this fraction of the unpruned cost of ``efficiency`` (FLOPs: conv + linear MACs,
+            by default), in (0, 1].
         efficiency: a custom cost model instead of FLOPs: an
             :class:`~wgates_plugin.efficiency.EfficiencyModel` or a callable ``groups -> model``.
-        cost_target: budget of ``efficiency`` as a fraction of the unpruned cost, in (0, 1].
-        schedule: the :class:`~wgates_plugin.tick_tock.TickTock` knobs. Through NNI the evaluator's
+        schedule: the :class:`~wgates_plugin.gate_decorator.tick_tock.TickTock` knobs. Through NNI the evaluator's
             optimizer trains the weights, so ``weight_decay``, ``subset_batches`` and
             ``freeze_bn_stats`` must stay at their defaults; ``gate_lr`` (Ticks), ``weight_lr`` (Tocks)
             and ``momentum`` are those of the SGD over ``phi``.
@@ -91,7 +91,7 @@ class GateDecoratorPruner(Pruner):
 
     Example:
         >>> pruner = GateDecoratorPruner(model, [{'op_types': ['Conv2d']}], evaluator=evaluator,
-        ...                              training_steps=60, flops_target=0.5)  # doctest: +SKIP
+        ...                              training_steps=60, target=0.5)  # doctest: +SKIP
         >>> model, masks = pruner.compress()  # doctest: +SKIP
         >>> pruner.unwrap_model()  # doctest: +SKIP
         >>> small = wgates_plugin.speedup(model, masks, dummy_input)  # doctest: +SKIP
@@ -105,12 +105,11 @@ class GateDecoratorPruner(Pruner):
         training_steps: int | None = None,
         *,
         dummy_input: Any = None,
-        flops_target: float | None = None,
-        efficiency: EfficiencyModel | Callable[..., EfficiencyModel] | None = None,
-        cost_target: float | None = None,
+        target: float | None = None,
+        efficiency: EfficiencyArg = None,
         schedule: TickTock | None = None,
     ) -> None:
-        target = _check_arguments(evaluator, training_steps, flops_target, efficiency, cost_target, schedule)
+        target = _check_arguments(evaluator, training_steps, target, schedule)
         entries = canonical_config_list(config_list)
         _refuse_per_layer_ratios(entries)
         self.settings, self.excluded = select_layers(model, entries)
@@ -136,14 +135,9 @@ class GateDecoratorPruner(Pruner):
 
     def _build_core(self, model: nn.Module, target: float, efficiency: Any) -> GateDecorator:
         floors = {p.name: group_bounds(plan).min_keep for plan in self.plans for p in plan.group.producers}
-        chosen = set(floors)
-        core = GateDecorator(model, self.dummy_input, target, efficiency=efficiency, prune_shortcuts=True,
-                             select=lambda name, _module: name in chosen,
+        return GateDecorator(model, self.dummy_input, target, efficiency=efficiency, prune_shortcuts=True,
+                             groups=[plan.group for plan in self.plans],
                              layer_min_keep={k: v for k, v in floors.items() if v > 0})
-        planned, gated = sorted(p.group.name for p in self.plans), sorted(g.name for g in core.groups)
-        if planned != gated:  # both trace the same model; a difference is a bug, not a user error
-            raise RuntimeError(f"internal error: planned groups {planned} but the core gated {gated}")
-        return core
 
     def _follower_entries(self) -> list[dict[str, Any]]:
         """Wrap the producers that follow a selected layer's pattern, so that they get NNI masks too."""
@@ -236,13 +230,13 @@ class GateDecoratorPruner(Pruner):
         self._tick_opt.zero_grad(set_to_none=True)
         if self._step >= len(self._timeline):
             return
-        to_cost = self._timeline[self._step][1]
+        target = self._timeline[self._step][1]
         self._step += 1
-        if to_cost is not None:
-            self._prune(to_cost)
+        if target is not None:
+            self._prune(target)
 
-    def _prune(self, to_cost: float) -> None:
-        self.core.prune(to_cost=to_cost)
+    def _prune(self, target: float) -> None:
+        self.core.prune(target=target)
         self.update_masks(self.gate_masks())
 
     # ------------------------------------------------------------------ results
@@ -252,15 +246,7 @@ class GateDecoratorPruner(Pruner):
         A pruned channel zeroes its filter row in ``weight`` and its entry in ``bias``; every wrapped
         layer outside the gated groups gets all-ones masks.
         """
-        masks = {name: full_masks(wrapper) for name, wrapper in self._module_wrappers.items()}
-        for group, keep in zip(self.core.groups, self.core.current_gates()):
-            for m in group.members:
-                if m.role is Role.CONSUMER or m.name not in masks:
-                    continue
-                rows = m.idxs[keep.detach().cpu()[m.channels] < 0.5]
-                for mask in masks[m.name].values():
-                    mask[rows.to(mask.device)] = 0
-        return masks
+        return self.core.nni_masks({name: full_masks(wrapper) for name, wrapper in self._module_wrappers.items()})
 
     def stats(self) -> dict[str, Any]:
         """Cost and FLOPs ratios, kept channels per group, and the schedule position."""
@@ -268,30 +254,14 @@ class GateDecoratorPruner(Pruner):
 
 
 # ---------------------------------------------------------------------------- checks
-def _check_arguments(evaluator: Any, training_steps: Any, flops_target: Any, efficiency: Any,
-                     cost_target: Any, schedule: Any) -> float:
+def _check_arguments(evaluator: Any, training_steps: Any, target: Any, schedule: Any) -> float:
     """Validate the arguments; return the budget (a fraction of the unpruned cost)."""
-    if evaluator is not None and not isinstance(evaluator, Evaluator):
-        raise ConfigTypeError(f"evaluator must be an NNI Evaluator (TorchEvaluator, LightningEvaluator), "
-                              f"got {type(evaluator).__name__}")
-    if training_steps is not None and (isinstance(training_steps, bool) or not isinstance(training_steps, int)
-                                       or training_steps < 1):
-        raise ConfigError(f"training_steps={training_steps!r} must be an int >= 1")
-    for name, value in (("flops_target", flops_target), ("cost_target", cost_target)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1):
-            raise ConfigError(f"{name}={value!r} must be a fraction in (0, 1]")
-    if efficiency is not None and flops_target is not None:
-        raise ConfigError("flops_target and efficiency=... are two budgets: with a custom efficiency model give its "
-                          "budget as cost_target")
-    if (efficiency is None) != (cost_target is None):
-        raise ConfigError("cost_target is the budget of a custom efficiency model: pass both efficiency=... and "
-                          "cost_target=..., or use flops_target")
+    check_front_end_arguments(evaluator, training_steps, target)
     if schedule is not None:
         _check_schedule(schedule)
-    target = flops_target if efficiency is None else cost_target
     if target is None:
         raise ConfigError("GateDecoratorPruner ranks channels globally under one budget: pass "
-                          "flops_target=<fraction of the FLOPs to keep> (or efficiency=... with cost_target=...)")
+                          "target=<fraction of the FLOPs to keep> (or of the cost of efficiency=...)")
     return float(target)
 
 
@@ -314,6 +284,6 @@ def _refuse_per_layer_ratios(entries: Sequence[Mapping[str, Any]]) -> None:
                 raise ConfigError(
                     f"config_list[{i}] sets {key}={setting[key]!r}: GateDecoratorPruner ranks channels globally "
                     "under one budget, so it takes no per-layer ratio or group budget. Give the budget as "
-                    "flops_target=<fraction of the FLOPs to keep> and use config_list to choose layers "
+                    "target=<fraction of the FLOPs to keep> and use config_list to choose layers "
                     "(op_types, op_names, exclude_op_*) and bound them (max_sparse_ratio)"
                 )

@@ -136,8 +136,8 @@ def _budget(gid: object, plans: list[GroupPlan], position: dict[str, int], alpha
     total = int(round(model.reference()))
     budget = float(total - int(total * ratio))  # NNI masks int(total * ratio) elements
     name = f"global_group_id={gid!r}"
-    return SharedBudget(name, [position[p.group.name] for p in plans], model, budget,
-                        DualMultiplier(alpha, rate, budget / total))
+    return SharedBudget(model, budget, [position[p.group.name] for p in plans], name,
+                        multiplier=DualMultiplier(alpha, rate, budget / total))
 
 
 def _elements_per_channel(plan: GroupPlan) -> float:

@@ -23,7 +23,7 @@ then torch-pruning's sparse-training pattern (as with ``BNScalePruner`` / ``Grou
 ``pruning_ratio`` keeps torch-pruning's meaning: without ``global_pruning`` every prunable group keeps
 ``int(C * (1 - ratio))`` of its ``C`` channels, the ones with the highest learned gate scores; with
 ``global_pruning=True`` the kept channels of all groups together are ``int(total * (1 - ratio))`` and
-the gates learn the split; ``flops_target=`` replaces the ratio by a FLOPs budget. The model is gated
+the gates learn the split; ``target=`` replaces the ratio by a FLOPs budget. The model is gated
 from the constructor on, so it trains exactly as the pruned model will compute: ``step()`` checks that
 the pruned model reproduces the gated model's outputs.
 
@@ -34,7 +34,7 @@ learned gate scores (torch-pruning then decides the counts itself).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -42,11 +42,9 @@ from torch import nn
 
 from ..config import BudgetMode, LayerBounds, WGatesConfig
 from ..errors import ConfigError, ConfigTypeError, StateError
-from ..export import eval_outputs, prune_groups, removal_plan
-from ..gates import WeightGate
 from ..groups import ChannelGroup, Member, Role, select_groups, trace_groups
 from ..pruner import WGates
-from ..speedup import assert_same_outputs
+from ..utils import check_number, device_of
 from .budgets import LinearCostModel
 
 __all__ = ["WGatesImportance", "WGatesMetaPruner"]
@@ -88,7 +86,7 @@ class WGatesImportance(tp.importance.Importance):
         if hit is None or getattr(group[0].dep.handler, "__name__", "") != "prune_out_channels":
             return None
         gi, member = hit
-        scores = cast(WeightGate, self.wgates.gates[gi]).channel_scores()  # (C,)
+        scores = self.wgates.gates[gi].channel_scores()  # (C,)
         lookup = dict(zip(member.idxs.tolist(), member.channels.tolist()))
         return scores[torch.tensor([lookup[int(i)] for i in group[0].idxs], device=scores.device)]
 
@@ -103,13 +101,13 @@ class WGatesMetaPruner:
             ranks by learned scores, so another importance is refused.
         global_pruning: one shared channel budget over all groups (split learned) instead of the same
             ratio in every group.
-        pruning_ratio: fraction of channels to remove (default 0.5); not with ``flops_target``.
+        pruning_ratio: fraction of channels to remove (default 0.5); not with ``target``.
         pruning_ratio_dict: ``{module or tuple of modules: ratio}``: a fixed ratio for the groups of
             those modules (a tuple gives each of its modules that ratio).
         max_pruning_ratio: no group loses more than this fraction of its channels.
         ignored_layers: modules (with their submodules) or module classes never pruned; a group that
             contains one stays whole.
-        flops_target: keep this fraction of the FLOPs instead (per-group widths learned).
+        target: keep this fraction of the FLOPs instead (per-group widths learned).
         prune_shortcuts: also prune residual-coupled groups, with one gate shared by the coupled convs
             (default True, as torch-pruning does).
         gate_lr: Adam learning rate of the gates, stepped by :meth:`regularize`.
@@ -119,7 +117,7 @@ class WGatesMetaPruner:
 
     Raises:
         ConfigError / ConfigTypeError: an argument is invalid or unsupported.
-        BudgetError: ``flops_target`` or the global budget is unreachable.
+        BudgetError: ``target`` or the global budget is unreachable.
     """
 
     def __init__(
@@ -133,45 +131,46 @@ class WGatesMetaPruner:
         max_pruning_ratio: float = 1.0,
         ignored_layers: Iterable[Any] | None = None,
         *,
-        flops_target: float | None = None,
+        target: float | None = None,
         prune_shortcuts: bool = True,
         gate_lr: float = 1e-3,
         iterative_steps: int = 1,
         **options: Any,
     ) -> None:
-        _check_arguments(importance, pruning_ratio, flops_target, max_pruning_ratio, global_pruning,
+        _check_arguments(importance, pruning_ratio, target, max_pruning_ratio, global_pruning,
                          gate_lr, iterative_steps, options)
         self.model = model
         self.example_inputs = example_inputs
-        self.pruning_ratio = 0.5 if pruning_ratio is None and flops_target is None else pruning_ratio
+        self.pruning_ratio = 0.5 if pruning_ratio is None and target is None else pruning_ratio
         self.global_pruning = global_pruning
         self.max_pruning_ratio = max_pruning_ratio
         self.current_step = 0
         self._history: list[tuple[str, bool, list[int]]] = []
         self._trained_steps = 0
-        self.wgates = self._build(pruning_ratio_dict or {}, ignored_layers or [], flops_target, prune_shortcuts,
+        self.wgates = self._build(pruning_ratio_dict or {}, ignored_layers or [], target, prune_shortcuts,
                                   options)
         self.importance = importance if importance is not None else WGatesImportance()
         self.importance.bind(self.wgates)
         self.gate_optimizer = torch.optim.Adam(self.wgates.parameters(), lr=gate_lr)
 
     # ------------------------------------------------------------------ construction
-    def _build(self, ratio_dict: Mapping[Any, float], ignored: Iterable[Any], flops_target: float | None,
+    def _build(self, ratio_dict: Mapping[Any, float], ignored: Iterable[Any], target: float | None,
                prune_shortcuts: bool, options: dict[str, Any]) -> WGates:
         names = {m: n for n, m in self.model.named_modules()}
         fixed = _layer_ratios(ratio_dict, names)
         exclude, exclude_types = _ignored(ignored, names)
-        local = flops_target is None and not self.global_pruning
+        local = target is None and not self.global_pruning
         groups = _prunable(self.model, self.example_inputs, set(exclude), exclude_types, prune_shortcuts)
         layer_bounds = {p.name: self._bounds(g, fixed, local) for g in groups for p in g.producers}
-        efficiency, target = None, flops_target
+        efficiency, target = None, target
         if self.global_pruning:
             efficiency, target = _channel_budget(groups, float(self.pruning_ratio or 0.0))
         config = WGatesConfig(mode=BudgetMode.NONE if local else BudgetMode.TARGET, target=target,
                               prune_shortcuts=prune_shortcuts, exclude=exclude, exclude_types=exclude_types,
                               bounds=LayerBounds(min_keep=1.0 - self.max_pruning_ratio), layer_bounds=layer_bounds,
                               **options)
-        return WGates(self.model, self.example_inputs, config=config, efficiency=efficiency).to(_device(self.model))
+        return WGates(self.model, self.example_inputs, config=config, efficiency=efficiency,
+                      groups=groups).to(device_of(self.model))
 
     def _bounds(self, group: ChannelGroup, fixed: Mapping[str, float], local: bool) -> LayerBounds:
         ratios = {fixed[n] for n in group.layer_names if n in fixed}
@@ -224,11 +223,8 @@ class WGatesMetaPruner:
                              "Call pruner.regularize(model) after every loss.backward() of a training loop, "
                              "then step()")
         self.wgates.freeze()
-        expected = eval_outputs(self.model, self.example_inputs)
-        plan = removal_plan(self.wgates)
-        self.wgates.remove()
-        self._history = prune_groups(self.model, self.example_inputs, plan)
-        assert_same_outputs(self.model, self.example_inputs, expected)
+        self.wgates.export(in_place=True)
+        self._history = self.wgates.history
         self.current_step = 1
 
     def pruning_history(self) -> list[tuple[str, bool, list[int]]]:
@@ -241,44 +237,34 @@ class WGatesMetaPruner:
 
 
 # ---------------------------------------------------------------------------- helpers
-def _check_arguments(importance: Any, pruning_ratio: Any, flops_target: Any, max_ratio: Any, global_pruning: Any,
+def _check_arguments(importance: Any, pruning_ratio: Any, target: Any, max_ratio: Any, global_pruning: Any,
                      gate_lr: Any, iterative_steps: Any, options: Mapping[str, Any]) -> None:
     if importance is not None and not isinstance(importance, WGatesImportance):
         raise ConfigTypeError(f"importance={type(importance).__name__}: W-Gates ranks channels by learned gate "
                               "scores; pass importance=WGatesImportance() or leave it out")
-    if pruning_ratio is not None and flops_target is not None:
-        raise ConfigError("pass pruning_ratio or flops_target, not both: they are two budgets")
-    if flops_target is not None and global_pruning:
-        raise ConfigError("global_pruning shares a channel budget; flops_target is already a global budget: "
+    if pruning_ratio is not None and target is not None:
+        raise ConfigError("pass pruning_ratio or target, not both: they are two budgets")
+    if target is not None and global_pruning:
+        raise ConfigError("global_pruning shares a channel budget; target is already a global budget: "
                           "pass one of them")
-    for name, value, interval in (("pruning_ratio", pruning_ratio, "[0, 1)"), ("flops_target", flops_target, "(0, 1]"),
+    for name, value, interval in (("pruning_ratio", pruning_ratio, "[0, 1)"), ("target", target, "(0, 1]"),
                                   ("max_pruning_ratio", max_ratio, "(0, 1]")):
-        if value is not None and not _in(value, interval):
-            raise ConfigError(f"{name}={value!r} must be in {interval}")
-    if isinstance(gate_lr, bool) or not isinstance(gate_lr, (int, float)) or gate_lr <= 0:
-        raise ConfigError(f"gate_lr={gate_lr!r} must be a number > 0")
+        if value is not None:
+            check_number(name, value, interval, what="", type_error=ConfigError)
+    check_number("gate_lr", gate_lr, "> 0", type_error=ConfigError)
     if iterative_steps != 1:
         raise ConfigError(f"iterative_steps={iterative_steps!r}: W-Gates prunes once, after sparse training; use 1")
     unknown = sorted(set(options) - set(OPTION_FIELDS))
     if unknown:
         raise ConfigTypeError(f"unsupported argument(s) {unknown}; WGatesMetaPruner takes importance, "
                               "global_pruning, pruning_ratio, pruning_ratio_dict, max_pruning_ratio, ignored_layers, "
-                              f"flops_target, prune_shortcuts, gate_lr, iterative_steps, {', '.join(OPTION_FIELDS)}")
-
-
-def _in(value: Any, interval: str) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    low_ok = value >= 0 if interval[0] == "[" else value > 0
-    high_ok = value < 1 if interval[-1] == ")" else value <= 1
-    return low_ok and high_ok
+                              f"target, prune_shortcuts, gate_lr, iterative_steps, {', '.join(OPTION_FIELDS)}")
 
 
 def _layer_ratios(ratio_dict: Mapping[Any, float], names: Mapping[nn.Module, str]) -> dict[str, float]:
     out = {}
     for key, ratio in ratio_dict.items():
-        if not _in(ratio, "[0, 1)"):
-            raise ConfigError(f"pruning_ratio_dict ratio {ratio!r} must be in [0, 1)")
+        check_number("pruning_ratio_dict ratio", ratio, "[0, 1)", what="", type_error=ConfigError)
         for module in key if isinstance(key, tuple) else (key,):
             if module not in names:
                 raise ConfigError(f"pruning_ratio_dict has a key that is not a module of the model: {module!r}")
@@ -312,7 +298,7 @@ def _channel_budget(groups: list[ChannelGroup], ratio: float) -> tuple[LinearCos
 
 def _prunable(model: nn.Module, example_inputs: Any, exclude: set[str], exclude_types: tuple[type, ...],
               prune_shortcuts: bool) -> list[ChannelGroup]:
-    """The groups the core will gate with these exclusions (the same selection rule, traced once more)."""
+    """The groups the core gates with these exclusions (traced once; the core takes them as they are)."""
     traced = trace_groups(model, example_inputs)
     groups = select_groups(traced.groups, lambda _n, _m: True,
                            lambda n, m: n in exclude or isinstance(m, exclude_types), prune_shortcuts)
@@ -320,10 +306,3 @@ def _prunable(model: nn.Module, example_inputs: Any, exclude: set[str], exclude_
         raise ConfigError("no channel group can be pruned: every group is ignored, shortcut-coupled "
                           "(pass prune_shortcuts=True) or produces the model's output")
     return groups
-
-
-
-def _device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..efficiency.latency import KINDS, LatencyPredictor
+from ..efficiency.lpnet import FitConfig, LatencyErrors, LPNet, fit_lpnet, latency_errors, split_indices
 from ..errors import ConfigError
-from .latency import KINDS, LatencyPredictor
-from .lpnet import FitConfig, LatencyErrors, LPNet, fit_lpnet, latency_errors, split_indices
 from .samples import LatencySamples
 
 __all__ = ["train_predictor", "evaluate_predictor"]
@@ -31,7 +31,7 @@ def train_predictor(
     """Fit an LPNet of ``kind`` on ``samples``; return it and its held-out report.
 
     Args:
-        samples: from :func:`~wgates_plugin.efficiency.profiler.collect_latency` (with ``blocks`` for
+        samples: from :func:`~wgates_plugin.profiling.profiler.collect_latency` (with ``blocks`` for
             the block kind).
         kind: ``'network'`` (one LPNet on the whole encoding) or ``'block'`` (one per block type).
         fit: LPNet training settings (default :class:`FitConfig`).

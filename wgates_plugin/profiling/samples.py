@@ -19,21 +19,18 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..efficiency.latency import context_diff
+from ..errors import ConfigError, LatencyContextError
 
-__all__ = ["FORMAT", "LatencyContextError", "LatencySamples", "SampleWriter", "load_samples", "context_diff"]
+__all__ = ["FORMAT", "LatencyContextError", "LatencySamples", "SampleWriter", "load_samples"]
 
 FORMAT = "wgates-latency-samples/1"
 REFERENCE = -1
-
-
-class LatencyContextError(ConfigError):
-    """Latency data (samples or an LPNet) was measured in another context than the one it is used in."""
 
 
 @dataclass
@@ -104,13 +101,6 @@ def _parse(line: str, path: Path, number: int, torn_ok: bool = False) -> Any:
         if torn_ok:
             return None  # the collection was interrupted while writing this line
         raise ConfigError(f"'{path}' line {number} is not valid JSON; the file is corrupt") from None
-
-
-def context_diff(saved: Mapping[str, Any], current: Mapping[str, Any],
-                 keys: tuple[str, ...] | None = None) -> list[str]:
-    """Human-readable differences between two contexts, restricted to ``keys`` (default: all)."""
-    keys = keys if keys is not None else tuple(sorted(set(saved) | set(current)))
-    return [f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
 
 
 class SampleWriter:

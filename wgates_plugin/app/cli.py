@@ -1,4 +1,4 @@
-"""The ``wgates`` command. Each sub-command lives in ``wgates_plugin.commands.<name>`` and exposes
+"""The ``wgates`` command. Each sub-command lives in ``wgates_plugin.app.commands.<name>`` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` to the function that runs it."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wgates", description="W-Gates filter pruning for PyTorch CNNs")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        module = importlib.import_module(f"wgates_plugin.commands.{name}")
+        module = importlib.import_module(f"wgates_plugin.app.commands.{name}")
         module.register(sub)
     return parser
 

@@ -17,9 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import BudgetMode, WGatesConfig
+from ..budget import UnitBounds
+from ..config import WGatesConfig
 from ..errors import ConfigError
 from ..export import prune_groups
+from ..groups import gated_groups, removal_plan
 
 __all__ = ["CandidateSpace"]
 
@@ -38,18 +40,13 @@ class CandidateSpace:
 
     def __init__(self, model: nn.Module, example_inputs: Any, config: WGatesConfig | None = None,
                  select: Callable[[str, nn.Module], bool] | None = None) -> None:
-        from ..pruner import WGates
-
-        config = config or WGatesConfig(mode=BudgetMode.NONE)
-        if config.mode is not BudgetMode.NONE:
-            config = WGatesConfig(**{**_fields(config), "mode": BudgetMode.NONE, "target": None})
-        wg = WGates(model, example_inputs, config, select=select)
-        wg.remove()
+        config = config or WGatesConfig()
         self.model = model
         self.example_inputs = example_inputs
         self.config = config
-        self.groups = wg.groups
-        self.bounds = wg.unit_bounds()
+        _, self.groups = gated_groups(model, example_inputs, select, **config.selection())
+        self.bounds = [UnitBounds.of(g, b.min_keep, b.max_keep)
+                       for g, b in ((g, config.bounds_for(g.layer_names)) for g in self.groups)]
 
     @property
     def sizes(self) -> list[int]:
@@ -90,15 +87,8 @@ class CandidateSpace:
 
     def removal_plan(self, counts: Sequence[int]) -> dict[str, torch.Tensor]:
         """Root layer → output channels to remove: the last units of every group (every conv group)."""
-        plan = {}
+        keep = []
         for g, b, c in zip(self.groups, self.bounds, counts):
-            units, kept = g.size // b.tie, c // b.tie
-            closed = [j * units + u for j in range(b.tie) for u in range(kept, units)]
-            root = next(m for m in g.producers if m.module is g.root)
-            lookup = dict(zip(root.channels.tolist(), root.idxs.tolist()))
-            plan[g.name] = torch.tensor([lookup[ch] for ch in closed], dtype=torch.long)
-        return plan
-
-
-def _fields(config: WGatesConfig) -> dict[str, Any]:
-    return {f: getattr(config, f) for f in config.__dataclass_fields__}
+            units = g.size // b.tie
+            keep.append((torch.arange(g.size) % units < c // b.tie).float())  # (C,)
+        return removal_plan(self.groups, keep)

@@ -6,8 +6,8 @@ the model's device.
 
 Example:
     >>> import torch, torchvision
-    >>> from wgates_plugin.data import load_digits, loaders
-    >>> from wgates_plugin.training import train_steps, evaluate
+    >>> from wgates_plugin.app.data import load_digits, loaders
+    >>> from wgates_plugin.app.training import train_steps, evaluate
     >>> train, test = loaders(*load_digits(size=32), batch_size=32)
     >>> model = torchvision.models.resnet18(num_classes=10)
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -27,14 +27,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils import benchmark
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-from .errors import ConfigError
+from ..efficiency import count_macs
+from ..errors import ConfigError
+from ..pruner import WGates
+from ..utils import check_number, device_of
 
 __all__ = ["train_steps", "fit", "evaluate", "recalibrate_bn", "measure_latency", "count_params", "cycle",
            "Recipe", "PruneResult", "describe", "train_gates", "prune_and_finetune"]
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, dict[str, float]], "Mapping[str, Any] | None"]
 
 
@@ -49,14 +54,7 @@ def cycle(loader: Iterable) -> Iterator:
             raise ConfigError("the data loader yields no batch (dataset smaller than one batch with drop_last?)")
 
 
-def _device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
 def _progress(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
 
 
@@ -66,7 +64,7 @@ def train_steps(
     optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
     steps: int,
     extra_loss: Callable[[], torch.Tensor] | None = None,
-    loss_fn: LossFn = F.cross_entropy,
+    loss_fn: Criterion = F.cross_entropy,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     callback: StepCallback | None = None,
     progress: bool = True,
@@ -94,10 +92,9 @@ def train_steps(
     Returns:
         The task loss of every step.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ConfigError(f"steps={steps!r} must be an int >= 0")
+    check_number("steps", steps, ">= 0", integer=True, type_error=ConfigError)
     optimizers = [optimizer] if isinstance(optimizer, torch.optim.Optimizer) else list(optimizer)
-    device, batches, losses = _device(model), cycle(loader), []
+    device, batches, losses = device_of(model), cycle(loader), []
     model.train()
     with _progress(steps, desc, progress) as bar:
         for step in range(steps):
@@ -113,7 +110,7 @@ def train_steps(
 
 
 def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizers: list[torch.optim.Optimizer],
-          extra_loss: Callable[[], torch.Tensor] | None, loss_fn: LossFn) -> tuple[float, float]:
+          extra_loss: Callable[[], torch.Tensor] | None, loss_fn: Criterion) -> tuple[float, float]:
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     task = loss_fn(model(x), y)
@@ -157,7 +154,7 @@ def fit(
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, progress: bool = False) -> float:
     """Top-1 accuracy of ``model`` on ``loader``, in [0, 1] (eval mode; the mode is restored after)."""
-    was_training, device = model.training, _device(model)
+    was_training, device = model.training, device_of(model)
     model.eval()
     correct = total = 0
     try:
@@ -175,8 +172,6 @@ def evaluate(model: nn.Module, loader: Iterable, progress: bool = False) -> floa
 def _iterate(loader: Iterable, progress: bool, desc: str) -> Iterable:
     if not progress:
         return loader
-    from tqdm.auto import tqdm
-
     return tqdm(loader, desc=desc, leave=False, total=len(loader) if isinstance(loader, DataLoader) else None)
 
 
@@ -202,12 +197,11 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, batches: int = 20) -> int
     Returns:
         The number of BatchNorm layers re-calibrated.
     """
-    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
-        raise ConfigError(f"batches={batches!r} must be an int >= 1")
+    check_number("batches", batches, ">= 1", integer=True, type_error=ConfigError)
     bns = _batchnorms(model)
     if not bns:
         return 0
-    was_training, momenta, device = model.training, [bn.momentum for bn in bns], _device(model)
+    was_training, momenta, device = model.training, [bn.momentum for bn in bns], device_of(model)
     model.eval()
     for bn in bns:
         bn.reset_running_stats()
@@ -251,12 +245,9 @@ def measure_latency(
         number: calls per block.
         warmup: untimed calls before timing.
     """
-    from torch.utils import benchmark
-
     for name, value, low in (("threads", threads, 1), ("repeats", repeats, 1), ("number", number, 1),
                              ("warmup", warmup, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"{name}={value!r} must be an int >= {low}")
+        check_number(name, value, f">= {low}", integer=True, type_error=ConfigError)
     was_training = model.training
     model.eval()
     try:
@@ -303,12 +294,9 @@ class Recipe:
         for name in ("gate_steps", "finetune_steps", "bn_batches", "log_every"):
             value = getattr(self, name)
             low = 0 if name.endswith("steps") else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{name}={value!r} must be an int >= {low}")
+            check_number(name, value, f">= {low}", integer=True, type_error=ConfigError)
         for name in ("gate_lr", "weight_lr", "finetune_lr", "momentum", "weight_decay"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"{name}={value!r} must be a number >= 0")
+            check_number(name, getattr(self, name), ">= 0", type_error=ConfigError)
 
 
 @dataclass
@@ -329,16 +317,18 @@ class PruneResult:
 def describe(model: nn.Module, example_inputs: Any, loader: Iterable | None,
              latency_input: torch.Tensor | None, threads: int) -> dict[str, Any]:
     """Parameters, MACs per sample, top-1 (when ``loader``) and latency (when ``latency_input``)."""
-    from .efficiency import count_macs
-
     out: dict[str, Any] = {"params": count_params(model), "macs": count_macs(model, example_inputs)}
     out["top1"] = evaluate(model, loader) if loader is not None else None
     out["latency_s"] = measure_latency(model, latency_input, threads) if latency_input is not None else None
     return out
 
 
-def train_gates(model: nn.Module, wg: Any, loader: Iterable, recipe: Recipe, progress: bool = True) -> list[dict]:
+def train_gates(model: nn.Module, wg: WGates, loader: Iterable, recipe: Recipe, progress: bool = True,
+                on_step: StepCallback | None = None) -> list[dict]:
     """Joint training: SGD on the weights, Adam on the gates, task loss + ``wg.efficiency_loss()``.
+
+    Every step ends with the target-mode multiplier step (``wg.update_multiplier()``), then
+    ``on_step(step, {"loss": ..., "extra": ...})`` if given.
 
     Returns:
         The live trace, one record every ``recipe.log_every`` steps: step, loss, FLOPs and cost
@@ -350,6 +340,9 @@ def train_gates(model: nn.Module, wg: Any, loader: Iterable, recipe: Recipe, pro
     trace: list[dict] = []
 
     def log(step: int, stats: dict[str, float]) -> dict[str, str]:
+        wg.update_multiplier()
+        if on_step is not None:
+            on_step(step, stats)
         live = {"flops": wg.flops_ratio(), "cost": wg.cost_ratio()}
         if step % recipe.log_every == 0 or step == recipe.gate_steps - 1:
             trace.append({"step": step, "loss": stats["loss"], "flops_ratio": live["flops"],
@@ -399,8 +392,6 @@ def prune_and_finetune(
         pruned, recalibrated, finetuned), ``kept`` (group → [kept, channels]), the gate-training
         ``trace``, the ``recipe`` and wall ``seconds`` per phase.
     """
-    from .pruner import WGates
-
     recipe = recipe or Recipe()
     clock = _Clock()
     if wgates is not None:

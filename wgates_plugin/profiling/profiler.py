@@ -1,15 +1,15 @@
 """Latency profiler: sample pruned candidates, build them physically, measure them on the device.
 
 Candidates (network encodings: live channels per gated group) come from
-:class:`~wgates_plugin.efficiency.candidates.CandidateSpace`, which builds each one physically through
+:class:`~wgates_plugin.profiling.candidates.CandidateSpace`, which builds each one physically through
 torch-pruning. Each is timed on the target device: warm-up runs, then the median of ``repeats``
 single forwards, in eval mode under ``torch.no_grad``, with a fixed thread count, synchronising CUDA
 around every forward. The samples go to a JSON-lines file with their
-context (see :mod:`~wgates_plugin.efficiency.samples`); an interrupted collection resumes there.
+context (see :mod:`~wgates_plugin.profiling.samples`); an interrupted collection resumes there.
 
 Example:
     >>> import torch, torchvision
-    >>> from wgates_plugin.efficiency.profiler import collect_latency, Timing
+    >>> from wgates_plugin.profiling.profiler import collect_latency, Timing
     >>> model = torchvision.models.resnet18(num_classes=10)
     >>> samples = collect_latency(model, torch.randn(2, 3, 32, 32), "r18.jsonl", samples=4,
     ...                           timing=Timing(warmup=1, repeats=3, threads=1), progress=False)
@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -30,28 +29,15 @@ import torch
 from torch import nn
 
 from ..config import WGatesConfig
+from ..efficiency.blocks import BlockEncoder, BlockInfo, find_blocks, layout_of
+from ..efficiency.latency import architecture_hash
+from ..efficiency.timing import Timing, device_name, fixed_threads, measure_ms
 from ..errors import ConfigError, ConfigTypeError
-from ..export import call_model
-from .blocks import BlockEncoder, BlockInfo, find_blocks, layout_of
+from ..utils import call_model, device_of
 from .candidates import CandidateSpace
 from .samples import FORMAT, REFERENCE, LatencySamples, SampleWriter
-from .timing import Timing, device_name, device_of, fixed_threads, measure_ms
 
-__all__ = ["Timing", "fixed_threads", "measure_ms", "device_name", "architecture_hash", "time_blocks",
-           "collect_latency"]
-
-
-def architecture_hash(model: nn.Module) -> str:
-    """sha256 (16 hex digits) of the architecture: module names, types, settings and parameter shapes.
-
-    Weight values do not enter: they do not change latency, so a fine-tuned copy hashes the same.
-    """
-    h = hashlib.sha256()
-    for name, module in model.named_modules():
-        h.update(f"{name}|{type(module).__qualname__}|{module.extra_repr()}\n".encode())
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        h.update(f"{name}:{tuple(t.shape)}\n".encode())
-    return h.hexdigest()[:16]
+__all__ = ["time_blocks", "collect_latency", "capture_block_inputs"]
 
 
 def capture_block_inputs(model: nn.Module, inputs: Any, names: Sequence[str]) -> dict[str, tuple]:

@@ -6,7 +6,7 @@ classification task a torchvision CNN accepts (3 x ``size`` x ``size``); :func:`
 a directory laid out as ``root/<class>/<image>`` for users with their own data.
 
 Example:
-    >>> from wgates_plugin.data import load_digits, loaders
+    >>> from wgates_plugin.app.data import load_digits, loaders
     >>> train, test = load_digits(size=32)
     >>> len(train), len(test), tuple(train[0][0].shape)
     (1000, 797, (3, 32, 32))
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from .errors import ConfigError, ConfigTypeError
+from ..errors import ConfigError, ConfigTypeError
 
 if TYPE_CHECKING:
     from torchvision.datasets import ImageFolder

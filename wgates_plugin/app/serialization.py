@@ -5,7 +5,7 @@ only way ``torch.save(model)`` can store it, and ``torch.load(weights_only=True)
 torch 2.6) refuses that. Instead :func:`save_pruned` writes
 
 * ``model.safetensors`` — the pruned state dict;
-* ``pruning.json`` — the :class:`~wgates_plugin.models.Architecture` (constructor name, kwargs,
+* ``pruning.json`` — the :class:`~wgates_plugin.app.models.Architecture` (constructor name, kwargs,
   example input shape) and torch-pruning's pruning history (``wg.history`` after ``wg.export()``).
 
 :func:`load_pruned` builds the original architecture, replays the history through torch-pruning's
@@ -15,8 +15,8 @@ saved model computed, and nothing in the files is ever executed.
 Example:
     >>> import tempfile, torch, torchvision
     >>> from wgates_plugin import WGates
-    >>> from wgates_plugin.models import Architecture
-    >>> from wgates_plugin.serialization import save_pruned, load_pruned
+    >>> from wgates_plugin.app.models import Architecture
+    >>> from wgates_plugin.app.serialization import save_pruned, load_pruned
     >>> arch = Architecture("resnet18", {"num_classes": 10}, input_shape=(1, 3, 32, 32))
     >>> model = torchvision.models.resnet18(num_classes=10).eval()
     >>> wg = WGates(model, arch.example_input(), target=0.5)
@@ -39,8 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .groups import build_graph
+from ..errors import ConfigError
+from ..groups import build_graph
 from .models import Architecture, Builder, build_model
 
 __all__ = ["WEIGHTS_FILE", "RECIPE_FILE", "save_pruned", "load_pruned", "rebuild", "read_recipe", "load_weights"]

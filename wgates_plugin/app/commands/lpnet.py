@@ -19,6 +19,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ...config import BudgetMode, LayerBounds, WGatesConfig
+from ...efficiency.latency import LatencyModel, LatencyPredictor
+from ...efficiency.lpnet import FitConfig, LatencyErrors
+from ...efficiency.timing import Timing
+from ...errors import ConfigError
+from ...profiling.lpnet_fit import evaluate_predictor, train_predictor
+from ...profiling.profiler import collect_latency
+from ...profiling.samples import load_samples
+from ..models import Architecture, build_model
+
 __all__ = ["register"]
 
 
@@ -82,11 +94,7 @@ def _eval_parser(sub: Any) -> None:
 
 
 def _collect(args: argparse.Namespace) -> int:
-    import torch
 
-    from ..config import BudgetMode, LayerBounds, WGatesConfig
-    from ..efficiency.profiler import Timing, collect_latency
-    from ..models import Architecture, build_model
 
     shape = (2, 3, args.input_size, args.input_size)
     model = build_model(Architecture(args.model, {"num_classes": args.num_classes}, shape)).eval()
@@ -103,9 +111,6 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..efficiency.lpnet import FitConfig
-    from ..efficiency.lpnet_fit import train_predictor
-    from ..efficiency.samples import load_samples
 
     fit = FitConfig(tuple(args.hidden), not args.mse, args.epochs, args.lr, seed=args.seed)
     predictor, report = train_predictor(load_samples(args.samples), args.kind, fit, args.test_fraction,
@@ -119,9 +124,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ..efficiency.latency import LatencyPredictor
-    from ..efficiency.lpnet_fit import evaluate_predictor
-    from ..efficiency.samples import load_samples
 
     predictor = LatencyPredictor.load(args.lpnet)
     samples = load_samples(args.samples)
@@ -133,7 +135,6 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: dict[str, Any], title: str) -> None:
-    from ..efficiency.lpnet import LatencyErrors
 
     print(title)
     print(f"  network latency: {LatencyErrors(**report['network'])}")
@@ -162,8 +163,6 @@ def latency_efficiency(args: argparse.Namespace, model: Any, example_inputs: Any
     Raises:
         ConfigError: only one of ``--lpnet`` / ``--latency-target``, or a target outside (0, 1].
     """
-    from ..efficiency.latency import LatencyPredictor
-    from ..errors import ConfigError
 
     lpnet, target = getattr(args, "lpnet", None), getattr(args, "latency_target", None)
     if (lpnet is None) != (target is None):
@@ -180,7 +179,6 @@ def latency_efficiency(args: argparse.Namespace, model: Any, example_inputs: Any
 
 def latency_report(wg: Any, pruned: Any) -> dict[str, Any]:
     """``{'lpnet': predicted vs measured latency of the exported model}`` in latency mode, else ``{}``."""
-    from ..efficiency.latency import LatencyModel
 
     if not isinstance(wg.efficiency, LatencyModel):
         return {}

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..errors import WGatesError
+from ...errors import WGatesError
+from ..training import Recipe
 from .prune import add_run_arguments, execute, fail, format_table, quiet_cuda_probe
 
 # The demo's schedule (steps of batch 64 over the 1 000 training digits, ~15 steps per epoch).
@@ -30,7 +31,6 @@ def register(subparsers: Any) -> None:
 
 def demo_args(args: argparse.Namespace) -> argparse.Namespace:
     """The full ``wgates prune`` arguments the demo runs with."""
-    from ..training import Recipe
 
     r = Recipe()
     schedule = QUICK if args.quick else FULL

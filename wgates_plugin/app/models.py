@@ -1,11 +1,11 @@
 """Building torchvision classification models by name, with a recipe that can rebuild them.
 
-An :class:`Architecture` is what :mod:`wgates_plugin.serialization` writes next to a pruned model's
+An :class:`Architecture` is what :mod:`wgates_plugin.app.serialization` writes next to a pruned model's
 weights: which constructor to call (a torchvision model name, or the name of a builder the user
 passes back at load time), its keyword arguments, and the example input shape used for tracing.
 
 Example:
-    >>> from wgates_plugin.models import Architecture, build_model
+    >>> from wgates_plugin.app.models import Architecture, build_model
     >>> arch = Architecture("resnet18", {"num_classes": 10}, input_shape=(1, 3, 32, 32))
     >>> model = build_model(arch)
     >>> model.fc.out_features
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError, ConfigTypeError
+from ..errors import ConfigError, ConfigTypeError
 
 __all__ = ["TORCHVISION", "CUSTOM", "Architecture", "classification_models", "check_model_name", "build_model"]
 

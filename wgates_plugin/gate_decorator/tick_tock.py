@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError, ConfigTypeError
-from .export import call_model
+from ..errors import ConfigError, ConfigTypeError
+from ..utils import call_model, check_number, move_to
 
 if TYPE_CHECKING:
-    from .gate_decorator import GateDecorator
+    from .method import GateDecorator
 
 __all__ = ["TickTock", "Round", "StepRecord", "PruneRecord", "TickTockTrace", "TickTockTrainer",
            "plan_rounds", "step_plan", "run_tick_tock", "cross_entropy_loss"]
@@ -77,16 +77,16 @@ class TickTock:
     freeze_bn_stats: bool = False
 
     def __post_init__(self) -> None:
-        _check_int("tick_steps", self.tick_steps, 1)
-        _check_int("tock_steps", self.tock_steps, 0)
+        check_number("tick_steps", self.tick_steps, ">= 1", integer=True, type_error=ConfigError)
+        check_number("tock_steps", self.tock_steps, ">= 0", integer=True, type_error=ConfigError)
         if self.subset_batches is not None:
-            _check_int("subset_batches", self.subset_batches, 1)
-        _check_float("prune_per_tick", self.prune_per_tick, "(0, 1)", lambda v: 0 < v < 1)
-        _check_float("momentum", self.momentum, "[0, 1)", lambda v: 0 <= v < 1)
+            check_number("subset_batches", self.subset_batches, ">= 1", integer=True, type_error=ConfigError)
+        check_number("prune_per_tick", self.prune_per_tick, "(0, 1)", what="")
+        check_number("momentum", self.momentum, "[0, 1)", what="")
         for name in ("gate_lr", "weight_lr"):
-            _check_float(name, getattr(self, name), "> 0", lambda v: v > 0)
+            check_number(name, getattr(self, name), "> 0", what="")
         for name in ("l1", "weight_decay"):
-            _check_float(name, getattr(self, name), ">= 0", lambda v: v >= 0)
+            check_number(name, getattr(self, name), ">= 0", what="")
         if not isinstance(self.freeze_bn_stats, bool):
             raise ConfigTypeError(f"freeze_bn_stats={self.freeze_bn_stats!r} must be a bool")
 
@@ -97,7 +97,7 @@ class Round:
 
     tick_steps: int
     tock_steps: int
-    to_cost: float
+    target: float
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ class PruneRecord:
 
     step: int
     round: int
-    to_cost: float
+    target: float
     cost_ratio: float
     flops_ratio: float
 
@@ -159,7 +159,7 @@ def step_plan(rounds: list[Round]) -> list[tuple[str, float | None]]:
     """One ``(phase, prune_to)`` per training step: ``prune_to`` is set on the last Tick step of a round."""
     plan: list[tuple[str, float | None]] = []
     for r in rounds:
-        plan += [("tick", None)] * (r.tick_steps - 1) + [("tick", r.to_cost)] + [("tock", None)] * r.tock_steps
+        plan += [("tick", None)] * (r.tick_steps - 1) + [("tick", r.target)] + [("tock", None)] * r.tock_steps
     return plan
 
 
@@ -207,7 +207,7 @@ class TickTockTrainer:
         with _frozen(self.gd.model, self.weights, self.schedule.freeze_bn_stats):
             for _ in range(steps):
                 self._zero_grad()
-                loss = self.loss_fn(self.gd.model, _to(self.stream.tick_batch(), self.device))
+                loss = self.loss_fn(self.gd.model, move_to(self.stream.tick_batch(), self.device))
                 loss.backward()
                 self.gd.accumulate()
                 self.tick_opt.step()
@@ -220,17 +220,17 @@ class TickTockTrainer:
         self.gd.model.train()
         for _ in range(steps):
             self._zero_grad()
-            loss = self.loss_fn(self.gd.model, _to(self.stream.next(), self.device))
+            loss = self.loss_fn(self.gd.model, move_to(self.stream.next(), self.device))
             total = loss + weight * self.gd.l1_penalty() if weight else loss
             total.backward()
             self.tock_opt.step()
             self._record("tock", round_index, loss)
         self._zero_grad()
 
-    def prune(self, to_cost: float, round_index: int = 0) -> None:
-        """Prune to ``to_cost`` (global ranking by the importance accumulated since the last reset)."""
-        reached = self.gd.prune(to_cost=to_cost)
-        self._emit(PruneRecord(self.trace.steps_used, round_index, to_cost, reached, self.gd.flops_ratio()))
+    def prune(self, target: float, round_index: int = 0) -> None:
+        """Prune to ``target`` (global ranking by the importance accumulated since the last reset)."""
+        reached = self.gd.prune(target=target)
+        self._emit(PruneRecord(self.trace.steps_used, round_index, target, reached, self.gd.flops_ratio()))
 
     def _zero_grad(self) -> None:
         self.tick_opt.zero_grad(set_to_none=True)
@@ -275,7 +275,7 @@ def run_tick_tock(
     if gd.target is None:
         raise ConfigError("run() prunes to the target: pass target=<fraction of the cost to keep> to GateDecorator")
     if max_steps is not None:
-        _check_int("max_steps", max_steps, 1)
+        check_number("max_steps", max_steps, ">= 1", integer=True, type_error=ConfigError)
     trainer = TickTockTrainer(gd, train_loader, schedule, loss_fn, callback)
     trainer.trace.rounds = plan_rounds(trainer.schedule, gd.cost_ratio(), gd.target, max_steps)
     was_training = gd.model.training
@@ -283,7 +283,7 @@ def run_tick_tock(
         for i, r in enumerate(trainer.trace.rounds):
             gd.reset_importance()
             trainer.tick(r.tick_steps, i)
-            trainer.prune(r.to_cost, i)
+            trainer.prune(r.target, i)
             trainer.tock(r.tock_steps, i)
     finally:
         gd.model.train(was_training)
@@ -338,25 +338,3 @@ def _frozen(model: nn.Module, weights: list[nn.Parameter], eval_mode: bool) -> I
     finally:
         for p in weights:
             p.requires_grad_(True)
-
-
-def _to(batch: Any, device: torch.device) -> Any:
-    if torch.is_tensor(batch):
-        return batch.to(device)
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_to(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    return batch
-
-
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{name}={value!r} must be an int >= {low}")
-
-
-def _check_float(name: str, value: object, allowed: str, ok: Callable[[float], bool]) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigTypeError(f"{name}={value!r} must be a number")
-    if not ok(float(value)):
-        raise ConfigError(f"{name}={value!r} must be {'in ' if allowed[0] in '([' else ''}{allowed}")

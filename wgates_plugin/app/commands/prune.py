@@ -15,9 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import ConfigError, WGatesError
+from ...errors import ConfigError, WGatesError
+from ...pruner import WGates
+from ..data import folder_splits, load_digits, loaders
+from ..models import Architecture, build_model, check_model_name
+from ..serialization import load_weights, save_pruned
+from ..training import Recipe, fit, prune_and_finetune
 from .lpnet import add_latency_arguments, format_latency, latency_efficiency, latency_report
 
 # Models whose auxiliary classifiers change the training output to a tuple: turned off.
@@ -50,7 +56,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..training import Recipe
 
     r = Recipe()
     parser.add_argument("--flops-target", type=float, default=0.5,
@@ -84,7 +89,6 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_out: str | None) 
 def build_wgates(args: argparse.Namespace, model: nn.Module, example_inputs: torch.Tensor) -> Any:
     """The W-Gates instance for this run: FLOPs target mode at ``args.flops_target``, or latency target
     mode at ``args.latency_target`` with the LPNet of ``args.lpnet``."""
-    from ..pruner import WGates
 
     latency = latency_efficiency(args, model, example_inputs)
     if latency is not None:
@@ -93,7 +97,6 @@ def build_wgates(args: argparse.Namespace, model: nn.Module, example_inputs: tor
 
 
 def build_recipe(args: argparse.Namespace) -> Any:
-    from ..training import Recipe
 
     return Recipe(gate_steps=args.steps, finetune_steps=args.finetune_steps, gate_lr=args.gate_lr,
                   weight_lr=args.weight_lr, finetune_lr=args.finetune_lr, bn_batches=args.bn_batches)
@@ -101,7 +104,6 @@ def build_recipe(args: argparse.Namespace) -> Any:
 
 def load_data(args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
     """``(train, test, class names)`` for ``--data``."""
-    from ..data import folder_splits, load_digits
 
     if args.data == "digits":
         train, test = load_digits(size=args.size, seed=args.seed)
@@ -110,8 +112,7 @@ def load_data(args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
 
 
 def make_model(args: argparse.Namespace, num_classes: int) -> tuple[nn.Module, Any]:
-    """A freshly initialized model and its :class:`~wgates_plugin.models.Architecture`."""
-    from ..models import Architecture, build_model
+    """A freshly initialized model and its :class:`~wgates_plugin.app.models.Architecture`."""
 
     kwargs: dict[str, Any] = {"num_classes": num_classes}
     if args.model in _NO_AUX:
@@ -139,12 +140,10 @@ def check_input_size(model: nn.Module, arch: Any) -> None:
 
 def load_baseline_weights(model: nn.Module, path: Path, what: str) -> None:
     """Load a state dict from ``.safetensors`` or a ``torch.save`` file (``weights_only=True``)."""
-    from ..serialization import load_weights
 
     if not path.is_file():
         raise FileNotFoundError(f"--weights file '{path}' does not exist")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
 
         state = load_file(str(path))
     else:
@@ -156,8 +155,6 @@ def load_baseline_weights(model: nn.Module, path: Path, what: str) -> None:
 
 def prepare(args: argparse.Namespace) -> tuple[nn.Module, Any, Any, Any, Any]:
     """Model, architecture and loaders, with the baseline trained for ``--train-steps``."""
-    from ..data import loaders
-    from ..training import fit
 
     _check_args(args)
     train, test, classes = load_data(args)
@@ -169,7 +166,6 @@ def prepare(args: argparse.Namespace) -> tuple[nn.Module, Any, Any, Any, Any]:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    from ..models import check_model_name
 
     check_model_name(args.model)
     if not 0 < args.flops_target <= 1:
@@ -182,8 +178,6 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def execute(args: argparse.Namespace) -> dict[str, Any]:
     """Run the whole pipeline for parsed ``args``; save the model and ``report.json``; return the report."""
-    from ..serialization import save_pruned
-    from ..training import prune_and_finetune
 
     model, arch, train_loader, test_loader, _ = prepare(args)
     example = arch.example_input()

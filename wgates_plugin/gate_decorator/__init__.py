@@ -1,0 +1,23 @@
+"""Gate Decorator (You et al., NeurIPS 2019), the second method on the channel-gating core.
+
+- :class:`GateDecorator` (:mod:`.method`): GBN scales ``phi``, Taylor importance, global ranking;
+- :class:`TickTock` and :func:`run_tick_tock` (:mod:`.tick_tock`): the Tick-Tock schedule;
+- ``GateDecoratorPruner``: the NNI 3 front end (imported on first access, so that importing this
+  package does not import nni).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .method import GateDecorator, ScaleSite
+from .tick_tock import TickTock, TickTockTrace, run_tick_tock
+
+__all__ = ["GateDecorator", "ScaleSite", "TickTock", "TickTockTrace", "run_tick_tock", "GateDecoratorPruner"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "GateDecoratorPruner":
+        return importlib.import_module("wgates_plugin.integrations.nni_gate_decorator").GateDecoratorPruner
+    raise AttributeError(f"module 'wgates_plugin.gate_decorator' has no attribute {name!r}")
