@@ -63,7 +63,7 @@ from benchmarks.landing import FlopsMeter, GlobalPath, Landing, LayerwisePath, P
 from wgates_plugin.efficiency.flops import count_macs
 from wgates_plugin.errors import BudgetError, ConfigError, ConfigTypeError
 from wgates_plugin.export import prune_groups
-from wgates_plugin.groups import ChannelGroup, Role, select_groups, trace_groups
+from wgates_plugin.groups import ChannelGroup, Role, gated_groups, trace_groups
 
 __all__ = ["MethodDefaults", "DEFAULTS", "PruneContext", "Pruned", "prunable_layers", "METHODS", "get_method",
            "uniform", "random_channels", "l1", "fpgm", "slim", "taylor", "depgraph"]
@@ -150,7 +150,7 @@ class Pruned:
 
 # ---------------------------------------------------------------------------- the prunable groups
 def prunable_layers(model: nn.Module, example: torch.Tensor, prune_shortcuts: bool = False) -> tuple[str, ...]:
-    """Producer layers of the groups W-Gates gates by default (``trace_groups`` + ``select_groups``).
+    """Producer layers of the groups W-Gates gates by default (:func:`~wgates_plugin.groups.gated_groups`).
 
     Residual-coupled groups are included only with ``prune_shortcuts``; groups that cannot be pruned
     exactly (the classifier) never are. The model is traced in eval mode (a train-mode trace would
@@ -158,10 +158,9 @@ def prunable_layers(model: nn.Module, example: torch.Tensor, prune_shortcuts: bo
     """
     was_training = model.training
     try:
-        traced = trace_groups(model.eval(), example).groups
+        groups = gated_groups(model.eval(), example, prune_shortcuts=prune_shortcuts)[1]
     finally:
         model.train(was_training)
-    groups = select_groups(traced, lambda _n, _m: True, lambda _n, _m: False, prune_shortcuts)
     return tuple(m.name for g in groups for m in g.producers)
 
 

@@ -134,11 +134,11 @@ def test_l1_term_is_added_to_the_loss_in_tocks_only():
     model = randomize_bn(cnn())
     pruner = GateDecoratorPruner(model, [{"op_types": ["Conv2d"]}], evaluator=evaluator(model), training_steps=10,
                                  target=0.5, schedule=TickTock(tick_steps=1, tock_steps=1, l1=0.5))
-    pruner._timeline = [("tick", 0.8), ("tock", None)]
+    pruner._steps.timeline = [("tick", 0.8), ("tock", None)]
     loss = torch.tensor(2.0)
-    assert float(pruner._patch_loss(loss, None)) == 2.0
-    pruner._step = 1
-    assert float(pruner._patch_loss(loss, None).detach()) == pytest.approx(2.0 + 0.5 * (16 + 32 + 32))  # phi = 1
+    assert float(pruner._steps.loss(loss)) == 2.0
+    pruner._steps.step = 1
+    assert float(pruner._steps.loss(loss).detach()) == pytest.approx(2.0 + 0.5 * (16 + 32 + 32))  # phi = 1
 
 
 def test_max_sparse_ratio_bounds_every_layer():

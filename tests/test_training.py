@@ -19,6 +19,7 @@ from wgates_plugin.app.training import (
     recalibrate_bn,
     train_steps,
 )
+from wgates_plugin.efficiency import SimulatedClock
 from wgates_plugin.errors import ConfigError
 
 
@@ -139,8 +140,9 @@ def test_measure_latency_restores_state_and_orders_models():
     big = nn.Sequential(*[nn.Conv2d(3 if i == 0 else 64, 64, 3, padding=1) for i in range(4)])
     x = torch.randn(2, 3, 32, 32)
     threads = torch.get_num_threads()
-    t_small = measure_latency(small, x, threads=1, repeats=5, number=2, warmup=1)
-    t_big = measure_latency(big, x, threads=1, repeats=5, number=2, warmup=1)
+    with SimulatedClock():  # latency = an exact function of the layers' MACs, not of the machine's load
+        t_small = measure_latency(small, x, threads=1, repeats=5, number=2, warmup=1)
+        t_big = measure_latency(big, x, threads=1, repeats=5, number=2, warmup=1)
     assert 0 < t_small < t_big  # 64x more MACs per layer, four layers
     assert small.training and torch.get_num_threads() == threads
     with pytest.raises(ConfigError, match=r"threads=0 must be an int >= 1"):

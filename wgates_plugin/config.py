@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError, ConfigTypeError
+from .utils import check_number
 
 __all__ = ["BudgetMode", "ScoreInput", "GateActivation", "WGatesConfig", "LayerBounds"]
 
@@ -63,8 +64,8 @@ class LayerBounds:
     max_keep: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_fraction("min_keep", self.min_keep, lo_open=False)
-        _check_fraction("max_keep", self.max_keep, lo_open=True)
+        check_number("min_keep", self.min_keep, "[0, 1]", what="")
+        check_number("max_keep", self.max_keep, "(0, 1]", what="")
         if self.min_keep > self.max_keep:
             raise ConfigError(f"min_keep={self.min_keep} must not exceed max_keep={self.max_keep}")
 
@@ -117,21 +118,14 @@ class WGatesConfig:
         object.__setattr__(self, "score_input", _enum(ScoreInput, "score_input", self.score_input))
         object.__setattr__(self, "activation", _enum(GateActivation, "activation", self.activation))
         if self.target is not None:
-            _check_fraction("target", self.target, lo_open=True)
+            check_number("target", self.target, "(0, 1]", what="")
         if self.mode is BudgetMode.TARGET and self.target is None:
             raise ConfigError("mode='target' needs target=<fraction of the original cost in (0, 1]>")
         for name in ("alpha", "controller_rate"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"{name}={value!r} must be a number >= 0")
-        if isinstance(self.sigmoid_k, bool) or not isinstance(self.sigmoid_k, (int, float)) or self.sigmoid_k <= 0:
-            raise ConfigError(f"sigmoid_k={self.sigmoid_k!r} must be a number > 0")
-        if not 0 < self.tolerance < 0.5:
-            raise ConfigError(f"tolerance={self.tolerance!r} must be in (0, 0.5)")
-        if not 0 < self.init_score < 0.5:
-            raise ConfigError(
-                f"init_score={self.init_score!r} must be in (0, 0.5): open and inside the gradient window"
-            )
+            check_number(name, getattr(self, name), ">= 0", type_error=ConfigError)
+        check_number("sigmoid_k", self.sigmoid_k, "> 0", type_error=ConfigError)
+        check_number("tolerance", self.tolerance, "(0, 0.5)", what="", type_error=ConfigError)
+        check_number("init_score", self.init_score, "(0, 0.5)", what="", type_error=ConfigError)  # open, |s| < 1/2
         if not isinstance(self.bounds, LayerBounds):
             raise ConfigTypeError(f"bounds must be a LayerBounds, got {type(self.bounds).__name__}")
         for key, value in self.layer_bounds.items():
@@ -151,15 +145,6 @@ class WGatesConfig:
         if not hits:
             return self.bounds
         return LayerBounds(max(b.min_keep for b in hits), min(b.max_keep for b in hits))
-
-
-def _check_fraction(name: str, value: object, lo_open: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigTypeError(f"{name}={value!r} must be a number")
-    ok = (0 < value <= 1) if lo_open else (0 <= value <= 1)
-    if not ok:
-        interval = "(0, 1]" if lo_open else "[0, 1]"
-        raise ConfigError(f"{name}={value!r} must be in {interval}")
 
 
 def _enum(cls: type[enum.Enum], name: str, value: object) -> enum.Enum:

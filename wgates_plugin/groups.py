@@ -26,7 +26,7 @@ from torch_pruning import ops
 from .errors import ConfigError, TracingError
 from .utils import check_names
 
-__all__ = ["Role", "Member", "ChannelGroup", "GroupGraph", "trace_groups", "is_depthwise", "select_groups",
+__all__ = ["Role", "Member", "ChannelGroup", "GroupGraph", "trace_groups", "is_depthwise",
            "why_not", "gated_groups", "consumer_feeds", "scale_input", "removal_plan"]
 
 # Normalizations that mix channels: removing a channel changes the others' statistics, so neither
@@ -288,25 +288,6 @@ def _set_tie(group: ChannelGroup) -> list[str]:
     return []
 
 
-def select_groups(
-    groups: Iterable[ChannelGroup],
-    include: Callable[[str, nn.Module], bool],
-    exclude: Callable[[str, nn.Module], bool],
-    prune_shortcuts: bool,
-) -> list[ChannelGroup]:
-    """The groups that will be gated: prunable, selected by ``include``, not hit by ``exclude``."""
-    chosen = []
-    for g in groups:
-        producers = g.producers
-        if g.reason or not producers or (g.shortcut and not prune_shortcuts):
-            continue
-        if any(exclude(p.name, p.module) for p in producers):
-            continue
-        if any(include(p.name, p.module) for p in producers):
-            chosen.append(g)
-    return chosen
-
-
 def why_not(group: ChannelGroup, selected: Sequence[ChannelGroup], prune_shortcuts: bool) -> str:
     """Why ``group`` is not among the ``selected`` (gated) groups, or ``'gated'``."""
     if group in selected:
@@ -345,9 +326,10 @@ def gated_groups(
     was_training = model.training
     traced = trace_groups(model, example_inputs, tuple(root_types) or (nn.Conv2d, nn.Linear))
     model.train(was_training)  # torch-pruning's tracing leaves the model in eval mode
-    excluded, types = set(exclude), tuple(exclude_types)
-    chosen = select_groups(traced.groups, select or (lambda _n, _m: True),
-                           lambda name, module: name in excluded or isinstance(module, types), prune_shortcuts)
+    excluded, types, include = set(exclude), tuple(exclude_types), select or (lambda _n, _m: True)
+    chosen = [g for g in traced.groups if g.producers and not g.reason and (prune_shortcuts or not g.shortcut)
+              and not any(p.name in excluded or isinstance(p.module, types) for p in g.producers)
+              and any(include(p.name, p.module) for p in g.producers)]
     if not chosen:
         raise ConfigError("no prunable channel group was selected; groups found: "
                           + "; ".join(f"{g.name}: {why_not(g, chosen, prune_shortcuts)}" for g in traced.groups[:8]))

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Iterable
 from typing import Any
@@ -87,15 +88,15 @@ def _within(value: float, allowed: str) -> bool:
 
 
 def check_number(name: str, value: object, allowed: str, *, integer: bool = False, what: str | None = None,
-                 type_error: type[Exception] = ConfigTypeError) -> None:
-    """Raise unless ``value`` is a number (an int if ``integer``; never a bool) within ``allowed``.
+                 kind: str | None = None, type_error: type[Exception] = ConfigTypeError) -> None:
+    """Raise unless ``value`` is a finite number (an int if ``integer``; never a bool) within ``allowed``.
 
     Args:
         name: how the message names the argument.
         allowed: an interval ``'(0, 1]'``, ``'[0, 1)'``, ``'[1, 8]'`` or a bound ``'>= 1'``, ``'> 0'``.
         integer: only ints are accepted.
-        what: how the message describes a valid value (default ``'an int'`` / ``'a number'``; ``''``
-            says only the interval).
+        what: how the message describes a valid value (default: ``kind``; ``''`` says only the interval).
+        kind: how the message names the type (default ``'an int'`` / ``'a number'``).
         type_error: raised for a value that is not a number (:class:`ConfigTypeError` by default).
 
     Raises:
@@ -103,11 +104,11 @@ def check_number(name: str, value: object, allowed: str, *, integer: bool = Fals
             int >= 1'``.
         ConfigError: it lies outside ``allowed``, ``'{name}={value!r} must be a fraction in (0, 1]'``.
     """
-    kind = "an int" if integer else "a number"
+    kind = kind or ("an int" if integer else "a number")
     phrase = f"in {allowed}" if allowed[0] in "([" else allowed
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-        raise type_error(f"{name}={value!r} must be {kind} {phrase}")
-    if not _within(float(value), allowed):
+        raise type_error(f"{name}={value!r} must be {what or kind} {phrase}")
+    if not (math.isfinite(value) and _within(float(value), allowed)):
         described = kind if what is None else what
         raise ConfigError(f"{name}={value!r} must be {described + ' ' if described else ''}{phrase}")
 

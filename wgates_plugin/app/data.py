@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from ..errors import ConfigError, ConfigTypeError
+from ..errors import ConfigError
+from ..utils import check_number
 
 if TYPE_CHECKING:
     from torchvision.datasets import ImageFolder
@@ -54,8 +55,8 @@ def load_digits(size: int = 32, train_size: int = 1000, seed: int = 0) -> tuple[
     Raises:
         ConfigError: ``size`` or ``train_size`` is out of range.
     """
-    _check_int("size", size, 8, None)
-    _check_int("train_size", train_size, 1, DIGITS_SIZE - 1)
+    check_number("size", size, ">= 8", integer=True, what="")
+    check_number("train_size", train_size, f"[1, {DIGITS_SIZE - 1}]", integer=True, what="")
     from sklearn.datasets import load_digits as sklearn_digits
 
     raw = sklearn_digits()
@@ -89,7 +90,7 @@ def image_folder(
     """
     from torchvision import datasets, transforms
 
-    _check_int("size", size, 8, None)
+    check_number("size", size, ">= 8", integer=True, what="")
     path = Path(root)
     if not path.is_dir():
         raise FileNotFoundError(f"image folder '{path}' does not exist or is not a directory")
@@ -171,18 +172,10 @@ def loaders(
     Raises:
         ConfigError: ``batch_size`` is not a positive int or exceeds the train split.
     """
-    _check_int("batch_size", batch_size, 1, len(train))  # type: ignore[arg-type]
+    check_number("batch_size", batch_size, f"[1, {len(train)}]", integer=True, what="")  # type: ignore[arg-type]
     generator = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True,
                               generator=generator, num_workers=num_workers)
     test_loader = DataLoader(test, batch_size=test_batch_size or 4 * batch_size, shuffle=False,
                              num_workers=num_workers)
     return train_loader, test_loader
-
-
-def _check_int(name: str, value: object, low: int, high: int | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigTypeError(f"{name}={value!r} must be an int")
-    if value < low or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ConfigError(f"{name}={value!r} must be {allowed}")

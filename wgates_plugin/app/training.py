@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,11 +26,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils import benchmark
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..efficiency import count_macs
+from ..efficiency import Timing, count_macs, measure_ms
 from ..errors import ConfigError
 from ..pruner import WGates
 from ..utils import check_number, device_of
@@ -223,40 +221,17 @@ def count_params(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def measure_latency(
-    model: nn.Module,
-    example_input: torch.Tensor,
-    threads: int = 1,
-    repeats: int = 20,
-    number: int = 5,
-    warmup: int = 5,
-) -> float:
-    """Median wall time of one forward of ``model`` on ``example_input``, in seconds.
+def measure_latency(model: nn.Module, example_input: torch.Tensor, threads: int = 1, repeats: int = 20,
+                    number: int = 5, warmup: int = 5) -> float:
+    """Median time of one forward of ``model`` on ``example_input``, in seconds.
 
-    Measured with ``torch.utils.benchmark.Timer`` in eval mode under ``torch.no_grad``, with a fixed
-    thread count, after ``warmup`` untimed calls: ``repeats`` blocks of ``number`` calls each, and the
-    median of the per-call times of the blocks. The model's mode is restored after.
-
-    Args:
-        model: the model (on the device it runs on; CUDA is synchronized by the timer).
-        example_input: one input batch (its batch size is part of what is measured).
-        threads: intra-op threads during the measurement (1: stable on a shared machine).
-        repeats: timed blocks; the median over them is returned.
-        number: calls per block.
-        warmup: untimed calls before timing.
+    :func:`~wgates_plugin.efficiency.measure_ms` (eval mode, no grad, ``threads`` fixed, CUDA
+    synchronized, the model's mode restored) over ``repeats * number`` timed forwards after
+    ``warmup`` untimed ones; an injected clock (:func:`~wgates_plugin.efficiency.use_clock`) is used.
     """
-    for name, value, low in (("threads", threads, 1), ("repeats", repeats, 1), ("number", number, 1),
-                             ("warmup", warmup, 0)):
+    for name, value, low in (("threads", threads, 1), ("repeats", repeats, 1), ("number", number, 1)):
         check_number(name, value, f">= {low}", integer=True, type_error=ConfigError)
-    was_training = model.training
-    model.eval()
-    try:
-        timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": example_input}, num_threads=threads)
-        if warmup:
-            timer.timeit(warmup)
-        return statistics.median(timer.timeit(number).median for _ in range(repeats))
-    finally:
-        model.train(was_training)
+    return measure_ms(model, example_input, Timing(warmup=warmup, repeats=repeats * number, threads=threads)) / 1e3
 
 
 # ---------------------------------------------------------------------------- the end-to-end recipe

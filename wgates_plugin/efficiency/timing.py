@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ConfigTypeError
-from ..utils import call_model, device_of
+from ..utils import call_model, check_number, device_of
 
 __all__ = ["Timing", "CLOCKS", "fixed_threads", "measure_ms", "device_name", "use_clock",
            "SimulatedClock"]
@@ -51,11 +51,11 @@ class Timing:
 
     def __post_init__(self) -> None:
         for name, low in (("warmup", 0), ("repeats", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{name}={value!r} must be an integer >= {low}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ConfigError(f"threads={self.threads!r} must be None or an integer >= 1")
+            check_number(name, getattr(self, name), f">= {low}", integer=True, what="an integer",
+                         type_error=ConfigError)
+        if self.threads is not None:
+            check_number("threads", self.threads, ">= 1", integer=True, what="None or an integer",
+                         type_error=ConfigError)
         if self.clock not in CLOCKS:
             raise ConfigError(f"clock={self.clock!r} is not one of {tuple(CLOCKS)}")
         if self.clock == "cpu" and self.threads != 1:
@@ -126,8 +126,7 @@ class SimulatedClock:
 
     def __init__(self, seconds_per_mac: float = 1e-9, seconds_per_layer: float = 1e-5) -> None:
         for name, value in (("seconds_per_mac", seconds_per_mac), ("seconds_per_layer", seconds_per_layer)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-                raise ConfigError(f"{name}={value!r} must be a finite number >= 0")
+            check_number(name, value, ">= 0", what="a finite number", type_error=ConfigError)
         self.seconds_per_mac = float(seconds_per_mac)
         self.seconds_per_layer = float(seconds_per_layer)
         self.now = 0.0

@@ -38,7 +38,7 @@ from ..utils import call_model, check_number, move_to
 if TYPE_CHECKING:
     from .method import GateDecorator
 
-__all__ = ["TickTock", "Round", "StepRecord", "PruneRecord", "TickTockTrace", "TickTockTrainer",
+__all__ = ["TickTock", "Round", "StepRecord", "PruneRecord", "TickTockTrace", "TickTockSteps", "TickTockTrainer",
            "plan_rounds", "step_plan", "run_tick_tock", "cross_entropy_loss"]
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
@@ -163,6 +163,53 @@ def step_plan(rounds: list[Round]) -> list[tuple[str, float | None]]:
     return plan
 
 
+class TickTockSteps:
+    """The schedule as one ``(phase, prune_to)`` entry per training step, and what it does around each.
+
+    :func:`run_tick_tock` and :class:`~wgates_plugin.gate_decorator.GateDecoratorPruner` (through the
+    user's NNI training loop) step through the same object: :meth:`loss` before the backward,
+    :meth:`after_backward` before the optimizer step, :meth:`end_step` after it.
+    """
+
+    def __init__(self, gd: GateDecorator, schedule: TickTock, rounds: list[Round]) -> None:
+        self.gd, self.schedule = gd, schedule
+        self.timeline = step_plan(rounds)
+        self.step = 0  # steps done
+
+    @property
+    def phase(self) -> str:
+        """``'tick'``, ``'tock'``, or ``'done'`` once every planned step ran."""
+        return self.timeline[self.step][0] if self.step < len(self.timeline) else "done"
+
+    @property
+    def round_starts(self) -> bool:
+        """True on the first Tick step of a round."""
+        return self.phase == "tick" and (self.step == 0 or self.timeline[self.step - 1][0] != "tick")
+
+    def loss(self, task: torch.Tensor) -> torch.Tensor:
+        """What to back-propagate: the task loss, plus ``l1 * sum |phi|`` in a Tock."""
+        if self.phase == "tock" and self.schedule.l1:
+            return task + self.schedule.l1 * self.gd.l1_penalty().to(task)
+        return task
+
+    def after_backward(self) -> None:
+        """A Tick step scores the channels (a new round first forgets the last round's importance)."""
+        if self.phase == "tick":
+            if self.round_starts:
+                self.gd.reset_importance()
+            self.gd.accumulate()
+
+    def end_step(self) -> float | None:
+        """Count the step; after a round's last Tick step, prune to the round's cost and return it."""
+        if self.step >= len(self.timeline):
+            return None
+        target = self.timeline[self.step][1]
+        self.step += 1
+        if target is not None:
+            self.gd.prune(target=target)
+        return target
+
+
 def cross_entropy_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     """The default loss: ``batch`` is ``(inputs, targets, ...)``; cross-entropy of ``model(inputs)``."""
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
@@ -204,33 +251,43 @@ class TickTockTrainer:
 
     def tick(self, steps: int, round_index: int = 0) -> None:
         """``steps`` Tick steps: weights frozen, ``phi`` trained, importance accumulated every step."""
-        with _frozen(self.gd.model, self.weights, self.schedule.freeze_bn_stats):
-            for _ in range(steps):
-                self._zero_grad()
-                loss = self.loss_fn(self.gd.model, move_to(self.stream.tick_batch(), self.device))
-                loss.backward()
-                self.gd.accumulate()
-                self.tick_opt.step()
-                self._record("tick", round_index, loss)
+        for _ in range(steps):
+            self._step("tick", round_index, lambda loss: loss, self.gd.accumulate)
         self._zero_grad()
 
     def tock(self, steps: int, round_index: int = 0, l1: float | None = None) -> None:
         """``steps`` Tock steps: weights and ``phi`` trained on the task loss + ``l1 * sum |phi|``."""
         weight = self.schedule.l1 if l1 is None else l1
-        self.gd.model.train()
         for _ in range(steps):
-            self._zero_grad()
-            loss = self.loss_fn(self.gd.model, move_to(self.stream.next(), self.device))
-            total = loss + weight * self.gd.l1_penalty() if weight else loss
-            total.backward()
-            self.tock_opt.step()
-            self._record("tock", round_index, loss)
+            self._step("tock", round_index, lambda loss: loss + weight * self.gd.l1_penalty() if weight else loss)
         self._zero_grad()
 
-    def prune(self, target: float, round_index: int = 0) -> None:
-        """Prune to ``target`` (global ranking by the importance accumulated since the last reset)."""
-        reached = self.gd.prune(target=target)
-        self._emit(PruneRecord(self.trace.steps_used, round_index, target, reached, self.gd.flops_ratio()))
+    def follow(self, steps: TickTockSteps) -> None:
+        """Every remaining step of ``steps``, recording each step and each prune."""
+        round_index = -1
+        while steps.phase != "done":
+            phase = steps.phase
+            round_index += steps.round_starts
+            self._step(phase, round_index, steps.loss, steps.after_backward)
+            target = steps.end_step()
+            if target is not None:
+                self._emit(PruneRecord(self.trace.steps_used, round_index, target, self.gd.cost_ratio(),
+                                       self.gd.flops_ratio()))
+        self._zero_grad()
+
+    def _step(self, phase: str, round_index: int, loss_term: Callable[[torch.Tensor], torch.Tensor],
+              after_backward: Callable[[], None] | None = None) -> None:
+        """One training step: a Tick (weights frozen, SGD on ``phi``) or a Tock (SGD on everything)."""
+        self._zero_grad()
+        tick = phase == "tick"
+        with _frozen(self.gd.model, self.weights, self.schedule.freeze_bn_stats) if tick else _training(self.gd.model):
+            loss = self.loss_fn(self.gd.model, move_to(self.stream.tick_batch() if tick else self.stream.next(),
+                                                       self.device))
+            loss_term(loss).backward()
+            if after_backward is not None:
+                after_backward()
+            (self.tick_opt if tick else self.tock_opt).step()
+        self._record(phase, round_index, loss)
 
     def _zero_grad(self) -> None:
         self.tick_opt.zero_grad(set_to_none=True)
@@ -280,11 +337,7 @@ def run_tick_tock(
     trainer.trace.rounds = plan_rounds(trainer.schedule, gd.cost_ratio(), gd.target, max_steps)
     was_training = gd.model.training
     try:
-        for i, r in enumerate(trainer.trace.rounds):
-            gd.reset_importance()
-            trainer.tick(r.tick_steps, i)
-            trainer.prune(r.target, i)
-            trainer.tock(r.tock_steps, i)
+        trainer.follow(TickTockSteps(gd, trainer.schedule, trainer.trace.rounds))
     finally:
         gd.model.train(was_training)
         gd.steps_used = trainer.trace.steps_used
@@ -325,6 +378,13 @@ class _BatchStream:
             return self.subset[-1]
         self._pos += 1
         return self.subset[(self._pos - 1) % self.subset_size]
+
+
+@contextmanager
+def _training(model: nn.Module) -> Iterator[None]:
+    """The model in train mode (a Tock)."""
+    model.train()
+    yield
 
 
 @contextmanager

@@ -23,47 +23,33 @@ model with the same eval outputs.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from nni.compression.base.compressor import Pruner
-from nni.compression.base.wrapper import ModuleWrapper
 from nni.compression.utils import Evaluator
 from torch import nn
 
 from ..config import BudgetMode, WGatesConfig
-from ..core import EfficiencyArg
-from ..errors import ConfigError, ConfigTypeError, StateError
-from ..export import Masks
+from ..errors import ConfigError
 from ..gates import Producer
-from ..groups import trace_groups
 from ..pruner import WGates
 from ..utils import check_number, device_of
 from .budgets import SharedBudget
-from .nni_config import canonical_config_list, select_layers
-from .nni_plan import GroupPlan, group_bounds, plan_groups, shared_budgets
+from .nni_front import GatingPruner
+from .nni_plan import GroupPlan, group_bounds, shared_budgets
 
 __all__ = ["WGatesPruner"]
 
 # WGatesConfig fields a user may set; the rest follow from config_list and the budget arguments.
 OPTION_FIELDS = ("alpha", "controller_rate", "tolerance", "score_input", "weight_grad", "init_score")
 
-NO_EVALUATOR = (
-    "WGatesPruner learns which filters to drop from data, so compress() trains the gates through an NNI "
-    "evaluator, and none was given. Pass one, plus the number of optimizer steps to train the gates for:\n"
-    "    evaluator = TorchEvaluator(training_func, nni.trace(torch.optim.SGD)(model.parameters(), lr=0.01),\n"
-    "                               training_step, dummy_input=example_batch)\n"
-    "    WGatesPruner(model, config_list, evaluator=evaluator, training_steps=200)\n"
-    "(a LightningEvaluator works the same way)."
-)
-
-
-class WGatesPruner(Pruner):
+class WGatesPruner(GatingPruner):
     """Weight-dependent gates (W-Gates) as an NNI 3 pruner.
 
     Args:
-        model: the model to prune (trained, ideally). It is wrapped in place, as by every NNI pruner.
+        model, evaluator, dummy_input, target, efficiency: see
+            :class:`~wgates_plugin.integrations.nni_front.GatingPruner`; ``target`` lands exactly.
         config_list: NNI config list. ``op_types`` / ``op_names`` / ``op_names_re`` select layers,
             ``exclude_op_*`` (or a legacy ``{'exclude': True, ...}`` entry) exclude them;
             ``sparse_ratio`` alone = that ratio of output channels removed per layer, the channels chosen
@@ -71,15 +57,7 @@ class WGatesPruner(Pruner):
             NNI counts it) whose per-layer split the gates learn; ``min_sparse_ratio`` /
             ``max_sparse_ratio`` bound a layer. Layers coupled to a selected layer (residual additions,
             depthwise partners) share its gate and get identical masks.
-        evaluator: NNI ``TorchEvaluator`` or ``LightningEvaluator``; required by :meth:`compress`.
         training_steps: optimizer steps of gate training; required by :meth:`compress`.
-        dummy_input: a batch the model accepts, used to trace channel dependencies. Default: the
-            evaluator's ``dummy_input``.
-        target: keep this fraction of the unpruned cost of ``efficiency`` (FLOPs: conv + linear MACs,
-            by default), in (0, 1]; the gates learn the per-layer widths and the final freeze lands
-            the budget exactly.
-        efficiency: a custom cost model instead of FLOPs (e.g. a latency predictor): an
-            :class:`~wgates_plugin.efficiency.EfficiencyModel` or a callable ``groups -> model``.
         gate_lr: Adam learning rate of the gate parameters (the decisive knob: too high closes whole
             layers within a few steps, too low never moves a gate).
         **options: W-Gates knobs ``alpha`` (Eq. 12 weight; in target mode the initial multiplier),
@@ -101,85 +79,56 @@ class WGatesPruner(Pruner):
         >>> small = wgates_plugin.speedup(model, masks, dummy_input)  # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        config_list: Sequence[Mapping[str, Any]],
-        evaluator: Evaluator | None = None,
-        training_steps: int | None = None,
-        *,
-        dummy_input: Any = None,
-        target: float | None = None,
-        efficiency: EfficiencyArg = None,
-        gate_lr: float = 1e-3,
-        **options: Any,
-    ) -> None:
-        check_front_end_arguments(evaluator, training_steps, target)
+    WHY = "learns which filters to drop from data"
+    EXAMPLE = "training_steps=200"
+    NO_INPUT = ("W-Gates traces the model's channel dependencies from an example batch: pass "
+                "dummy_input=<a batch the model accepts> to WGatesPruner or to the evaluator")
+    STEPS = "optimizer steps of gate training"
+    RUNS = "trains for"
+    DONE = "the gates are frozen and the masks final"
+    NEEDS_INPUT = False
+    budgets: list[SharedBudget]
+
+    @property
+    def wgates(self) -> WGates | None:
+        """The W-Gates core, or None when the pruner was built without an example batch."""
+        return self._core
+
+    def _check_options(self, target: float | None, options: dict[str, Any]) -> dict[str, Any]:
+        gate_lr = options.pop("gate_lr", 1e-3)
         check_number("gate_lr", gate_lr, "> 0", type_error=ConfigError)
         unknown = sorted(set(options) - set(OPTION_FIELDS))
         if unknown:
-            raise ConfigError(f"unknown option(s) {unknown}: WGatesPruner accepts {', '.join(OPTION_FIELDS)} "
+            raise ConfigError(f"unknown option(s) {unknown}: WGatesPruner accepts gate_lr, {', '.join(OPTION_FIELDS)} "
                               "(bounds, exclusions and ratios come from config_list)")
-        entries = canonical_config_list(config_list)
-        self.settings, self.excluded = select_layers(model, entries)
-        self.training_steps = training_steps
         self.gate_lr = float(gate_lr)
-        self.dummy_input = dummy_input if dummy_input is not None else evaluator_dummy_input(evaluator)
-        self.notes: list[str] = []
-        self.plans: list[GroupPlan] = []
-        self.budgets: list[SharedBudget] = []
-        self.wgates: WGates | None = None
-        if self.dummy_input is not None:
-            self._build_core(model, target, efficiency, options)
-        elif evaluator is not None:
-            raise ConfigError("W-Gates traces the model's channel dependencies from an example batch: pass "
-                              "dummy_input=<a batch the model accepts> to WGatesPruner or to the evaluator")
-        self._frozen = False
-        self._step = 0
-        super().__init__(model, entries + self._follower_entries(entries), evaluator)
+        self.budgets = []
+        return options
 
-    # ------------------------------------------------------------------ construction
-    @property
-    def core(self) -> WGates:
-        """The W-Gates core attached to the model (gates, efficiency model, statistics)."""
-        if self.wgates is None:
-            raise StateError("WGatesPruner has no gates: it was built without an evaluator or dummy_input, so it "
-                             "could not trace the model; pass dummy_input=<a batch the model accepts>")
-        return self.wgates
-
-    def _build_core(self, model: nn.Module, target: float | None, efficiency: Any, options: dict[str, Any]) -> None:
-        self.plans, self.notes = plan_groups(trace_groups(model, self.dummy_input).groups, self.settings,
-                                             self.excluded)
-        for note in self.notes:
-            warnings.warn(note, stacklevel=3)
+    def _build_core(self, model: nn.Module, target: float | None, efficiency: Any, **options: Any) -> WGates:
         mode, target = _budget_mode(self.plans, target)
         bounds = {p.name: group_bounds(plan) for plan in self.plans for p in plan.group.producers}
         config = WGatesConfig(mode=mode, target=target, prune_shortcuts=True, layer_bounds=bounds, **options)
-        self.wgates = WGates(model, self.dummy_input, config=config, efficiency=efficiency,
-                             groups=[plan.group for plan in self.plans])
-        self.wgates.to(device_of(model))
-        self.budgets = shared_budgets(self.plans, self.core.groups, config.alpha, config.controller_rate)
+        core = WGates(model, self.dummy_input, config=config, efficiency=efficiency,
+                      groups=[plan.group for plan in self.plans]).to(device_of(model))
+        self.budgets = shared_budgets(self.plans, core.groups, config.alpha, config.controller_rate)
         for budget in self.budgets:
-            budget.check_feasible(self.core.unit_bounds())
-
-    def _follower_entries(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Wrap the producers that follow a selected layer's gate, so that they get NNI masks too."""
-        followers = sorted({m.name for plan in self.plans for m in plan.group.producers} - set(self.settings))
-        return [{"op_names": followers}] if followers else []
+            budget.check_feasible(core.unit_bounds())
+        return core
 
     # ------------------------------------------------------------------ wrapping
     def wrap_model(self) -> None:
         """Wrap the layers (NNI) and point every gate at the wrappers' trainable weights."""
         super().wrap_model()
-        if self.wgates is not None:
+        if self._core is not None:
             self._point_gates(wrapped=True)
-            self.wgates.attach()
+            self._core.attach()
 
     def unwrap_model(self) -> None:
         """Unwrap (NNI) and remove the gate hooks: the model is plain again, its weights unmasked."""
         super().unwrap_model()
-        if self.wgates is not None:
-            self.wgates.remove()
+        if self._core is not None:
+            self._core.remove()
             self._point_gates(wrapped=False)
 
     def _point_gates(self, wrapped: bool) -> None:
@@ -187,24 +136,6 @@ class WGatesPruner(Pruner):
             gate.producers = [Producer(_weight_owner(m.module, wrapped), m.idxs, m.channels) for m in group.producers]
 
     # ------------------------------------------------------------------ compression
-    def compress(self, max_steps: int | None = None, max_epochs: int | None = None) -> tuple[nn.Module, Masks]:
-        """Train the gates for ``training_steps`` optimizer steps, freeze them, return ``(model, masks)``.
-
-        Raises:
-            ConfigError: no evaluator or no ``training_steps``; ``max_steps`` / ``max_epochs`` given.
-            StateError: the pruner was already compressed.
-        """
-        if self.evaluator is None:
-            raise ConfigError(NO_EVALUATOR)
-        if self.training_steps is None:
-            raise ConfigError("compress() needs training_steps=<optimizer steps of gate training> (an int >= 1)")
-        if max_steps is not None or max_epochs is not None:
-            raise ConfigError("WGatesPruner trains for training_steps optimizer steps; do not pass max_steps / "
-                              "max_epochs to compress()")
-        if self._frozen:
-            raise StateError("compress() was already called: the gates are frozen and the masks final")
-        return super().compress(max_steps, max_epochs)  # type: ignore[return-value]
-
     def _single_compress(self, max_steps: int | None, max_epochs: int | None) -> None:
         self._fusion_compress(self.training_steps, None)
 
@@ -215,7 +146,7 @@ class WGatesPruner(Pruner):
         evaluator.patch_loss(self._patch_loss)
 
     def _fuse_postprocess(self, evaluator: Evaluator) -> None:
-        if not self._frozen:
+        if not self._compressed:
             warnings.warn(f"the training function ran {self._step} optimizer steps, fewer than "
                           f"training_steps={self.training_steps}; the gates are frozen where they are", stacklevel=2)
             self._finish()
@@ -234,7 +165,7 @@ class WGatesPruner(Pruner):
     def efficiency_loss(self) -> torch.Tensor:
         """The term added to the task loss: the core's efficiency loss plus every global group's penalty."""
         loss = self.core.efficiency_loss()
-        if self.budgets and not self._frozen:
+        if self.budgets and not self._compressed:
             counts = self.core.counts()  # (G,)
             loss = loss + sum(b.penalty(counts) for b in self.budgets)
         return loss
@@ -243,17 +174,9 @@ class WGatesPruner(Pruner):
         """Freeze the gates (landing every budget exactly) and write them into NNI's masks."""
         self.core.freeze(budgets=self.budgets or None)
         self.update_masks(self.gate_masks())
-        self._frozen = True
+        self._compressed = True
 
     # ------------------------------------------------------------------ results
-    def gate_masks(self) -> Masks:
-        """NNI masks from the current gates: every wrapped producer (and selected BatchNorm) of a gated group.
-
-        A closed channel zeroes its filter row in ``weight`` and its entry in ``bias``; every
-        wrapped layer outside the gated groups gets all-ones masks.
-        """
-        return self.core.nni_masks({name: full_masks(wrapper) for name, wrapper in self._module_wrappers.items()})
-
     def stats(self) -> dict[str, Any]:
         """Live W-Gates statistics: FLOPs / cost ratio, kept channels per group, multipliers."""
         out = self.core.stats()
@@ -265,29 +188,6 @@ class WGatesPruner(Pruner):
 
 
 # ---------------------------------------------------------------------------- helpers
-def check_front_end_arguments(evaluator: Any, training_steps: Any, target: Any) -> None:
-    """The checks both NNI front ends make: the evaluator's type, ``training_steps``, ``target``."""
-    if evaluator is not None and not isinstance(evaluator, Evaluator):
-        raise ConfigTypeError(f"evaluator must be an NNI Evaluator (TorchEvaluator, LightningEvaluator), "
-                              f"got {type(evaluator).__name__}")
-    if training_steps is not None:
-        check_number("training_steps", training_steps, ">= 1", integer=True, type_error=ConfigError)
-    if target is not None:
-        check_number("target", target, "(0, 1]", what="a fraction", type_error=ConfigError)
-
-
-def evaluator_dummy_input(evaluator: Evaluator | None) -> Any:
-    """The dummy input a user gave the evaluator (TorchEvaluator / LightningEvaluator), else None.
-
-    NNI's ``LightningEvaluator.get_dummy_input()`` falls back to a whole training batch (inputs *and*
-    labels), which is not something the model accepts, so only an explicitly given one is used.
-    """
-    if evaluator is None:
-        return None
-    explicit = getattr(evaluator, "dummy_input", None)
-    return explicit if explicit is not None else getattr(evaluator, "_dummy_input", None)
-
-
 def _budget_mode(plans: Sequence[GroupPlan], target: float | None) -> tuple[BudgetMode, float | None]:
     shared = sorted({str(p.setting.global_group_id) for p in plans if p.setting.global_group_id is not None})
     free = [name for p in plans if p.free for name in p.selected]
@@ -305,12 +205,3 @@ def _budget_mode(plans: Sequence[GroupPlan], target: float | None) -> tuple[Budg
 def _weight_owner(module: nn.Module, wrapped: bool) -> nn.Module:
     """Who holds the layer's trainable weight: NNI's wrapper while wrapped, else the layer."""
     return getattr(module, "_nni_wrapper", module) if wrapped else module
-
-
-def full_masks(wrapper: ModuleWrapper) -> dict[str, torch.Tensor]:
-    """All-ones masks (nothing pruned) for every pruning target of an NNI module wrapper."""
-    out = {}
-    for name, space in wrapper.pruning_target_spaces.items():
-        if space.target is not None:
-            out[name] = torch.ones_like(space.target.detach())
-    return out

@@ -34,6 +34,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError, ConfigTypeError
+from ..utils import check_number
 
 __all__ = ["LayerSetting", "canonical_config_list", "select_layers", "PRUNABLE_TYPES"]
 
@@ -159,9 +160,9 @@ def weight_setting(entry: Mapping[str, Any]) -> dict[str, Any]:
 def _check_values(i: int, entry: Mapping[str, Any]) -> None:
     where = f"config_list[{i}]"
     setting = weight_setting(entry)
-    _check_ratio(where, "sparse_ratio", setting.get("sparse_ratio"), lo_open=False, hi_open=True)
-    _check_ratio(where, "min_sparse_ratio", setting.get("min_sparse_ratio"), lo_open=False, hi_open=True)
-    _check_ratio(where, "max_sparse_ratio", setting.get("max_sparse_ratio"), lo_open=True, hi_open=False)
+    for key, allowed in (("sparse_ratio", "[0, 1)"), ("min_sparse_ratio", "[0, 1)"), ("max_sparse_ratio", "(0, 1]")):
+        if setting.get(key) is not None:
+            check_number(f"{where}: {key}", setting[key], allowed, what="", kind="a float")
     low, high = setting.get("min_sparse_ratio"), setting.get("max_sparse_ratio")
     if low is not None and high is not None and low > high:
         raise ConfigError(f"{where}: min_sparse_ratio={low} exceeds max_sparse_ratio={high}")
@@ -174,17 +175,6 @@ def _check_values(i: int, entry: Mapping[str, Any]) -> None:
         warnings.warn(f"{where}: dependency_group_id is not needed and is ignored: W-Gates finds coupled "
                       "layers from the dependency graph and gives each coupled group one shared gate",
                       stacklevel=4)
-
-
-def _check_ratio(where: str, name: str, value: object, lo_open: bool, hi_open: bool) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigTypeError(f"{where}: {name}={value!r} must be a float")
-    ok = (0 < value if lo_open else 0 <= value) and (value < 1 if hi_open else value <= 1)
-    if not ok:
-        interval = ("(" if lo_open else "[") + "0, 1" + (")" if hi_open else "]")
-        raise ConfigError(f"{where}: {name}={value!r} must be in {interval}")
 
 
 def _check_unsupported(where: str, setting: Mapping[str, Any]) -> None:

@@ -30,19 +30,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from nni.compression.base.compressor import Pruner
 from nni.compression.utils import Evaluator
 from torch import nn
 
-from ..core import EfficiencyArg
 from ..errors import ConfigError, ConfigTypeError, StateError
-from ..export import Masks
 from ..gate_decorator.method import GateDecorator
-from ..gate_decorator.tick_tock import TickTock, plan_rounds, step_plan
-from ..groups import trace_groups
-from .nni import check_front_end_arguments, evaluator_dummy_input, full_masks
-from .nni_config import canonical_config_list, select_layers, weight_setting
-from .nni_plan import GroupPlan, group_bounds, plan_groups
+from ..gate_decorator.tick_tock import TickTock, TickTockSteps, plan_rounds
+from .nni_config import weight_setting
+from .nni_front import GatingPruner
+from .nni_plan import group_bounds
 
 __all__ = ["GateDecoratorPruner"]
 
@@ -50,35 +46,19 @@ __all__ = ["GateDecoratorPruner"]
 RUN_ONLY = ("weight_decay", "subset_batches", "freeze_bn_stats")
 PER_LAYER_KEYS = ("sparse_ratio", "min_sparse_ratio", "global_group_id")
 
-NO_EVALUATOR = (
-    "GateDecoratorPruner scores channels by |phi * dL/dphi| on training batches and fine-tunes between "
-    "pruning steps, so compress() trains through an NNI evaluator, and none was given. Pass one, plus the "
-    "number of optimizer steps the schedule may use:\n"
-    "    evaluator = TorchEvaluator(training_func, nni.trace(torch.optim.SGD)(model.parameters(), lr=0.01),\n"
-    "                               training_step, dummy_input=example_batch)\n"
-    "    GateDecoratorPruner(model, config_list, evaluator=evaluator, training_steps=60, target=0.5)"
-)
-
-
-class GateDecoratorPruner(Pruner):
+class GateDecoratorPruner(GatingPruner):
     """Gate Decorator (global Taylor ranking of GBN scales, Tick-Tock) as an NNI 3 pruner.
 
     Args:
-        model: the model to prune (trained, ideally). It is wrapped in place, as by every NNI pruner.
+        model, evaluator, dummy_input, target, efficiency: see
+            :class:`~wgates_plugin.integrations.nni_front.GatingPruner`; ``target`` is required.
         config_list: NNI config list choosing the layers that may be pruned: ``op_types`` / ``op_names``
             / ``op_names_re``, ``exclude_op_*`` (or a legacy ``{'exclude': True, ...}`` entry), and
             ``max_sparse_ratio`` to bound a layer. Layers coupled to a selected one (residual additions,
             depthwise partners) share its pattern and get identical masks.
-        evaluator: NNI ``TorchEvaluator`` or ``LightningEvaluator``; required by :meth:`compress`.
         training_steps: the most optimizer steps the schedule may use (Ticks and Tocks together); the
             rounds shrink to fit (see :func:`~wgates_plugin.gate_decorator.tick_tock.plan_rounds`); required by
             :meth:`compress`.
-        dummy_input: a batch the model accepts, used to trace channel dependencies. Default: the
-            evaluator's ``dummy_input``.
-        target: keep this fraction of the unpruned cost of ``efficiency`` (FLOPs: conv + linear MACs,
-            by default), in (0, 1].
-        efficiency: a custom cost model instead of FLOPs: an
-            :class:`~wgates_plugin.efficiency.EfficiencyModel` or a callable ``groups -> model``.
         schedule: the :class:`~wgates_plugin.gate_decorator.tick_tock.TickTock` knobs. Through NNI the evaluator's
             optimizer trains the weights, so ``weight_decay``, ``subset_batches`` and
             ``freeze_bn_stats`` must stay at their defaults; ``gate_lr`` (Ticks), ``weight_lr`` (Tocks)
@@ -97,52 +77,37 @@ class GateDecoratorPruner(Pruner):
         >>> small = wgates_plugin.speedup(model, masks, dummy_input)  # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        config_list: Sequence[Mapping[str, Any]],
-        evaluator: Evaluator | None = None,
-        training_steps: int | None = None,
-        *,
-        dummy_input: Any = None,
-        target: float | None = None,
-        efficiency: EfficiencyArg = None,
-        schedule: TickTock | None = None,
-    ) -> None:
-        target = _check_arguments(evaluator, training_steps, target, schedule)
-        entries = canonical_config_list(config_list)
-        _refuse_per_layer_ratios(entries)
-        self.settings, self.excluded = select_layers(model, entries)
-        self.training_steps = training_steps
+    WHY = "scores channels by |phi * dL/dphi| on training batches and fine-tunes between pruning steps"
+    EXAMPLE = "training_steps=60, target=0.5"
+    NO_INPUT = ("GateDecoratorPruner traces the model's channel dependencies from an example batch: "
+                "pass dummy_input=<a batch the model accepts> (or give the evaluator one)")
+    STEPS = "the most optimizer steps the schedule may use"
+    RUNS = "runs at most"
+    DONE = "the channels are pruned and the masks final"
+
+    def _check_options(self, target: float | None, options: dict[str, Any]) -> dict[str, Any]:
+        schedule = options.pop("schedule", None)
+        if options:
+            raise ConfigError(f"unknown option(s) {sorted(options)}: GateDecoratorPruner accepts schedule "
+                              "(bounds and exclusions come from config_list)")
+        if schedule is not None:
+            _check_schedule(schedule)
+        if target is None:
+            raise ConfigError("GateDecoratorPruner ranks channels globally under one budget: pass "
+                              "target=<fraction of the FLOPs to keep> (or of the cost of efficiency=...)")
         self.schedule = schedule or TickTock()
-        self.dummy_input = dummy_input if dummy_input is not None else evaluator_dummy_input(evaluator)
-        if self.dummy_input is None:
-            raise ConfigError("GateDecoratorPruner traces the model's channel dependencies from an example batch: "
-                              "pass dummy_input=<a batch the model accepts> (or give the evaluator one)")
-        self.plans, self.notes = self._plan(model)
-        self.core = self._build_core(model, target, efficiency)
-        self._timeline: list[tuple[str, float | None]] = []
-        self._step = 0
-        self._compressed = False
-        super().__init__(model, entries + self._follower_entries(), evaluator)
+        return {}
 
-    # ------------------------------------------------------------------ construction
-    def _plan(self, model: nn.Module) -> tuple[list[GroupPlan], list[str]]:
-        plans, notes = plan_groups(trace_groups(model, self.dummy_input).groups, self.settings, self.excluded)
-        for note in notes:
-            warnings.warn(note, stacklevel=4)
-        return plans, notes
-
-    def _build_core(self, model: nn.Module, target: float, efficiency: Any) -> GateDecorator:
+    def _build_core(self, model: nn.Module, target: float | None, efficiency: Any, **options: Any) -> GateDecorator:
         floors = {p.name: group_bounds(plan).min_keep for plan in self.plans for p in plan.group.producers}
-        return GateDecorator(model, self.dummy_input, target, efficiency=efficiency, prune_shortcuts=True,
+        core = GateDecorator(model, self.dummy_input, target, efficiency=efficiency, prune_shortcuts=True,
                              groups=[plan.group for plan in self.plans],
                              layer_min_keep={k: v for k, v in floors.items() if v > 0})
+        self._steps = TickTockSteps(core, self.schedule, [])  # planned by compress()
+        return core
 
-    def _follower_entries(self) -> list[dict[str, Any]]:
-        """Wrap the producers that follow a selected layer's pattern, so that they get NNI masks too."""
-        followers = sorted({m.name for plan in self.plans for m in plan.group.producers} - set(self.settings))
-        return [{"op_names": followers}] if followers else []
+    def _check_entries(self, entries: list[dict[str, Any]]) -> None:
+        _refuse_per_layer_ratios(entries)
 
     # ------------------------------------------------------------------ wrapping
     def wrap_model(self) -> None:
@@ -161,31 +126,12 @@ class GateDecoratorPruner(Pruner):
         self.core.fuse()
 
     # ------------------------------------------------------------------ compression
-    def compress(self, max_steps: int | None = None, max_epochs: int | None = None) -> tuple[nn.Module, Masks]:
-        """Run the Tick-Tock schedule through the evaluator, prune to the budget, return ``(model, masks)``.
-
-        Raises:
-            ConfigError: no evaluator or no ``training_steps``; ``max_steps`` / ``max_epochs`` given.
-            StateError: the pruner was already compressed, or the training function ran no step.
-        """
-        if self.evaluator is None:
-            raise ConfigError(NO_EVALUATOR)
-        if self.training_steps is None:
-            raise ConfigError("compress() needs training_steps=<the most optimizer steps the schedule may use> "
-                              "(an int >= 1)")
-        if max_steps is not None or max_epochs is not None:
-            raise ConfigError("GateDecoratorPruner runs at most training_steps optimizer steps; do not pass "
-                              "max_steps / max_epochs to compress()")
-        if self._compressed:
-            raise StateError("compress() was already called: the channels are pruned and the masks final")
-        return super().compress(max_steps, max_epochs)  # type: ignore[return-value]
-
     def _single_compress(self, max_steps: int | None, max_epochs: int | None) -> None:
         rounds = plan_rounds(self.schedule, self.core.cost_ratio(), float(self.core.target or 1.0),
                              self.training_steps)
-        self._timeline = step_plan(rounds)
-        if self._timeline:
-            self._fusion_compress(len(self._timeline), None)
+        self._steps = TickTockSteps(self.core, self.schedule, rounds)
+        if self._steps.timeline:
+            self._fusion_compress(len(self._steps.timeline), None)
         self._compressed = True
 
     def _fuse_preprocess(self, evaluator: Evaluator) -> None:
@@ -193,33 +139,25 @@ class GateDecoratorPruner(Pruner):
         self._tick_opt = torch.optim.SGD(phi, lr=s.gate_lr, momentum=s.momentum)
         self._tock_opt = torch.optim.SGD(phi, lr=s.weight_lr, momentum=s.momentum)
         evaluator.patch_optimizer_step(before_step_tasks=[self._before_step], after_step_tasks=[self._after_step])
-        evaluator.patch_loss(self._patch_loss)
+        evaluator.patch_loss(lambda loss, _batch: self._steps.loss(loss))
 
     def _fuse_postprocess(self, evaluator: Evaluator) -> None:
-        if self._step < len(self._timeline):
+        steps = self._steps
+        if steps.step < len(steps.timeline):
             if self.core.batches == 0:
                 raise StateError("the training function ran no optimizer step, so no channel could be scored: "
                                  "GateDecoratorPruner needs at least one Tick step")
-            warnings.warn(f"the training function ran {self._step} optimizer steps, fewer than the "
-                          f"{len(self._timeline)} the schedule planned; pruned to the budget with the importance "
+            warnings.warn(f"the training function ran {steps.step} optimizer steps, fewer than the "
+                          f"{len(steps.timeline)} the schedule planned; pruned to the budget with the importance "
                           "gathered so far", stacklevel=2)
-            self._prune(float(self.core.target or 1.0))
-            self._step = len(self._timeline)
-
-    def _phase(self) -> str:
-        return self._timeline[self._step][0] if self._step < len(self._timeline) else "done"
-
-    def _patch_loss(self, loss: torch.Tensor, _batch: Any) -> torch.Tensor:
-        if self._phase() == "tock" and self.schedule.l1:
-            return loss + self.schedule.l1 * self.core.l1_penalty().to(loss)
-        return loss
+            self.core.prune(target=float(self.core.target or 1.0))
+            self.update_masks(self.gate_masks())
+            steps.step = len(steps.timeline)
 
     def _before_step(self) -> None:
-        phase = self._phase()
+        phase = self._steps.phase
         if phase == "tick":
-            if self._step == 0 or self._timeline[self._step - 1][0] != "tick":
-                self.core.reset_importance()  # the first Tick step of a round
-            self.core.accumulate()
+            self._steps.after_backward()
             for p in self.bound_model.parameters():
                 p.grad = None  # the user's optimizer skips parameters without a gradient
             self._tick_opt.step()
@@ -228,43 +166,17 @@ class GateDecoratorPruner(Pruner):
 
     def _after_step(self) -> None:
         self._tick_opt.zero_grad(set_to_none=True)
-        if self._step >= len(self._timeline):
-            return
-        target = self._timeline[self._step][1]
-        self._step += 1
-        if target is not None:
-            self._prune(target)
-
-    def _prune(self, target: float) -> None:
-        self.core.prune(target=target)
-        self.update_masks(self.gate_masks())
+        if self._steps.end_step() is not None:
+            self.update_masks(self.gate_masks())
 
     # ------------------------------------------------------------------ results
-    def gate_masks(self) -> Masks:
-        """NNI masks from the pruning state: every wrapped producer (and selected BatchNorm) of a gated group.
-
-        A pruned channel zeroes its filter row in ``weight`` and its entry in ``bias``; every wrapped
-        layer outside the gated groups gets all-ones masks.
-        """
-        return self.core.nni_masks({name: full_masks(wrapper) for name, wrapper in self._module_wrappers.items()})
-
     def stats(self) -> dict[str, Any]:
         """Cost and FLOPs ratios, kept channels per group, and the schedule position."""
-        return {**self.core.stats(), "step": self._step, "planned_steps": len(self._timeline), "phase": self._phase()}
+        steps = self._steps
+        return {**self.core.stats(), "step": steps.step, "planned_steps": len(steps.timeline), "phase": steps.phase}
 
 
 # ---------------------------------------------------------------------------- checks
-def _check_arguments(evaluator: Any, training_steps: Any, target: Any, schedule: Any) -> float:
-    """Validate the arguments; return the budget (a fraction of the unpruned cost)."""
-    check_front_end_arguments(evaluator, training_steps, target)
-    if schedule is not None:
-        _check_schedule(schedule)
-    if target is None:
-        raise ConfigError("GateDecoratorPruner ranks channels globally under one budget: pass "
-                          "target=<fraction of the FLOPs to keep> (or of the cost of efficiency=...)")
-    return float(target)
-
-
 def _check_schedule(schedule: Any) -> None:
     if not isinstance(schedule, TickTock):
         raise ConfigTypeError(f"schedule must be a TickTock, got {type(schedule).__name__}")
@@ -277,6 +189,7 @@ def _check_schedule(schedule: Any) -> None:
 
 
 def _refuse_per_layer_ratios(entries: Sequence[Mapping[str, Any]]) -> None:
+    """Gate Decorator ranks globally: no per-layer ratio or group budget."""
     for i, entry in enumerate(entries):
         setting = weight_setting(entry)
         for key in PER_LAYER_KEYS:

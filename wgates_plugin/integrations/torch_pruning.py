@@ -42,7 +42,7 @@ from torch import nn
 
 from ..config import BudgetMode, LayerBounds, WGatesConfig
 from ..errors import ConfigError, ConfigTypeError, StateError
-from ..groups import ChannelGroup, Member, Role, select_groups, trace_groups
+from ..groups import ChannelGroup, Member, Role, gated_groups
 from ..pruner import WGates
 from ..utils import check_number, device_of
 from .budgets import LinearCostModel
@@ -160,9 +160,10 @@ class WGatesMetaPruner:
         fixed = _layer_ratios(ratio_dict, names)
         exclude, exclude_types = _ignored(ignored, names)
         local = target is None and not self.global_pruning
-        groups = _prunable(self.model, self.example_inputs, set(exclude), exclude_types, prune_shortcuts)
+        groups = gated_groups(self.model, self.example_inputs, exclude=exclude, exclude_types=exclude_types,
+                              prune_shortcuts=prune_shortcuts)[1]
         layer_bounds = {p.name: self._bounds(g, fixed, local) for g in groups for p in g.producers}
-        efficiency, target = None, target
+        efficiency = None
         if self.global_pruning:
             efficiency, target = _channel_budget(groups, float(self.pruning_ratio or 0.0))
         config = WGatesConfig(mode=BudgetMode.NONE if local else BudgetMode.TARGET, target=target,
@@ -294,15 +295,3 @@ def _channel_budget(groups: list[ChannelGroup], ratio: float) -> tuple[LinearCos
     if kept < len(groups):
         raise ConfigError(f"pruning_ratio={ratio} keeps {kept} channels, fewer than one per group ({len(groups)})")
     return model, kept / total
-
-
-def _prunable(model: nn.Module, example_inputs: Any, exclude: set[str], exclude_types: tuple[type, ...],
-              prune_shortcuts: bool) -> list[ChannelGroup]:
-    """The groups the core gates with these exclusions (traced once; the core takes them as they are)."""
-    traced = trace_groups(model, example_inputs)
-    groups = select_groups(traced.groups, lambda _n, _m: True,
-                           lambda n, m: n in exclude or isinstance(m, exclude_types), prune_shortcuts)
-    if not groups:
-        raise ConfigError("no channel group can be pruned: every group is ignored, shortcut-coupled "
-                          "(pass prune_shortcuts=True) or produces the model's output")
-    return groups

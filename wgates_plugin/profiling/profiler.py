@@ -33,7 +33,7 @@ from ..efficiency.blocks import BlockEncoder, BlockInfo, find_blocks, layout_of
 from ..efficiency.latency import architecture_hash
 from ..efficiency.timing import Timing, device_name, fixed_threads, measure_ms
 from ..errors import ConfigError, ConfigTypeError
-from ..utils import call_model, device_of
+from ..utils import call_model, check_number, device_of
 from .candidates import CandidateSpace
 from .samples import FORMAT, REFERENCE, LatencySamples, SampleWriter
 
@@ -149,8 +149,7 @@ def collect_latency(
     if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() != 4:
         raise ConfigTypeError("example_inputs must be an image tensor (N, C, H, W) for latency profiling")
     for name, value, low in (("samples", samples, 0), ("reference_every", reference_every, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"{name}={value!r} must be an integer >= {low}")
+        check_number(name, value, f">= {low}", integer=True, what="an integer", type_error=ConfigError)
     timing = timing or Timing()
     space = CandidateSpace(model, example_inputs, config)
     encoder = _encoder(space, blocks, block_types)

@@ -1,0 +1,180 @@
+"""What both NNI 3 front ends share: config list → planned channel groups, the layers NNI wraps, the
+``compress()`` contract and the masks.
+
+:class:`~wgates_plugin.integrations.nni.WGatesPruner` and
+:class:`~wgates_plugin.integrations.nni_gate_decorator.GateDecoratorPruner` derive from
+:class:`GatingPruner`; they differ in the core they attach and in what a training step does.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from nni.compression.base.compressor import Pruner
+from nni.compression.base.wrapper import ModuleWrapper
+from nni.compression.utils import Evaluator
+from torch import nn
+
+from ..core import EfficiencyArg
+from ..errors import ConfigError, ConfigTypeError, StateError
+from ..export import Masks
+from ..groups import trace_groups
+from ..utils import check_number
+from .nni_config import canonical_config_list, select_layers
+from .nni_plan import GroupPlan, plan_groups
+
+__all__ = ["GatingPruner", "evaluator_dummy_input", "full_masks", "check_front_end_arguments"]
+
+
+class GatingPruner(Pruner):
+    """An NNI pruner whose masks come from a :class:`~wgates_plugin.core.ChannelGating` core.
+
+    The constructor validates the common arguments, reads the config list, traces the model once
+    (``dummy_input``, or the evaluator's) to plan the gated groups, lets the subclass build its core
+    from ``self.plans`` (:meth:`_build_core`, with the method's own ``options`` checked by
+    :meth:`_check_options`) and wraps the layers. Subclasses implement NNI's ``_single_compress`` and
+    the evaluator patches, and set the messages below.
+
+    Args:
+        model: the model to prune (trained, ideally). It is wrapped in place, as by every NNI pruner.
+        config_list: NNI config list (see the subclass for what it may set).
+        evaluator: NNI ``TorchEvaluator`` or ``LightningEvaluator``; required by :meth:`compress`.
+        training_steps: optimizer steps :meth:`compress` may train for; required by it.
+        dummy_input: a batch the model accepts, used to trace channel dependencies. Default: the
+            evaluator's ``dummy_input``.
+        target: keep this fraction of the unpruned cost of ``efficiency`` (FLOPs: conv + linear MACs,
+            by default), in (0, 1].
+        efficiency: a custom cost model instead of FLOPs (e.g. a latency predictor): an
+            :class:`~wgates_plugin.efficiency.EfficiencyModel` or a callable ``groups -> model``.
+        **options: the method's knobs (see the subclass).
+    """
+
+    WHY = ""  # why compress() needs an evaluator
+    EXAMPLE = ""  # the arguments of the example call in that message
+    NO_INPUT = ""  # what to pass when there is no example batch
+    STEPS = ""  # what training_steps counts
+    RUNS = ""  # how compress() uses training_steps
+    DONE = ""  # the state after compress()
+    NEEDS_INPUT = True  # False: without an evaluator, the pruner may be built untraced (no core)
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config_list: Sequence[Mapping[str, Any]],
+        evaluator: Evaluator | None = None,
+        training_steps: int | None = None,
+        *,
+        dummy_input: Any = None,
+        target: float | None = None,
+        efficiency: EfficiencyArg = None,
+        **options: Any,
+    ) -> None:
+        check_front_end_arguments(evaluator, training_steps, target)
+        options = self._check_options(target, options)
+        entries = self._plan_layers(model, config_list, evaluator, training_steps, dummy_input)
+        if self.dummy_input is None and (self.NEEDS_INPUT or evaluator is not None):
+            raise ConfigError(self.NO_INPUT)
+        self._core = None if self.dummy_input is None else self._build_core(model, target, efficiency, **options)
+        followers = sorted({m.name for plan in self.plans for m in plan.group.producers} - set(self.settings))
+        super().__init__(model, entries + ([{"op_names": followers}] if followers else []), evaluator)
+
+    @property
+    def core(self) -> Any:
+        """The channel-gating core attached to the model."""
+        if self._core is None:
+            raise StateError(f"{type(self).__name__} has no gates: it was built without an evaluator or dummy_input, "
+                             "so it could not trace the model; pass dummy_input=<a batch the model accepts>")
+        return self._core
+
+    def _check_options(self, target: float | None, options: dict[str, Any]) -> dict[str, Any]:
+        """Validate the method's options (and its need for a target); return them with their defaults."""
+        raise NotImplementedError
+
+    def _build_core(self, model: nn.Module, target: float | None, efficiency: Any, **options: Any) -> Any:
+        """The core over ``self.plans``."""
+        raise NotImplementedError
+
+    def _plan_layers(self, model: nn.Module, config_list: Sequence[Mapping[str, Any]], evaluator: Evaluator | None,
+                     training_steps: int | None, dummy_input: Any) -> list[dict[str, Any]]:
+        """Read the config list and plan the gated groups (when there is an example batch to trace)."""
+        entries = canonical_config_list(config_list)
+        self._check_entries(entries)
+        self.settings, self.excluded = select_layers(model, entries)
+        self.training_steps = training_steps
+        self.dummy_input = dummy_input if dummy_input is not None else evaluator_dummy_input(evaluator)
+        self.plans: list[GroupPlan] = []
+        self.notes: list[str] = []
+        if self.dummy_input is not None:
+            self.plans, self.notes = plan_groups(trace_groups(model, self.dummy_input).groups, self.settings,
+                                                 self.excluded)
+            for note in self.notes:
+                warnings.warn(note, stacklevel=4)
+        self._compressed = False
+        self._step = 0
+        return entries
+
+    def _check_entries(self, entries: list[dict[str, Any]]) -> None:
+        """Refuse config entries this method cannot honour (default: none)."""
+
+    def compress(self, max_steps: int | None = None, max_epochs: int | None = None) -> tuple[nn.Module, Masks]:
+        """Train through the evaluator within ``training_steps`` optimizer steps; return ``(model, masks)``.
+
+        Raises:
+            ConfigError: no evaluator or no ``training_steps``; ``max_steps`` / ``max_epochs`` given.
+            StateError: the pruner was already compressed.
+        """
+        if self.evaluator is None:
+            name = type(self).__name__
+            raise ConfigError(
+                f"{name} {self.WHY}, so compress() trains through an NNI evaluator, and none was given. Pass one, "
+                f"plus the number of {self.STEPS}:\n"
+                "    optimizer = nni.trace(torch.optim.SGD)(model.parameters(), lr=0.01)\n"
+                "    evaluator = TorchEvaluator(training_func, optimizer, training_step, dummy_input=example_batch)\n"
+                f"    {name}(model, config_list, evaluator=evaluator, {self.EXAMPLE})\n"
+                "(a LightningEvaluator works the same way).")
+        if self.training_steps is None:
+            raise ConfigError(f"compress() needs training_steps=<{self.STEPS}> (an int >= 1)")
+        if max_steps is not None or max_epochs is not None:
+            raise ConfigError(f"{type(self).__name__} {self.RUNS} training_steps optimizer steps; do not pass "
+                              "max_steps / max_epochs to compress()")
+        if self._compressed:
+            raise StateError(f"compress() was already called: {self.DONE}")
+        return super().compress(max_steps, max_epochs)  # type: ignore[return-value]
+
+    def gate_masks(self) -> Masks:
+        """NNI masks of the core's keep decisions: every wrapped producer (and selected BatchNorm) of a
+        gated group; a closed channel zeroes its filter row in ``weight`` and its entry in ``bias``,
+        every wrapped layer outside the gated groups gets all-ones masks."""
+        return self.core.nni_masks({name: full_masks(wrapper) for name, wrapper in self._module_wrappers.items()})
+
+
+def check_front_end_arguments(evaluator: Any, training_steps: Any, target: Any) -> None:
+    """The checks both NNI front ends make: the evaluator's type, ``training_steps``, ``target``."""
+    if evaluator is not None and not isinstance(evaluator, Evaluator):
+        raise ConfigTypeError(f"evaluator must be an NNI Evaluator (TorchEvaluator, LightningEvaluator), "
+                              f"got {type(evaluator).__name__}")
+    if training_steps is not None:
+        check_number("training_steps", training_steps, ">= 1", integer=True, type_error=ConfigError)
+    if target is not None:
+        check_number("target", target, "(0, 1]", what="a fraction", type_error=ConfigError)
+
+
+def evaluator_dummy_input(evaluator: Evaluator | None) -> Any:
+    """The dummy input a user gave the evaluator (TorchEvaluator / LightningEvaluator), else None.
+
+    NNI's ``LightningEvaluator.get_dummy_input()`` falls back to a whole training batch (inputs *and*
+    labels), which is not something the model accepts, so only an explicitly given one is used.
+    """
+    if evaluator is None:
+        return None
+    explicit = getattr(evaluator, "dummy_input", None)
+    return explicit if explicit is not None else getattr(evaluator, "_dummy_input", None)
+
+
+def full_masks(wrapper: ModuleWrapper) -> dict[str, Any]:
+    """All-ones masks (nothing pruned) for every pruning target of an NNI module wrapper."""
+    return {name: torch.ones_like(space.target.detach()) for name, space in wrapper.pruning_target_spaces.items()
+            if space.target is not None}
