@@ -21,7 +21,10 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from sklearn.datasets import load_digits as sklearn_digits
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torchvision import datasets, transforms
 
 from ..errors import ConfigError
 from ..utils import check_number
@@ -57,8 +60,6 @@ def load_digits(size: int = 32, train_size: int = 1000, seed: int = 0) -> tuple[
     """
     check_number("size", size, ">= 8", integer=True, what="")
     check_number("train_size", train_size, f"[1, {DIGITS_SIZE - 1}]", integer=True, what="")
-    from sklearn.datasets import load_digits as sklearn_digits
-
     raw = sklearn_digits()
     images = torch.from_numpy(raw.images).float().div(16.0).unsqueeze(1)  # (1797, 1, 8, 8)
     labels = torch.from_numpy(raw.target).long()  # (1797,)
@@ -88,8 +89,6 @@ def image_folder(
             with a readable image.
         ConfigError: ``size`` is out of range.
     """
-    from torchvision import datasets, transforms
-
     check_number("size", size, ">= 8", integer=True, what="")
     path = Path(root)
     if not path.is_dir():
@@ -146,8 +145,6 @@ def folder_splits(
 
 
 def _rgb_loader(path: str) -> object:
-    from PIL import Image
-
     with Image.open(path) as img:
         return img.convert("RGB")
 

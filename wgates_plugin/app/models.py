@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torchvision
 from torch import nn
 
 from ..errors import ConfigError, ConfigTypeError
@@ -82,8 +83,6 @@ class Architecture:
 @functools.lru_cache(maxsize=1)
 def classification_models() -> tuple[str, ...]:
     """Names of torchvision's image classification models (``torchvision.models.list_models``)."""
-    import torchvision
-
     return tuple(sorted(torchvision.models.list_models(module=torchvision.models)))
 
 
@@ -113,6 +112,4 @@ def build_model(arch: Architecture, builder: Builder | None = None) -> nn.Module
     if arch.source == CUSTOM:
         raise ConfigError(f"the architecture was built by the custom builder {arch.name!r}; "
                           f"pass it back: builder=<the function that builds {arch.name!r}>")
-    import torchvision
-
     return torchvision.models.get_model(arch.name, weights=None, **arch.kwargs)

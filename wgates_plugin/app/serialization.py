@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import ConfigError
@@ -67,8 +68,6 @@ def save_pruned(directory: str | Path, model: nn.Module, history: Sequence[Seque
     Returns:
         The directory.
     """
-    from safetensors.torch import save_file
-
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     entries = _check_history(history)
@@ -130,8 +129,6 @@ def load_pruned(directory: str | Path, builder: Builder | None = None) -> nn.Mod
         FileNotFoundError: a file is missing.
         ConfigError: the history or the weights do not fit the architecture.
     """
-    from safetensors.torch import load_file
-
     folder = Path(directory)
     weights = folder / WEIGHTS_FILE
     arch, history = read_recipe(folder)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torchvision.models.mobilenetv2 import InvertedResidual
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ..errors import ConfigError, LatencyContextError
 from ..groups import ChannelGroup
@@ -49,9 +51,6 @@ def type_key(module: nn.Module) -> str:
 
 def default_block_types() -> tuple[type[nn.Module], ...]:
     """torchvision's residual and inverted-residual blocks."""
-    from torchvision.models.mobilenetv2 import InvertedResidual
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-
     return (BasicBlock, Bottleneck, InvertedResidual)
 
 

@@ -31,6 +31,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import ConfigError, LatencyContextError, MeasurementError
@@ -191,8 +193,6 @@ class LatencyPredictor(nn.Module):
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
         """Write safetensors weights with the JSON metadata in its header."""
-        from safetensors.torch import save_file
-
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.nets.state_dict().items() if ".layers." in k}
         meta = {"format": LPNET_FORMAT, "kind": self.kind, "types": self.types, "context": self.context,
                 "nets": [self.net(t).spec() for t in self.types], "info": self.info}
@@ -205,8 +205,6 @@ class LatencyPredictor(nn.Module):
         Raises:
             ConfigError: the file is not a W-Gates LPNet.
         """
-        from safetensors import safe_open
-
         with safe_open(os.fspath(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("wgates_lpnet")
             tensors = {k: f.get_tensor(k) for k in f.keys()}

@@ -21,7 +21,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 from torch import nn
+from tqdm.auto import trange
 
 from ..errors import ConfigError
 from .timing import fixed_threads
@@ -168,8 +170,6 @@ def _train(net: LPNet, x: torch.Tensor, target: torch.Tensor, fit: FitConfig, pr
 
 
 def _epochs(epochs: int, progress: bool):
-    from tqdm.auto import trange
-
     return trange(epochs, desc="LPNet epochs", disable=not progress, leave=False)
 
 
@@ -202,8 +202,6 @@ class LatencyErrors:
 
 def latency_errors(predicted: Sequence[float] | np.ndarray, measured: Sequence[float] | np.ndarray) -> LatencyErrors:
     """Score ``predicted`` against ``measured`` latencies (same length, ms)."""
-    from scipy.stats import spearmanr
-
     p, m = np.asarray(predicted, dtype=np.float64), np.asarray(measured, dtype=np.float64)
     if p.shape != m.shape or p.ndim != 1 or len(p) < 2:
         raise ConfigError(f"need two equal-length 1-D series of >= 2 latencies, got {p.shape} and {m.shape}")

@@ -31,6 +31,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from nni.compression.base.config import default_config_schema, select_modules_by_config, trans_legacy_config_list
+from nni.compression.base.setting import canonicalize_settings
+from schema import SchemaError
 from torch import nn
 
 from ..errors import ConfigError, ConfigTypeError
@@ -137,8 +140,6 @@ def _apply_legacy_excludes(entries: list[dict[str, Any]]) -> list[tuple[int, dic
 def _translate_legacy(i: int, entry: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     if not any(k in entry for k in LEGACY_KEYS):
         return i, entry
-    from nni.compression.base.config import trans_legacy_config_list
-
     total = "total_sparsity" in entry
     (new,) = trans_legacy_config_list([entry])
     weight = new.get("target_settings", {}).get("weight", {})
@@ -193,9 +194,6 @@ def _check_unsupported(where: str, setting: Mapping[str, Any]) -> None:
 
 
 def _check_schema(i: int, entry: Mapping[str, Any]) -> None:
-    from nni.compression.base.config import default_config_schema
-    from schema import SchemaError
-
     try:
         default_config_schema("pruning").validate(dict(entry))
     except SchemaError as exc:
@@ -215,8 +213,6 @@ def select_layers(model: nn.Module, entries: Sequence[Mapping[str, Any]]) -> tup
         ConfigError: an entry selects no layer (the message says why), or selects a layer type
             W-Gates cannot prune.
     """
-    from nni.compression.base.config import select_modules_by_config
-
     settings: dict[str, LayerSetting] = {}
     excluded: set[str] = set()
     names = {n for n, _ in model.named_modules()}
@@ -234,8 +230,6 @@ def select_layers(model: nn.Module, entries: Sequence[Mapping[str, Any]]) -> tup
 
 
 def _setting(i: int, name: str, module: nn.Module, public: Mapping[str, Any]) -> LayerSetting:
-    from nni.compression.base.setting import canonicalize_settings
-
     weight = canonicalize_settings(module, dict(public), "pruning")["weight"]
     return LayerSetting(name, i, weight.get("sparse_ratio"), weight.get("min_sparse_ratio"),
                         weight.get("max_sparse_ratio"), weight.get("global_group_id"))

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..config import WGatesConfig
 from ..efficiency.blocks import BlockEncoder, BlockInfo, find_blocks, layout_of
@@ -198,7 +199,5 @@ def _context(model, example_inputs, job: _Job, device, batch: int, model_name: s
 
 
 def _progress(items: list[int], enabled: bool, total: int):
-    from tqdm.auto import tqdm
-
     return tqdm(items, total=total, initial=total - len(items), desc="latency samples",
                 unit="net", disable=not enabled)
