@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -106,33 +106,58 @@ def _top_up(model, units, start, bounds, budget) -> list[int]:
 
 @dataclass
 class Budget:
-    """A limit on the cost of some gated groups: ``model.cost(channels of groups index) <= limit``.
+    """A limit on the cost of some gated groups, landed exactly by :func:`land` and, with a
+    ``multiplier``, pushed toward during training by the :meth:`penalty` term.
 
     Attributes:
         model: the cost model of those groups' channel counts.
         limit: the largest allowed cost (absolute, in ``model.unit``).
         index: positions of its groups in the encoding; ``None`` = every gated group.
         name: how messages refer to it.
+        multiplier: the dual-ascent controller of the training-time penalty (None: landing only).
     """
 
     model: EfficiencyModel
     limit: float
     index: list[int] | None = None
     name: str = "target"
+    multiplier: DualMultiplier | None = None
+    reference: float = field(init=False)  # the unpruned cost
+    _last_ratio: float | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.reference = self.model.reference()
 
     @classmethod
     def fraction(cls, model: EfficiencyModel, target: float, index: list[int] | None = None,
-                 name: str | None = None) -> Budget:
+                 name: str | None = None, multiplier: DualMultiplier | None = None) -> Budget:
         """The budget of keeping ``target`` (a fraction in (0, 1]) of ``model``'s unpruned cost."""
-        return cls(model, target * model.reference(), index, name or f"target={target}")
+        return cls(model, target * model.reference(), index, name or f"target={target}", multiplier)
 
     @property
     def target(self) -> float:
         """The limit as a fraction of the unpruned cost."""
-        return self.limit / self.model.reference()
+        return self.limit / self.reference
 
     def positions(self, groups: int) -> list[int]:
         return list(range(groups)) if self.index is None else list(self.index)
+
+    def ratio(self, counts: torch.Tensor) -> torch.Tensor:
+        """The cost of the live ``counts`` of every gated group ``(G,)``, as a fraction of the unpruned."""
+        return self.model(counts if self.index is None else counts[self.index]) / self.reference
+
+    def penalty(self, counts: torch.Tensor) -> torch.Tensor:
+        """The training-time term of :class:`DualMultiplier` (the multiplier moves in :meth:`update`)."""
+        assert self.multiplier is not None
+        ratio = self.ratio(counts)
+        self._last_ratio = float(ratio.detach())
+        return self.multiplier.penalty(ratio.to(counts.dtype))
+
+    def update(self) -> None:
+        """The multiplier's dual step from the ratio of the last penalty (no penalty since: no step)."""
+        if self.multiplier is not None and self._last_ratio is not None:
+            self.multiplier.update(self._last_ratio)
+        self._last_ratio = None
 
     def check_feasible(self, bounds: Sequence[UnitBounds]) -> None:
         """Raise :class:`BudgetError` when even the per-group minimums exceed the limit."""

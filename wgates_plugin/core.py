@@ -1,18 +1,8 @@
-"""The method-agnostic channel-gating core: what every channel-pruning method here shares.
-
-A method (W-Gates, Gate Decorator) decides *which channels of each group stay*: it supplies one 0/1
-(or soft) vector per gated group through :meth:`ChannelGating.current_gates`. Everything else is
-this class's:
-
-- the traced channel groups, the selection (``select`` / ``exclude`` / ``prune_shortcuts``) and
-  :meth:`~ChannelGating.why_not`;
-- the consumer-side hooks that multiply a group's channels where they leave it (zeroing there is
-  exactly removing);
-- cost bookkeeping: :meth:`~ChannelGating.counts`, :meth:`~ChannelGating.cost_ratio`,
-  :meth:`~ChannelGating.flops_ratio`, :meth:`~ChannelGating.kept`, the feasibility check;
-- the state check (a state dict saved for other groups is refused);
-- export: :meth:`~ChannelGating.export` (one path, :func:`~wgates_plugin.export.export_pruned`) and
-  :meth:`~ChannelGating.nni_masks` (one converter, :func:`~wgates_plugin.export.nni_masks`).
+"""The method-agnostic channel-gating core. A method (W-Gates, Gate Decorator) supplies one keep
+vector per gated group (:meth:`ChannelGating.current_gates`); the core owns the rest: the traced and
+selected groups, ``why_not``, the consumer-side hooks (zeroing a channel where it leaves its group is
+exactly removing it), cost bookkeeping and the feasibility check, the state check, and the one export
+path and NNI-mask converter of :mod:`wgates_plugin.export`.
 
 Example (a method that keeps the first half of every group):
     >>> import torch, torchvision
@@ -70,9 +60,8 @@ class ChannelGating(nn.Module):
         groups: already selected groups of this model (a front end that planned them); the model is
             then not traced again and the selection arguments are not used.
 
-    A subclass builds its per-group state, then calls :meth:`attach`, and implements
-    :meth:`current_gates` and :meth:`unit_bounds`; it may add hooks (:meth:`_method_hooks`), prepare
-    the export copy (:meth:`_prepare_export`) and refuse an early export (:meth:`_check_exportable`).
+    A subclass builds its per-group state, calls :meth:`attach`, implements :meth:`current_gates` and
+    :meth:`unit_bounds`, and may override the hooks below (``_method_hooks`` ... ``_prepare_export``).
     """
 
     #: whether the cost model is a submodule (in ``parameters()`` / ``state_dict``) or kept beside it.

@@ -1,11 +1,6 @@
-"""The one export path: channel groups + keep vectors → a physically smaller model, verified.
-
-- :func:`prune_groups` removes output channels through torch-pruning (every coupled layer follows);
-- :func:`export_pruned` is the whole export, used by both methods, the torch-pruning front end and
-  :func:`~wgates_plugin.speedup.speedup`: the gated model's outputs, a hook-free model (a copy, or the
-  model itself), an optional preparation (Gate Decorator merges its scales), the removal, the check;
-- :func:`check_outputs` / :func:`verify_outputs` are the one "same outputs" rule;
-- :func:`nni_masks` is the one keep-vectors → NNI-masks converter.
+"""The one export path, channel groups + keep vectors → a physically smaller model, verified
+(:func:`export_pruned`, used by both methods, the torch-pruning front end and ``speedup``), with the
+one "same outputs" rule (:func:`check_outputs`) and the one keep vectors → NNI masks converter.
 
 Example:
     >>> import torch, torchvision
@@ -24,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -37,14 +32,6 @@ __all__ = ["History", "Masks", "prune_groups", "export_pruned", "check_outputs",
 
 History = list[tuple[str, bool, list[int]]]
 Masks = dict[str, dict[str, torch.Tensor]]
-
-
-class Attached(Protocol):
-    """Something whose hooks gate a model (a :class:`~wgates_plugin.core.ChannelGating`)."""
-
-    def attach(self) -> None: ...
-
-    def remove(self) -> None: ...
 
 
 def prune_groups(model: nn.Module, example_inputs: Any, plan: Mapping[str, torch.Tensor]) -> History:
@@ -79,7 +66,7 @@ def export_pruned(
     groups: Sequence[ChannelGroup],
     keep: Sequence[torch.Tensor],
     *,
-    gating: Attached | None = None,
+    gating: Any = None,
     prepare: Callable[[nn.Module], None] | None = None,
     in_place: bool = False,
     verify: bool = True,
@@ -93,8 +80,8 @@ def export_pruned(
         model: the gated model (its hooks are what ``gating`` attached), or a plain one.
         example_inputs: a batch it accepts; used for tracing and for the check.
         groups: the channel groups, with ``keep``: one 0/1 vector ``(C,)`` per group.
-        gating: the owner of the model's gate hooks: they are removed before the copy (a copy keeps
-            no hooks), re-attached afterwards unless ``in_place``.
+        gating: the owner of the model's gate hooks (``remove()`` / ``attach()``, e.g. a
+            :class:`~wgates_plugin.core.ChannelGating`): removed for the copy, re-attached unless ``in_place``.
         prepare: called on the hook-free model before the removal (e.g. to merge scales).
         in_place: prune ``model`` itself instead of a deep copy.
         verify: compare the pruned model's eval outputs with what ``model`` computes now.

@@ -73,10 +73,11 @@ class WGates(ChannelGating):
         self.config = cfg
         self.gates = GateList(self._make_gate(g) for g in self.groups)
         self.multiplier = DualMultiplier(cfg.alpha, cfg.controller_rate, cfg.target or 1.0)
+        self.budgets: list[Budget] = []  # trained toward (those with a multiplier) and landed by freeze()
         if cfg.target is not None and cfg.mode is BudgetMode.TARGET:
             self.check_reachable(f"target={cfg.target}", cfg.target, cfg.tolerance)
+            self.budgets.append(Budget.fraction(self.efficiency, cfg.target, multiplier=self.multiplier))
         self._current: list[torch.Tensor] | None = None
-        self._last_ratio: float | None = None
         self.attach()
 
     def _make_gate(self, group: ChannelGroup) -> WeightGate:
@@ -117,31 +118,32 @@ class WGates(ChannelGating):
         return [g.hard() for g in self.gates]
 
     def efficiency_loss(self) -> torch.Tensor:
-        """The efficiency term to add to the task loss (see :class:`BudgetMode` for its form).
+        """The efficiency term to add to the task loss: the ``PAPER``-mode term (see :class:`BudgetMode`)
+        plus the penalty of every budget with a multiplier (the ``TARGET`` one, and any a front end added).
 
-        In ``TARGET`` mode the term's multiplier moves only in :meth:`update_multiplier`, the step a
-        training loop takes after each optimizer step.
+        The multipliers move only in :meth:`update_multiplier`, the step a training loop takes after
+        each optimizer step. Zero once the gates are frozen, and under ``no_grad``.
         """
-        mode = self.config.mode
-        if mode is BudgetMode.NONE or all(g.is_frozen for g in self.gates):
-            return torch.zeros((), device=self.gates[0].fc.device)
-        ratio = self.efficiency(self.counts()) / self.reference_cost
-        if mode is BudgetMode.PAPER:
-            return self.config.alpha * torch.log1p(ratio)
-        if not torch.is_grad_enabled():
-            return ratio * 0
-        self._last_ratio = float(ratio.detach())
-        return self.multiplier.penalty(ratio)
+        zero = torch.zeros((), device=self.gates[0].fc.device)
+        trained = [b for b in self.budgets if b.multiplier is not None]
+        if all(g.is_frozen for g in self.gates) or not (trained or self.config.mode is BudgetMode.PAPER):
+            return zero
+        counts = self.counts()
+        loss = zero
+        if self.config.mode is BudgetMode.PAPER:
+            loss = self.config.alpha * torch.log1p(self.efficiency(counts) / self.reference_cost)
+        if trained and torch.is_grad_enabled():
+            loss = loss + sum(b.penalty(counts) for b in trained)
+        return loss
 
     def update_multiplier(self) -> None:
-        """The ``TARGET``-mode dual step: move the multiplier by the cost ratio of the last loss.
+        """The dual step of every budget's multiplier, from the cost ratio of the last loss.
 
-        Call it once per training step, after the optimizer step. A no-op in the other modes, and
-        when no efficiency loss was computed since the last call (e.g. once the gates are frozen).
+        Call it once per training step, after the optimizer step; a no-op when no efficiency loss
+        was computed since the last call (e.g. once the gates are frozen).
         """
-        if self.config.mode is BudgetMode.TARGET and self._last_ratio is not None:
-            self.multiplier.update(self._last_ratio)
-        self._last_ratio = None
+        for budget in self.budgets:
+            budget.update()
 
     def stats(self) -> dict[str, Any]:
         """Live statistics for logging: cost and FLOPs ratios, multiplier, kept channels."""
@@ -151,20 +153,23 @@ class WGates(ChannelGating):
 
     # ------------------------------------------------------------------ end of training
     def freeze(self, project: bool | None = None, budgets: Sequence[Budget] | None = None) -> None:
-        """Fix the gates. With budgets, first land exactly on them (:func:`~wgates_plugin.budget.land`).
+        """Fix the gates; first land exactly on the budgets (:func:`~wgates_plugin.budget.land`).
 
         Args:
-            project: land on the config's target (default: in ``TARGET`` mode).
-            budgets: the budgets to land on instead (e.g. NNI global groups, another cost model).
+            project: land on :attr:`budgets` (default: when there are any), or on the config's
+                target when there are none.
+            budgets: the budgets to land on instead (e.g. another cost model's).
 
         Raises:
-            BudgetError: ``project=True`` without a target, or a budget below the bounds' minimum.
+            BudgetError: ``project=True`` without a budget or target, or a budget below the bounds' minimum.
         """
         if budgets is None:
-            project = self.config.mode is BudgetMode.TARGET if project is None else project
-            if project and self.config.target is None:
-                raise BudgetError("freeze(project=True) needs a target")
-            budgets = [Budget.fraction(self.efficiency, self.config.target)] if project else []
+            project = bool(self.budgets) if project is None else project
+            budgets = self.budgets if project else []
+            if project and not budgets:
+                if self.config.target is None:
+                    raise BudgetError("freeze(project=True) needs a target")
+                budgets = [Budget.fraction(self.efficiency, self.config.target)]
         units = [g.kept_units() for g in self.gates]
         if budgets:
             units = land(units, self.unit_bounds(), budgets)

@@ -1,4 +1,4 @@
-"""Gate Decorator (You et al., NeurIPS 2019, arXiv:1909.08174) on the W-Gates group and export machinery.
+"""Gate Decorator (You et al., NeurIPS 2019, arXiv:1909.08174) on the channel-gating core.
 
 The method: a channel-wise scaling factor ``phi`` multiplies the output of every BatchNorm of a gated
 channel group (a *gated BN*, GBN), initialised to 1 so attaching changes nothing. The first-order Taylor
@@ -10,18 +10,12 @@ Channels are ranked globally across layers and the least important are removed u
 accumulated, a small step of pruning) and Tock (the whole network fine-tuned with an L1 term on
 ``phi``). At export ``phi`` is merged into the BN's affine parameters, so no extra structure remains.
 
-How it sits on this package's machinery:
-
-- groups: exactly W-Gates' channel groups (:func:`~wgates_plugin.groups.trace_groups` and the same
-  selection, exclusion and ``prune_shortcuts`` semantics), so budgets are in the same units;
-- where ``phi`` lives: one vector per affine BatchNorm of a gated group (a forward hook multiplies the
-  BN's output); a group with no affine BN scales its producers' outputs instead;
-- where a removed channel is zeroed: at the inputs of the layers that consume the group (the same
-  point as W-Gates' gates), where zeroing is exactly removing it. Zeroing ``phi`` at the BN output is
-  not: an activation with ``f(0) != 0`` or a bias path after the BN would still carry the channel;
-- export: ``phi`` merged into BN weight and bias (or the producer's weight and bias), then the removed
-  channels leave through torch-pruning (:func:`~wgates_plugin.export.export_pruned`) and the copy is
-  verified against the gated model.
+On the channel-gating core (:class:`~wgates_plugin.core.ChannelGating`): the groups, selection,
+budgets' units, consumer-side masking and export are W-Gates' own. ``phi`` lives on every affine
+BatchNorm of a gated group (a forward hook scales its output; without one, the producers' outputs).
+Removed channels are zeroed where the group's channels are consumed, where zeroing is exactly
+removing (zeroing ``phi`` is not: an activation with ``f(0) != 0`` or a bias after the BN would still
+carry the channel); at export ``phi`` is merged into the BN (or producer) weight and bias.
 
 Example:
     >>> import torch, torchvision
@@ -51,7 +45,7 @@ from ..core import ChannelGating, EfficiencyArg, GateHook, Selector
 from ..errors import ConfigError, ConfigTypeError, StateError
 from ..groups import ChannelGroup, Role
 from ..utils import check_names, check_number, device_of
-from .tick_tock import LossFn, TickTock, TickTockTrace, run_tick_tock
+from .tick_tock import run_tick_tock
 
 __all__ = ["GateDecorator", "ScaleSite"]
 
@@ -354,16 +348,7 @@ class GateDecorator(ChannelGating):
         self._keep(gi)[torch.arange(g.tie) * units + unit] = 0.0
 
     # ------------------------------------------------------------------ training
-    def run(
-        self,
-        train_loader: Iterable[Any],
-        schedule: TickTock | None = None,
-        max_steps: int | None = None,
-        callback: Callable[[Any], None] | None = None,
-        loss_fn: LossFn | None = None,
-    ) -> TickTockTrace:
-        """Prune to ``target`` with the Tick-Tock schedule (:func:`~wgates_plugin.gate_decorator.run_tick_tock`)."""
-        return run_tick_tock(self, train_loader, schedule, max_steps, callback, loss_fn)
+    run = run_tick_tock  # gd.run(train_loader, schedule, max_steps, callback, loss_fn): prune to target, Tick-Tock
 
     # ------------------------------------------------------------------ export
     def fuse(self) -> None:

@@ -10,14 +10,12 @@ end through the core's exact projection (:func:`~wgates_plugin.budget.project_co
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
-from ..budget import Budget, DualMultiplier
 from ..efficiency.base import EfficiencyModel
 
-__all__ = ["LinearCostModel", "SharedBudget"]
+__all__ = ["LinearCostModel"]
 
 
 class LinearCostModel(EfficiencyModel):
@@ -46,28 +44,3 @@ class LinearCostModel(EfficiencyModel):
 
     def full_counts(self) -> torch.Tensor:
         return self.sizes.clone()
-
-
-@dataclass
-class SharedBudget(Budget):
-    """One shared budget over some gated groups (e.g. an NNI ``global_group_id``), with its penalty.
-
-    Attributes (besides :class:`~wgates_plugin.budget.Budget`'s):
-        multiplier: dual-ascent multiplier of the training-time penalty.
-    """
-
-    multiplier: DualMultiplier | None = None
-    _last_ratio: float | None = None
-
-    def penalty(self, counts: torch.Tensor) -> torch.Tensor:
-        """Training-time term for the gated groups' live counts ``(G_all,)`` (see :meth:`update`)."""
-        assert self.multiplier is not None and self.index is not None
-        ratio = self.model(counts[self.index]) / self.model.reference()  # scalar
-        self._last_ratio = float(ratio.detach())
-        return self.multiplier.penalty(ratio.to(counts.dtype))
-
-    def update(self) -> None:
-        """The dual step of the multiplier from the ratio of the last penalty (none: no step)."""
-        if self.multiplier is not None and self._last_ratio is not None:
-            self.multiplier.update(self._last_ratio)
-            self._last_ratio = None

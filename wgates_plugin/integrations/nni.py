@@ -30,12 +30,12 @@ import torch
 from nni.compression.utils import Evaluator
 from torch import nn
 
+from ..budget import Budget
 from ..config import BudgetMode, WGatesConfig
 from ..errors import ConfigError
 from ..gates import Producer
 from ..pruner import WGates
 from ..utils import check_number, device_of
-from .budgets import SharedBudget
 from .nni_front import GatingPruner
 from .nni_plan import GroupPlan, group_bounds, shared_budgets
 
@@ -97,7 +97,7 @@ class WGatesPruner(GatingPruner):
     RUNS = "trains for"
     DONE = "the gates are frozen and the masks final"
     NEEDS_INPUT = False
-    budgets: list[SharedBudget]
+    budgets: list[Budget]  # the global groups' (also among the core's)
 
     @property
     def wgates(self) -> WGates | None:
@@ -124,6 +124,7 @@ class WGatesPruner(GatingPruner):
         self.budgets = shared_budgets(self.plans, core.groups, config.alpha, config.controller_rate)
         for budget in self.budgets:
             budget.check_feasible(core.unit_bounds())
+        core.budgets += self.budgets
         return core
 
     # ------------------------------------------------------------------ wrapping
@@ -166,23 +167,17 @@ class WGatesPruner(GatingPruner):
 
     def _after_step(self) -> None:
         self.core.update_multiplier()
-        for budget in self.budgets:
-            budget.update()
         self._step += 1
         if self._step == self.training_steps:
             self._finish()
 
     def efficiency_loss(self) -> torch.Tensor:
-        """The term added to the task loss: the core's efficiency loss plus every global group's penalty."""
-        loss = self.core.efficiency_loss()
-        if self.budgets and not self._compressed:
-            counts = self.core.counts()  # (G,)
-            loss = loss + sum(b.penalty(counts) for b in self.budgets)
-        return loss
+        """The term added to the task loss: the core's (every global group's penalty included)."""
+        return self.core.efficiency_loss()
 
     def _finish(self) -> None:
         """Freeze the gates (landing every budget exactly) and write them into NNI's masks."""
-        self.core.freeze(budgets=self.budgets or None)
+        self.core.freeze()
         self.update_masks(self.gate_masks())
         self._compressed = True
 
@@ -192,8 +187,7 @@ class WGatesPruner(GatingPruner):
         out = self.core.stats()
         with torch.no_grad():
             counts = self.core.counts()
-            out["global_groups"] = {b.name: float(b.model(counts[b.index])) / b.model.reference()
-                                    for b in self.budgets}
+            out["global_groups"] = {b.name: float(b.ratio(counts)) for b in self.budgets}
         return out
 
 

@@ -11,7 +11,7 @@ partner, the convs summed by a residual addition). NNI configures *layers*. The 
   ...) or that contains a layer the config excludes stays whole, with a note saying why;
 - ``sparse_ratio`` alone fixes the kept count (NNI's rounding: ``C - int(C * ratio)`` kept), clamped
   into ``[min_sparse_ratio, max_sparse_ratio]`` as NNI does; otherwise those two bound the group;
-- ``global_group_id``: one :class:`~wgates_plugin.integrations.budgets.SharedBudget` per id, counted
+- ``global_group_id``: one :class:`~wgates_plugin.budget.Budget` per id, counted
   as NNI counts it, in weight elements of the selected layers: at least ``int(total * sparse_ratio)``
   elements of their weights end up masked.
 """
@@ -25,11 +25,11 @@ from typing import cast
 
 import torch
 
-from ..budget import DualMultiplier
+from ..budget import Budget, DualMultiplier
 from ..config import LayerBounds
 from ..errors import ConfigError
 from ..groups import ChannelGroup, Role
-from .budgets import LinearCostModel, SharedBudget
+from .budgets import LinearCostModel
 from .nni_config import LayerSetting
 
 __all__ = ["GroupPlan", "plan_groups", "group_bounds", "shared_budgets"]
@@ -107,8 +107,9 @@ def group_bounds(plan: GroupPlan) -> LayerBounds:
 
 def shared_budgets(
     plans: Sequence[GroupPlan], gated: Sequence[ChannelGroup], alpha: float, rate: float
-) -> list[SharedBudget]:
-    """One :class:`SharedBudget` per ``global_group_id``, over the weight elements of its selected layers.
+) -> list[Budget]:
+    """One :class:`~wgates_plugin.budget.Budget` (with a multiplier) per ``global_group_id``, counted in
+    weight elements of its selected layers.
 
     Args:
         plans: the gated groups' plans.
@@ -124,7 +125,7 @@ def shared_budgets(
     return [_budget(gid, members, position, alpha, rate) for gid, members in by_id.items()]
 
 
-def _budget(gid: object, plans: list[GroupPlan], position: dict[str, int], alpha: float, rate: float) -> SharedBudget:
+def _budget(gid: object, plans: list[GroupPlan], position: dict[str, int], alpha: float, rate: float) -> Budget:
     ratios = {p.setting.sparse_ratio for p in plans}
     if len(ratios) != 1 or None in ratios:
         layers = "; ".join(p.setting.describe() for p in plans)
@@ -136,7 +137,7 @@ def _budget(gid: object, plans: list[GroupPlan], position: dict[str, int], alpha
     total = int(round(model.reference()))
     budget = float(total - int(total * ratio))  # NNI masks int(total * ratio) elements
     name = f"global_group_id={gid!r}"
-    return SharedBudget(model, budget, [position[p.group.name] for p in plans], name,
+    return Budget(model, budget, [position[p.group.name] for p in plans], name,
                         multiplier=DualMultiplier(alpha, rate, budget / total))
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ...errors import WGatesError
 from ..training import Recipe
-from .prune import add_run_arguments, execute, fail, format_table, quiet_cuda_probe
+from . import prune
+from .prune import add_run_arguments
 
 # The demo's schedule (steps of batch 64 over the 1 000 training digits, ~15 steps per epoch).
 FULL = {"train_steps": 150, "steps": 100, "finetune_steps": 100, "bn_batches": 20}
@@ -43,15 +43,8 @@ def demo_args(args: argparse.Namespace) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``wgates demo``."""
-    quiet_cuda_probe()
     full = demo_args(args)
     print(f"W-Gates demo: resnet18 (10 classes) on the bundled digits at 32x32, FLOPs budget 50 %\n"
           f"baseline {full.train_steps} steps, gate training {full.steps} steps, fine-tuning "
           f"{full.finetune_steps} steps (batch 64)", flush=True)
-    try:
-        report = execute(full)
-    except (WGatesError, FileNotFoundError) as exc:
-        return fail("demo", exc)
-    print(format_table(report))
-    print(f"saved the pruned model (model.safetensors, pruning.json) and report.json to {args.out}/")
-    return 0
+    return prune.run(full, "demo", "the pruned model (model.safetensors, pruning.json) and report.json")

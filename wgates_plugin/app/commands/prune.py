@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -226,21 +225,14 @@ def _pct(fraction: float | None) -> float | None:
     return None if fraction is None else fraction * 100
 
 
-def quiet_cuda_probe() -> None:
-    """Silence torch's "No CUDA runtime is found" warning, logged when the latency timer is imported on
-    a CPU-only machine (it says nothing about this run)."""
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``wgates prune``: 0 on success, 2 (with the reason on stderr) on bad input."""
-    quiet_cuda_probe()
+def run(args: argparse.Namespace, command: str = "prune", saved: str = "the pruned model and report.json") -> int:
+    """Entry point of ``wgates prune`` (and ``demo``): 0 on success, 2 (with the reason on stderr) on bad input."""
     try:
         report = execute(args)
     except (WGatesError, FileNotFoundError) as exc:
-        return fail("prune", exc)
+        return fail(command, exc)
     print(format_table(report))
-    print(f"saved the pruned model and report.json to {args.out}")
+    print(f"saved {saved} to {args.out}")
     return 0
 
 
