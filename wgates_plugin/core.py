@@ -37,7 +37,7 @@ from .errors import BudgetError, ConfigError
 from .export import History, Masks, export_pruned, nni_masks
 from .groups import ChannelGroup, GroupGraph, Member, consumer_feeds, gated_groups, removal_plan, scale_input, why_not
 
-__all__ = ["ChannelGating", "GateHook", "Selector", "EfficiencyArg"]
+__all__ = ["ChannelGating", "FixedGates", "GateHook", "Selector", "EfficiencyArg"]
 
 Selector = Callable[[str, nn.Module], bool]
 EfficiencyArg = EfficiencyModel | Callable[[list[ChannelGroup]], EfficiencyModel] | None
@@ -249,6 +249,23 @@ class ChannelGating(nn.Module):
         if list(state["groups"]) != names:
             raise ConfigError(f"state was saved for groups {list(state['groups'])[:4]}..., these are {names[:4]}...")
         self._load_extra_state(state)
+
+
+class FixedGates(ChannelGating):
+    """Fixed 0/1 keep vectors on given groups (e.g. read from another pruner's masks), applied by the
+    core's hooks and exported by its one path."""
+
+    def __init__(self, model: nn.Module, example_inputs: Any, groups: Sequence[ChannelGroup],
+                 keep: Sequence[torch.Tensor]) -> None:
+        super().__init__(model, example_inputs, groups=groups)
+        self.keep = [k.float() for k in keep]
+        self.attach()
+
+    def current_gates(self) -> list[torch.Tensor]:
+        return self.keep
+
+    def unit_bounds(self) -> list[UnitBounds]:
+        return [UnitBounds(1, g.size // g.tie, g.tie) for g in self.groups]
 
 
 class GateHook:

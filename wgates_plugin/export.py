@@ -10,7 +10,7 @@ Example:
     >>> x = torch.randn(2, 3, 32, 32)
     >>> group = next(g for g in trace_groups(model, x).groups if g.name == "layer1.0.conv1")
     >>> keep = torch.ones(group.size); keep[:16] = 0
-    >>> small, history = export_pruned(model, x, [group], [keep], reference=None)
+    >>> small, history = export_pruned(model, x, [group], [keep], verify=False)  # the model is not gated
     >>> small.layer1[0].conv1.out_channels, model.layer1[0].conv1.out_channels
     (48, 64)
 """
@@ -57,9 +57,6 @@ def prune_groups(model: nn.Module, example_inputs: Any, plan: Mapping[str, torch
     return [(n, bool(out), [int(i) for i in idx]) for n, out, idx in graph.pruning_history()]
 
 
-_GATED = "the gated model's outputs"
-
-
 def export_pruned(
     model: nn.Module,
     example_inputs: Any,
@@ -70,7 +67,6 @@ def export_pruned(
     prepare: Callable[[nn.Module], None] | None = None,
     in_place: bool = False,
     verify: bool = True,
-    reference: Any = _GATED,
     rtol: float = 1e-4,
     atol: float = 1e-5,
 ) -> tuple[nn.Module, History]:
@@ -84,10 +80,7 @@ def export_pruned(
             :class:`~wgates_plugin.core.ChannelGating`): removed for the copy, re-attached unless ``in_place``.
         prepare: called on the hook-free model before the removal (e.g. to merge scales).
         in_place: prune ``model`` itself instead of a deep copy.
-        verify: compare the pruned model's eval outputs with what ``model`` computes now.
-        reference: what the check compares against: the default is ``model``'s outputs now; pass
-            precomputed outputs (e.g. :func:`~wgates_plugin.speedup.speedup`'s masked reference),
-            or ``None`` for no check.
+        verify: compare the pruned model's eval outputs with what ``model`` computes now (gated).
         rtol, atol: the tolerances of :func:`check_outputs`.
 
     Returns:
@@ -96,9 +89,7 @@ def export_pruned(
     Raises:
         ExportError: a group would lose every channel, or the outputs differ.
     """
-    expected = None
-    if verify and reference is not None:
-        expected = eval_outputs(model, example_inputs) if reference is _GATED else reference
+    expected = eval_outputs(model, example_inputs) if verify else None
     plan = removal_plan(groups, keep)
     if gating is not None:
         gating.remove()
@@ -111,13 +102,12 @@ def export_pruned(
         prepare(pruned)
     history = prune_groups(pruned, example_inputs, plan)
     if expected is not None:
-        check_outputs(pruned, example_inputs, expected, rtol, atol,
-                      "the gated model's" if reference is _GATED else "the reference")
+        check_outputs(pruned, example_inputs, expected, rtol, atol)
     return pruned, history
 
 
-def check_outputs(model: nn.Module, example_inputs: Any, expected: Any, rtol: float = 1e-4, atol: float = 1e-5,
-                  what: str = "the gated model's") -> None:
+def check_outputs(model: nn.Module, example_inputs: Any, expected: Any, rtol: float = 1e-4,
+                  atol: float = 1e-5) -> None:
     """Raise :class:`ExportError` unless ``model``'s eval outputs on ``example_inputs`` equal ``expected``.
 
     The rule: ``|actual - expected| <= atol * max(1, max |expected|) + rtol * |expected|``. ``atol`` is
@@ -130,8 +120,9 @@ def check_outputs(model: nn.Module, example_inputs: Any, expected: Any, rtol: fl
         torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol * scale)
     except AssertionError as exc:
         raise ExportError(
-            f"the pruned model does not reproduce {what} outputs (rtol={rtol}, atol={atol}): {exc}. Some channel "
-            "leaves its group through an operation torch-pruning does not model; exclude the layers around it."
+            f"the pruned model does not reproduce the gated model's outputs (rtol={rtol}, atol={atol}): {exc}. "
+            "Some channel leaves its group through an operation torch-pruning does not model; exclude the layers "
+            "around it."
         ) from None
 
 

@@ -33,10 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .core import FixedGates
 from .errors import ConfigError, ExportError
-from .export import export_pruned
 from .groups import ChannelGroup, Role, trace_groups
-from .utils import eval_outputs
 
 __all__ = ["speedup", "read_masks", "MaskDecision"]
 
@@ -104,10 +103,9 @@ def speedup(model: nn.Module, masks: MaskInput, dummy_input: Any, strict: bool =
     decision = read_masks(model, masks, dummy_input, strict)
     for note in decision.notes:
         warnings.warn(note, stacklevel=2)
-    expected = reference_outputs(model, dummy_input, decision) if verify else None
     groups, keep = decision.keep_vectors()
-    export_pruned(model, dummy_input, groups, keep, in_place=True, verify=verify, reference=expected, rtol=rtol,
-                  atol=atol)
+    if groups:  # the removed channels zeroed where they are consumed: the reference the check compares with
+        FixedGates(model, dummy_input, groups, keep).export(verify=verify, rtol=rtol, atol=atol, in_place=True)
     return model
 
 
@@ -208,28 +206,3 @@ def _check_unwrapped(model: nn.Module) -> None:
     if wrapped:
         raise ConfigError(f"the model is still wrapped by an NNI pruner ({wrapped[0]}, ...): call "
                           "pruner.unwrap_model() before speedup()")
-
-
-# ---------------------------------------------------------------------------- reference
-def reference_outputs(model: nn.Module, dummy_input: Any, plan: MaskDecision) -> Any:
-    """Eval outputs of ``model`` with ``plan``'s channels zeroed at the inputs of their consumers."""
-    zero: dict[nn.Module, list[torch.Tensor]] = defaultdict(list)
-    dims: dict[nn.Module, int] = {}
-    for name, chans in plan.removed.items():
-        for m in plan.groups[name].consumers:
-            zero[m.module].append(m.idxs[torch.isin(m.channels, chans)])
-            dims[m.module] = m.channel_dim
-    handles = [mod.register_forward_pre_hook(_zeroing(torch.cat(pos), dims[mod])) for mod, pos in zero.items()]
-    try:
-        return eval_outputs(model, dummy_input)
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _zeroing(positions: torch.Tensor, channel_dim: int) -> Any:
-    def hook(_module: nn.Module, args: tuple) -> tuple:
-        x = args[0]
-        return (x.index_fill(channel_dim % x.dim(), positions.to(x.device), 0.0),) + tuple(args[1:])
-
-    return hook
