@@ -38,7 +38,7 @@ import torchvision
 from torch import nn
 
 from wgates_plugin import WGates, count_macs
-from wgates_plugin.budget import project_counts
+from wgates_plugin.budget import Budget, land
 from wgates_plugin.efficiency import (
     FitConfig,
     FlopsModel,
@@ -48,8 +48,8 @@ from wgates_plugin.efficiency import (
     latency_errors,
     measure_ms,
     record_layer_shapes,
+    split_indices,
 )
-from wgates_plugin.efficiency.lpnet import split_indices
 from wgates_plugin.profiling import CandidateSpace, collect_latency, evaluate_predictor, load_samples, train_predictor
 
 
@@ -192,7 +192,7 @@ def _uniform(base: nn.Module, x: torch.Tensor, flops_ratio: float) -> tuple[nn.M
     """Every group thinned by the same factor to ``flops_ratio`` of the FLOPs (no training)."""
     space = CandidateSpace(base, x)
     flops = FlopsModel(record_layer_shapes(base, x), space.groups)
-    units = project_counts(flops, [b.high for b in space.bounds], space.bounds, flops_ratio * flops.reference())
+    units = land([b.high for b in space.bounds], space.bounds, [Budget.fraction(flops, flops_ratio)])
     counts = [u * b.tie for u, b in zip(units, space.bounds)]
     return space.build(counts), counts
 

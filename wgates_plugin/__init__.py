@@ -8,7 +8,6 @@ is under :mod:`wgates_plugin.gate_decorator`; the layers below are documented in
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from .budget import Budget
@@ -27,6 +26,7 @@ from .errors import (
 )
 from .pruner import WGates
 from .speedup import speedup  # eager: a lazy function named like its module would be shadowed by it
+from .utils import import_front_end
 
 __version__ = "0.1.0"
 
@@ -41,7 +41,8 @@ _LAZY = {
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'wgates_plugin' has no attribute {name!r}")
-    return getattr(importlib.import_module(_LAZY[name]), name)
+    return getattr(import_front_end(_LAZY[name]), name)
+
 
 
 __all__ = [

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import math
 import operator
 from collections.abc import Iterable
@@ -28,7 +29,7 @@ from torch import nn
 
 from .errors import ConfigError, ConfigTypeError
 
-__all__ = ["call_model", "eval_outputs", "device_of", "move_to", "check_number", "check_names"]
+__all__ = ["call_model", "eval_outputs", "device_of", "move_to", "check_number", "check_names", "import_front_end"]
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
@@ -118,3 +119,16 @@ def check_names(model: nn.Module, what: str, names: Iterable[str]) -> None:
     unknown = set(names) - {n for n, _ in model.named_modules()}
     if unknown:
         raise ConfigError(f"{what} names layers that are not in the model: {sorted(unknown)}")
+
+
+def import_front_end(module: str) -> Any:
+    """Import a front-end module; a missing optional dependency names the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        extra = {"nni": "nni", "pytorch_lightning": "lightning"}.get(missing)
+        if extra is None:
+            raise
+        raise ImportError(f"{module} needs the optional dependency '{missing}': "
+                          f"pip install 'wgates-plugin[{extra}]'") from exc

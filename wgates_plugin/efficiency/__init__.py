@@ -9,13 +9,13 @@ from .base import EfficiencyModel
 from .blocks import BlockEncoder, find_blocks
 from .flops import FlopsModel, LayerShape, count_macs, record_layer_shapes
 from .latency import LatencyModel, LatencyPredictor, architecture_hash
-from .lpnet import FitConfig, LatencyErrors, LPNet, latency_errors
+from .lpnet import FitConfig, LatencyErrors, LPNet, latency_errors, split_indices
 from .timing import SimulatedClock, Timing, device_name, measure_ms, use_clock
 
 __all__ = [
     "EfficiencyModel", "FlopsModel", "LayerShape", "count_macs", "record_layer_shapes",
     "Timing", "measure_ms", "device_name", "use_clock", "SimulatedClock", "LatencyContextError",
     "BlockEncoder", "find_blocks", "architecture_hash",
-    "LPNet", "FitConfig", "LatencyErrors", "latency_errors",
+    "LPNet", "FitConfig", "LatencyErrors", "latency_errors", "split_indices",
     "LatencyPredictor", "LatencyModel",
 ]

@@ -8,9 +8,9 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
+from ..utils import import_front_end
 from .method import GateDecorator, ScaleSite
 from .tick_tock import TickTock, TickTockTrace, run_tick_tock
 
@@ -19,5 +19,5 @@ __all__ = ["GateDecorator", "ScaleSite", "TickTock", "TickTockTrace", "run_tick_
 
 def __getattr__(name: str) -> Any:
     if name == "GateDecoratorPruner":
-        return importlib.import_module("wgates_plugin.integrations.nni_gate_decorator").GateDecoratorPruner
+        return import_front_end("wgates_plugin.integrations.nni_gate_decorator").GateDecoratorPruner
     raise AttributeError(f"module 'wgates_plugin.gate_decorator' has no attribute {name!r}")

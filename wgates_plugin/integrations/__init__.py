@@ -11,8 +11,9 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from ..utils import import_front_end
 
 __all__ = ["WGatesPruner", "WGatesImportance", "WGatesMetaPruner", "GateDecoratorPruner"]
 
@@ -23,4 +24,4 @@ _HOMES = {"WGatesPruner": ".nni", "WGatesImportance": ".torch_pruning", "WGatesM
 def __getattr__(name: str) -> Any:
     if name not in _HOMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOMES[name], __name__), name)
+    return getattr(import_front_end(__name__ + _HOMES[name]), name)

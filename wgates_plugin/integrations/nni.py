@@ -71,22 +71,7 @@ class WGatesPruner(GatingPruner):
         ConfigError: the config list is invalid or selects nothing prunable; an option is invalid.
         BudgetError: a target or global budget is unreachable under the per-layer bounds.
 
-    Example (a real NNI evaluator over two random batches):
-        >>> import nni, torch, torchvision
-        >>> from nni.compression import TorchEvaluator
-        >>> from wgates_plugin import WGatesPruner, speedup
-        >>> model, x = torchvision.models.resnet18(num_classes=10), torch.randn(4, 3, 32, 32)
-        >>> def step(batch, model): return torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
-        >>> def train(model, opt, step, schedulers=None, max_steps=None, max_epochs=None):
-        ...     for _ in range(max_steps):
-        ...         opt.zero_grad(); step((x, torch.arange(4)), model).backward(); opt.step()
-        >>> evaluator = TorchEvaluator(train, nni.trace(torch.optim.SGD)(model.parameters(), lr=0.01), step,
-        ...                            dummy_input=x)
-        >>> pruner = WGatesPruner(model, [{'op_types': ['Conv2d'], 'sparse_ratio': 0.5}], evaluator, 2)
-        >>> model, masks = pruner.compress()
-        >>> pruner.unwrap_model()
-        >>> speedup(model, masks, x).layer1[0].conv1.out_channels
-        32
+    Example: see :class:`~wgates_plugin.integrations.nni_front.GatingPruner`.
     """
 
     WHY = "learns which filters to drop from data"

@@ -50,6 +50,31 @@ class GatingPruner(Pruner):
         efficiency: a custom cost model instead of FLOPs (e.g. a latency predictor): an
             :class:`~wgates_plugin.efficiency.EfficiencyModel` or a callable ``groups -> model``.
         **options: the method's knobs (see the subclass).
+
+    Example (both front ends through a real NNI evaluator over one random batch):
+        >>> import nni, torch, torchvision
+        >>> from nni.compression import TorchEvaluator
+        >>> from wgates_plugin import WGatesPruner, count_macs, speedup
+        >>> from wgates_plugin.gate_decorator import GateDecoratorPruner
+        >>> x = torch.randn(4, 3, 32, 32)
+        >>> def step(batch, model): return torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
+        >>> def train(model, opt, step, schedulers=None, max_steps=None, max_epochs=None):
+        ...     for _ in range(max_steps):
+        ...         opt.zero_grad(); step((x, torch.arange(4)), model).backward(); opt.step()
+        >>> def evaluator(model):
+        ...     return TorchEvaluator(train, nni.trace(torch.optim.SGD)(model.parameters(), lr=0.01), step,
+        ...                           dummy_input=x)
+        >>> model = torchvision.models.resnet18(num_classes=10)
+        >>> pruner = WGatesPruner(model, [{'op_types': ['Conv2d'], 'sparse_ratio': 0.5}], evaluator(model), 2)
+        >>> model, masks = pruner.compress(); pruner.unwrap_model()
+        >>> speedup(model, masks, x).layer1[0].conv1.out_channels
+        32
+        >>> model = torchvision.models.resnet18(num_classes=10)
+        >>> before = count_macs(model, x)
+        >>> pruner = GateDecoratorPruner(model, [{'op_types': ['Conv2d']}], evaluator(model), 6, target=0.6)
+        >>> model, masks = pruner.compress(); pruner.unwrap_model()
+        >>> count_macs(speedup(model, masks, x), x) <= 0.6 * before   # the schedule fits in 6 steps
+        True
     """
 
     WHY = ""  # why compress() needs an evaluator

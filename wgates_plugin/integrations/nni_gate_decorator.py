@@ -69,24 +69,7 @@ class GateDecoratorPruner(GatingPruner):
             no budget or two budgets; an option is invalid.
         BudgetError: the budget is unreachable under the per-layer floors.
 
-    Example (a real NNI evaluator over one random batch; the schedule fits in 6 steps):
-        >>> import nni, torch, torchvision
-        >>> from nni.compression import TorchEvaluator
-        >>> from wgates_plugin import count_macs, speedup
-        >>> from wgates_plugin.gate_decorator import GateDecoratorPruner
-        >>> model, x = torchvision.models.resnet18(num_classes=10), torch.randn(4, 3, 32, 32)
-        >>> def step(batch, model): return torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
-        >>> def train(model, opt, step, schedulers=None, max_steps=None, max_epochs=None):
-        ...     for _ in range(max_steps):
-        ...         opt.zero_grad(); step((x, torch.arange(4)), model).backward(); opt.step()
-        >>> evaluator = TorchEvaluator(train, nni.trace(torch.optim.SGD)(model.parameters(), lr=0.01), step,
-        ...                            dummy_input=x)
-        >>> before = count_macs(model, x)
-        >>> pruner = GateDecoratorPruner(model, [{'op_types': ['Conv2d']}], evaluator, 6, target=0.6)
-        >>> model, masks = pruner.compress()
-        >>> pruner.unwrap_model()
-        >>> count_macs(speedup(model, masks, x), x) <= 0.6 * before
-        True
+    Example: see :class:`~wgates_plugin.integrations.nni_front.GatingPruner`.
     """
 
     WHY = "scores channels by |phi * dL/dphi| on training batches and fine-tunes between pruning steps"

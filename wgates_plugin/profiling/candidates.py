@@ -9,7 +9,6 @@ lose the same channels in each of their conv groups so they stay valid.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,8 +19,8 @@ from torch import nn
 from ..budget import UnitBounds
 from ..config import WGatesConfig
 from ..errors import ConfigError
-from ..export import prune_groups
-from ..groups import gated_groups, removal_plan
+from ..export import export_pruned
+from ..groups import gated_groups
 
 __all__ = ["CandidateSpace"]
 
@@ -79,16 +78,9 @@ class CandidateSpace:
                                   f"in [{b.low * b.tie}, {b.high * b.tie}]")
 
     def build(self, counts: Sequence[int]) -> nn.Module:
-        """A physically pruned copy of the model keeping ``counts[i]`` channels of group ``i``."""
+        """A physically pruned copy of the model keeping ``counts[i]`` channels of group ``i``: the last
+        units of every group (in every conv group) go, through :func:`~wgates_plugin.export.export_pruned`."""
         self.check_counts(counts)
-        pruned = copy.deepcopy(self.model)
-        prune_groups(pruned, self.example_inputs, self.removal_plan(counts))
-        return pruned.eval()
-
-    def removal_plan(self, counts: Sequence[int]) -> dict[str, torch.Tensor]:
-        """Root layer → output channels to remove: the last units of every group (every conv group)."""
-        keep = []
-        for g, b, c in zip(self.groups, self.bounds, counts):
-            units = g.size // b.tie
-            keep.append((torch.arange(g.size) % units < c // b.tie).float())  # (C,)
-        return removal_plan(self.groups, keep)
+        keep = [(torch.arange(g.size) % (g.size // b.tie) < c // b.tie).float()  # (C,)
+                for g, b, c in zip(self.groups, self.bounds, counts)]
+        return export_pruned(self.model, self.example_inputs, self.groups, keep, verify=False)[0].eval()

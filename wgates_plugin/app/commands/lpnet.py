@@ -94,8 +94,6 @@ def _eval_parser(sub: Any) -> None:
 
 
 def _collect(args: argparse.Namespace) -> int:
-
-
     shape = (2, 3, args.input_size, args.input_size)
     model = build_model(Architecture(args.model, {"num_classes": args.num_classes}, shape)).eval()
     config = WGatesConfig(mode=BudgetMode.NONE, prune_shortcuts=args.prune_shortcuts, bounds=LayerBounds(args.min_keep))
@@ -111,7 +109,6 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-
     fit = FitConfig(tuple(args.hidden), not args.mse, args.epochs, args.lr, seed=args.seed)
     predictor, report = train_predictor(load_samples(args.samples), args.kind, fit, args.test_fraction,
                                         args.seed, progress=True)
@@ -124,7 +121,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-
     predictor = LatencyPredictor.load(args.lpnet)
     samples = load_samples(args.samples)
     report = evaluate_predictor(predictor, samples)
@@ -135,7 +131,6 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: dict[str, Any], title: str) -> None:
-
     print(title)
     print(f"  network latency: {LatencyErrors(**report['network'])}")
     for block_type, errors in report.get("blocks", {}).items():

@@ -55,7 +55,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-
     r = Recipe()
     parser.add_argument("--flops-target", type=float, default=0.5,
                         help="FLOPs budget as a fraction of the original model's, in (0, 1] (default 0.5)")
@@ -96,7 +95,6 @@ def build_wgates(args: argparse.Namespace, model: nn.Module, example_inputs: tor
 
 
 def build_recipe(args: argparse.Namespace) -> Any:
-
     return Recipe(gate_steps=args.steps, finetune_steps=args.finetune_steps, gate_lr=args.gate_lr,
                   weight_lr=args.weight_lr, finetune_lr=args.finetune_lr, bn_batches=args.bn_batches)
 
@@ -165,7 +163,6 @@ def prepare(args: argparse.Namespace) -> tuple[nn.Module, Any, Any, Any, Any]:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-
     check_model_name(args.model)
     if not 0 < args.flops_target <= 1:
         raise ConfigError(f"--flops-target={args.flops_target} must be in (0, 1]")
