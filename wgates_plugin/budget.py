@@ -19,7 +19,7 @@ from .efficiency.base import EfficiencyModel
 from .errors import BudgetError
 from .groups import ChannelGroup
 
-__all__ = ["UnitBounds", "Budget", "land", "minimum_cost", "project_counts", "DualMultiplier"]
+__all__ = ["UnitBounds", "Budget", "land", "units_cost", "minimum_cost", "project_counts", "DualMultiplier"]
 
 
 @dataclass(frozen=True)
@@ -39,13 +39,10 @@ class UnitBounds:
         return cls(low, max(low, math.floor(max_keep * units + 1e-9)), group.tie)
 
 
-def _channels(units: Sequence[int], bounds: Sequence[UnitBounds]) -> torch.Tensor:
-    return torch.tensor([float(u * b.tie) for u, b in zip(units, bounds)], dtype=torch.float64)
-
-
-def _cost(model: EfficiencyModel, units: Sequence[int], bounds: Sequence[UnitBounds]) -> float:
+def units_cost(model: EfficiencyModel, units: Sequence[int], bounds: Sequence[UnitBounds]) -> float:
+    """The cost of keeping ``units[i]`` units (``tie`` channels each) of every group."""
     with torch.no_grad():
-        return float(model.cost(_channels(units, bounds).to(torch.float32)))
+        return float(model.cost(torch.tensor([float(u * b.tie) for u, b in zip(units, bounds)])))
 
 
 def _scaled(start: Sequence[int], bounds: Sequence[UnitBounds], t: float) -> list[int]:
@@ -53,7 +50,7 @@ def _scaled(start: Sequence[int], bounds: Sequence[UnitBounds], t: float) -> lis
 
 
 def minimum_cost(model: EfficiencyModel, bounds: Sequence[UnitBounds]) -> float:
-    return _cost(model, [b.low for b in bounds], bounds)
+    return units_cost(model, [b.low for b in bounds], bounds)
 
 
 def project_counts(
@@ -83,7 +80,7 @@ def project_counts(
     lo, hi = 0.0, max(b.high / s for s, b in zip(start, bounds))
     for _ in range(40):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _cost(model, _scaled(start, bounds, mid), bounds) <= budget else (lo, mid)
+        lo, hi = (mid, hi) if units_cost(model, _scaled(start, bounds, mid), bounds) <= budget else (lo, mid)
     units = _scaled(start, bounds, lo)
     return _top_up(model, units, start, bounds, budget)
 
@@ -97,7 +94,7 @@ def _top_up(model, units, start, bounds, budget) -> list[int]:
             if units[i] >= bounds[i].high:
                 continue
             units[i] += 1
-            if _cost(model, units, bounds) <= budget:
+            if units_cost(model, units, bounds) <= budget:
                 break
             units[i] -= 1
         else:

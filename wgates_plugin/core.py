@@ -50,11 +50,8 @@ class ChannelGating(nn.Module):
         model: the network; not copied. Hooks apply the gates, so its classes, parameters and their
             ``id()`` stay as they are. Its train/eval mode is restored after tracing.
         example_inputs: a batch the model accepts (tensor, tuple or dict), for tracing.
-        select: ``(name, module) -> bool`` choosing the producer layers that may be pruned (default all).
-        exclude: qualified layer names never to prune (a group containing one stays whole).
-        exclude_types: layer classes never to prune.
-        root_types: layer classes whose output channels may be pruned (default Conv2d and Linear).
-        prune_shortcuts: also gate residual-coupled groups (one vector per coupled group).
+        select, exclude, exclude_types, root_types, prune_shortcuts: which groups are gated, see
+            :func:`~wgates_plugin.groups.gated_groups` (a residual-coupled group gets one vector).
         efficiency: the cost model: an :class:`~wgates_plugin.efficiency.EfficiencyModel` or a callable
             ``groups -> model`` (default: the FLOPs of this model).
         groups: already selected groups of this model (a front end that planned them); the model is
@@ -214,15 +211,9 @@ class ChannelGating(nn.Module):
         return nni_masks(self.groups, self.keep_masks(), base)
 
     def export(self, verify: bool = True, rtol: float = 1e-4, atol: float = 1e-5, in_place: bool = False) -> nn.Module:
-        """A physically pruned model that computes what the gated model computes.
-
-        Args:
-            verify: run ``example_inputs`` through both in eval mode and raise
-                :class:`~wgates_plugin.errors.ExportError` if the outputs differ beyond the tolerance
-                rule of :func:`~wgates_plugin.export.check_outputs`.
-            rtol, atol: that rule's tolerances.
-            in_place: prune the model itself (its hooks are removed for good) instead of a copy (the
-                model keeps its gates). After export, :attr:`history` holds torch-pruning's history.
+        """A physically pruned copy (or, ``in_place``, the model itself, its hooks removed for good) that
+        computes what the gated model computes: :func:`~wgates_plugin.export.export_pruned`, checked with
+        ``rtol`` / ``atol`` when ``verify``. :attr:`history` then holds torch-pruning's history.
 
         Raises:
             StateError: the gates are not final yet.

@@ -27,7 +27,7 @@ from .errors import ConfigError, TracingError
 from .utils import check_names
 
 __all__ = ["Role", "Member", "ChannelGroup", "GroupGraph", "trace_groups", "is_depthwise",
-           "why_not", "gated_groups", "consumer_feeds", "scale_input", "removal_plan"]
+           "why_not", "gated_groups", "consumer_feeds", "scale_input", "along", "removal_plan"]
 
 # Normalizations that mix channels: removing a channel changes the others' statistics, so neither
 # zeroing nor removing is exact.
@@ -356,9 +356,14 @@ def scale_input(x: torch.Tensor, feeds: Sequence[tuple[int, Member]],
     scale = x.new_ones(x.shape[dim])  # (C_in,)
     for gi, m in feeds:
         scale = scale.index_copy(0, m.idxs.to(x.device), vector(gi).to(x)[m.channels.to(x.device)])
-    shape = [1] * x.dim()
+    return x * along(scale, dim, x.dim())
+
+
+def along(vector: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
+    """``vector`` shaped to broadcast along dimension ``dim`` of an ``ndim``-dimensional tensor."""
+    shape = [1] * ndim
     shape[dim] = -1
-    return x * scale.view(shape)
+    return vector.view(shape)
 
 
 def removal_plan(groups: Sequence[ChannelGroup], keep: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -147,9 +147,7 @@ class WGates(ChannelGating):
 
     def stats(self) -> dict[str, Any]:
         """Live statistics for logging: cost and FLOPs ratios, multiplier, kept channels."""
-        out = super().stats()
-        return {"cost_ratio": out["cost_ratio"], "flops_ratio": out["flops_ratio"],
-                "multiplier": self.multiplier.value, "kept": out["kept"]}
+        return {**super().stats(), "multiplier": self.multiplier.value}
 
     # ------------------------------------------------------------------ end of training
     def freeze(self, project: bool | None = None, budgets: Sequence[Budget] | None = None) -> None:

@@ -8,7 +8,8 @@ the removal through torch-pruning's dependency graph instead:
 2. the layers that must keep the same channels (one torch-pruning group: a conv and its BatchNorm,
    depthwise partners, convs summed by a residual addition) are compared: the channels removed are
    those every masked layer of the group removed;
-3. torch-pruning removes them from every layer of the group (and the inputs of the layers after).
+3. they leave through the package's one export path (:class:`~wgates_plugin.core.FixedGates`: the
+   kept channels as keep vectors of the core, so the gated reference and the removal are the methods').
 
 What "same outputs" means: the pruned model computes exactly what the original model computes with
 the removed channels zeroed *where removal is exact*, at the inputs of the layers that consume them

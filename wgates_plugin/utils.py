@@ -90,20 +90,12 @@ def _within(value: float, allowed: str) -> bool:
 
 def check_number(name: str, value: object, allowed: str, *, integer: bool = False, what: str | None = None,
                  kind: str | None = None, type_error: type[Exception] = ConfigTypeError) -> None:
-    """Raise unless ``value`` is a finite number (an int if ``integer``; never a bool) within ``allowed``.
+    """Raise unless ``value`` is a finite number (an int if ``integer``; never a bool) within ``allowed``:
+    an interval ``'(0, 1]'``, ``'[1, 8]'`` or a bound ``'>= 1'``, ``'> 0'``.
 
-    Args:
-        name: how the message names the argument.
-        allowed: an interval ``'(0, 1]'``, ``'[0, 1)'``, ``'[1, 8]'`` or a bound ``'>= 1'``, ``'> 0'``.
-        integer: only ints are accepted.
-        what: how the message describes a valid value (default: ``kind``; ``''`` says only the interval).
-        kind: how the message names the type (default ``'an int'`` / ``'a number'``).
-        type_error: raised for a value that is not a number (:class:`ConfigTypeError` by default).
-
-    Raises:
-        ConfigTypeError: (or ``type_error``) ``value`` is not a number, ``'{name}={value!r} must be an
-            int >= 1'``.
-        ConfigError: it lies outside ``allowed``, ``'{name}={value!r} must be a fraction in (0, 1]'``.
+    A value that is not a number raises ``type_error`` (:class:`ConfigTypeError`), one outside
+    ``allowed`` :class:`ConfigError`; the message is ``'{name}={value!r} must be {what} {allowed}'``,
+    ``what`` defaulting to ``kind`` (``'an int'`` / ``'a number'``; ``''`` says only the interval).
     """
     kind = kind or ("an int" if integer else "a number")
     phrase = f"in {allowed}" if allowed[0] in "([" else allowed

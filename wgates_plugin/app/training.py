@@ -26,7 +26,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..efficiency import Timing, count_macs, measure_ms
@@ -50,10 +49,6 @@ def cycle(loader: Iterable) -> Iterator:
             yield batch
         if empty:
             raise ConfigError("the data loader yields no batch (dataset smaller than one batch with drop_last?)")
-
-
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
 
 
 def train_steps(
@@ -94,7 +89,7 @@ def train_steps(
     optimizers = [optimizer] if isinstance(optimizer, torch.optim.Optimizer) else list(optimizer)
     device, batches, losses = device_of(model), cycle(loader), []
     model.train()
-    with _progress(steps, desc, progress) as bar:
+    with tqdm(total=steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True) as bar:
         for step in range(steps):
             x, y = next(batches)
             task, extra = _step(model, x.to(device), y.to(device), optimizers, extra_loss, loss_fn)
@@ -156,7 +151,7 @@ def evaluate(model: nn.Module, loader: Iterable, progress: bool = False) -> floa
     model.eval()
     correct = total = 0
     try:
-        for x, y in _iterate(loader, progress, "evaluate"):
+        for x, y in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
             pred = model(x.to(device)).argmax(dim=1)  # (B,)
             correct += int((pred == y.to(device)).sum())
             total += len(y)
@@ -165,12 +160,6 @@ def evaluate(model: nn.Module, loader: Iterable, progress: bool = False) -> floa
     if total == 0:
         raise ConfigError("evaluate() got an empty loader")
     return correct / total
-
-
-def _iterate(loader: Iterable, progress: bool, desc: str) -> Iterable:
-    if not progress:
-        return loader
-    return tqdm(loader, desc=desc, leave=False, total=len(loader) if isinstance(loader, DataLoader) else None)
 
 
 def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

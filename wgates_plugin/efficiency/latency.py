@@ -148,7 +148,7 @@ class LatencyPredictor(nn.Module):
         same = (architecture_hash(model) == self.context["model_hash"]
                 and [g.name for g in groups] == self.context["groups"])
         if reference_ms is None:
-            reference_ms = float(self.info["reference"]["ms"]) if same else self._measure(model, example_inputs)
+            reference_ms = float(self.info["reference"]["ms"]) if same else self.measure(model)
         return LatencyModel(self, groups, reference_ms, encoder)
 
     def _blocks_of(self, model: nn.Module) -> list[BlockInfo]:
@@ -185,10 +185,11 @@ class LatencyPredictor(nn.Module):
                 f"{'; '.join(diff)}. A network LPNet is tied to one architecture and its gated groups; "
                 "HINT: use a block LPNet to reuse latency data across models")
 
-    def _measure(self, model: nn.Module, example_inputs: torch.Tensor) -> float:
-        ctx, dev = self.context, self.context["device"].split(":")[0]
-        x = torch.randn(ctx["batch"], *example_inputs.shape[1:], device=dev)
-        return measure_ms(copy.deepcopy(model), x, Timing(**ctx["timing"]))
+    def measure(self, model: nn.Module, timing: Timing | None = None) -> float:
+        """``model``'s latency (ms) as the samples were measured: device, batch, input shape, timing."""
+        ctx = self.context
+        x = torch.randn(ctx["batch"], *ctx["input_shape"], device=ctx["device"].split(":")[0])
+        return measure_ms(copy.deepcopy(model), x, timing or Timing(**ctx["timing"]))
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
@@ -317,9 +318,7 @@ class LatencyModel(EfficiencyModel):
         Measured on the LPNet's device with its batch, input shape and (by default) timing settings.
         Returns ``{'predicted_ms', 'measured_ms', 'error_pct', 'reference_ms'}``.
         """
-        ctx = self.predictor.context
-        x = torch.randn(ctx["batch"], *ctx["input_shape"], device=ctx["device"].split(":")[0])
-        measured = measure_ms(copy.deepcopy(pruned), x, timing or Timing(**ctx["timing"]))
+        measured = self.predictor.measure(pruned, timing)
         predicted = self.predicted_ms(counts)
         return {"predicted_ms": predicted, "measured_ms": measured,
                 "error_pct": 100 * (predicted - measured) / measured, "reference_ms": self.reference_ms}

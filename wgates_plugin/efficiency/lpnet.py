@@ -160,17 +160,13 @@ def _train(net: LPNet, x: torch.Tensor, target: torch.Tensor, fit: FitConfig, pr
     opt = torch.optim.Adam(net.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
     steps = fit.epochs * math.ceil(x.shape[0] / fit.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=fit.lr * 0.01)
-    for _ in _epochs(fit.epochs, progress):
+    for _ in trange(fit.epochs, desc="LPNet epochs", disable=not progress, leave=False):
         for idx in torch.randperm(x.shape[0], generator=gen).split(fit.batch_size):
             loss = nn.functional.mse_loss(net.normalized(x[idx]), target[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-
-
-def _epochs(epochs: int, progress: bool):
-    return trange(epochs, desc="LPNet epochs", disable=not progress, leave=False)
 
 
 @dataclass(frozen=True)

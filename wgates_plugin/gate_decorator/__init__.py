@@ -1,9 +1,6 @@
-"""Gate Decorator (You et al., NeurIPS 2019), the second method on the channel-gating core.
-
-- :class:`GateDecorator` (:mod:`.method`): GBN scales ``phi``, Taylor importance, global ranking;
-- :class:`TickTock` and :func:`run_tick_tock` (:mod:`.tick_tock`): the Tick-Tock schedule;
-- ``GateDecoratorPruner``: the NNI 3 front end (imported on first access, so that importing this
-  package does not import nni).
+"""Gate Decorator (You et al., NeurIPS 2019), the second method on the channel-gating core:
+:class:`GateDecorator` (:mod:`.method`), the Tick-Tock schedule (:mod:`.tick_tock`) and the NNI front
+end ``GateDecoratorPruner`` (imported on first access, so that importing this package imports no nni).
 """
 
 from __future__ import annotations

@@ -40,10 +40,10 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from ..budget import UnitBounds
+from ..budget import UnitBounds, units_cost
 from ..core import ChannelGating, EfficiencyArg, GateHook, Selector
 from ..errors import ConfigError, ConfigTypeError, StateError
-from ..groups import ChannelGroup, Role
+from ..groups import ChannelGroup, Role, along
 from ..utils import check_names, check_number, device_of
 from .tick_tock import run_tick_tock
 
@@ -100,12 +100,9 @@ class GateDecorator(ChannelGating):
             (prune with an explicit ``target`` / ``fraction``).
         efficiency: the cost model (default: :class:`~wgates_plugin.efficiency.FlopsModel` of this
             model): an :class:`~wgates_plugin.efficiency.EfficiencyModel` or a callable ``groups -> model``.
-        select: ``(name, module) -> bool`` choosing which producer layers may be pruned (default: all).
-        prune_shortcuts: also prune residual-coupled groups, one pattern per coupled group with its
-            importance summed over the group's BNs (the paper's group pruning). Off by default, as in W-Gates.
-        exclude: qualified layer names never to prune (any group containing one stays whole).
-        exclude_types: layer classes never to prune.
-        root_types: layer classes whose output channels may be pruned (default: Conv2d and Linear).
+        select, exclude, exclude_types, root_types, prune_shortcuts: which groups are pruned, see
+            :func:`~wgates_plugin.groups.gated_groups`; a residual-coupled group gets one pattern, its
+            importance summed over the group's BNs (the paper's group pruning).
         min_channels: channels every gated group keeps at least (>= 1: no layer is ever emptied).
         min_keep: fraction of its channels every gated group keeps at least, in [0, 1).
         layer_min_keep: per producer-layer name, a kept-fraction floor for its group (the largest of
@@ -177,7 +174,7 @@ class GateDecorator(ChannelGating):
             dim = site.dim % output.dim()
             scale = output.new_ones(output.shape[dim])  # (C_module,)
             scale = scale.index_copy(0, site.idxs.to(output.device), self.phi[si].to(output.dtype))
-            return output * _along(scale, dim, output.dim())
+            return output * along(scale, dim, output.dim())
 
         return hook
 
@@ -338,9 +335,7 @@ class GateDecorator(ChannelGating):
         return keep_out[::-1]
 
     def _units_cost(self, units: list[int]) -> float:
-        counts = torch.tensor([float(u * g.tie) for u, g in zip(units, self.groups)])  # (G,)
-        with torch.no_grad():
-            return float(self.efficiency(counts))
+        return units_cost(self.efficiency, units, self._bounds)
 
     def _drop(self, gi: int, unit: int) -> None:
         g = self.groups[gi]
@@ -394,13 +389,6 @@ def _affine_bn(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine
 
 
-def _along(vector: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
-    """``vector`` shaped to broadcast along dimension ``dim`` of an ``ndim``-dimensional tensor."""
-    shape = [1] * ndim
-    shape[dim] = -1
-    return vector.view(shape)
-
-
 def _merge_scales(model: nn.Module, sites: list[ScaleSite], phis: nn.ParameterList) -> None:
     """Multiply every site's BN affine terms (or producer weight rows and bias) by its ``phi``, in place."""
     modules = dict(model.named_modules())
@@ -410,7 +398,7 @@ def _merge_scales(model: nn.Module, sites: list[ScaleSite], phis: nn.ParameterLi
             weight = cast(torch.Tensor, module.weight)
             idxs = site.idxs.to(weight.device)
             factor = phi.detach().to(weight)  # (n,)
-            weight[idxs] *= _along(factor, 0, weight.dim())
+            weight[idxs] *= along(factor, 0, weight.dim())
             bias = getattr(module, "bias", None)
             if bias is not None:
                 bias[idxs] *= factor

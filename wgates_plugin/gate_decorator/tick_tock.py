@@ -22,6 +22,7 @@ same); ``freeze_bn_stats=True`` runs the Tick in eval mode, so nothing but ``phi
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -280,7 +281,9 @@ class TickTockTrainer:
         """One training step: a Tick (weights frozen, SGD on ``phi``) or a Tock (SGD on everything)."""
         self._zero_grad()
         tick = phase == "tick"
-        with _frozen(self.gd.model, self.weights, self.schedule.freeze_bn_stats) if tick else _training(self.gd.model):
+        if not tick:
+            self.gd.model.train()
+        with _frozen(self.gd.model, self.weights, self.schedule.freeze_bn_stats) if tick else contextlib.nullcontext():
             loss = self.loss_fn(self.gd.model, move_to(self.stream.tick_batch() if tick else self.stream.next(),
                                                        self.device))
             loss_term(loss).backward()
@@ -378,13 +381,6 @@ class _BatchStream:
             return self.subset[-1]
         self._pos += 1
         return self.subset[(self._pos - 1) % self.subset_size]
-
-
-@contextmanager
-def _training(model: nn.Module) -> Iterator[None]:
-    """The model in train mode (a Tock)."""
-    model.train()
-    yield
 
 
 @contextmanager

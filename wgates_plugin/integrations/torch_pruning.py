@@ -187,7 +187,8 @@ class WGatesMetaPruner:
 
     # ------------------------------------------------------------------ training
     def regularize(self, model: nn.Module | None = None, reg: float = 1.0) -> None:
-        """Call after ``loss.backward()``: add the efficiency term's gradient and step the gates once.
+        """Call after ``loss.backward()``: add the efficiency term's gradient, step the gates and the
+        target multiplier once.
 
         Args:
             model: the model being trained (checked to be this pruner's); optional.
@@ -202,6 +203,7 @@ class WGatesMetaPruner:
             loss.backward()
         self.gate_optimizer.step()
         self.gate_optimizer.zero_grad(set_to_none=True)
+        self.wgates.update_multiplier()
         self._trained_steps += 1
 
     def update_regularizer(self) -> None:

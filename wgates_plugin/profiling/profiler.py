@@ -161,7 +161,8 @@ def collect_latency(
     with fixed_threads(timing.resolved_threads()):  # building and capturing too: no oversubscribed cores
         if REFERENCE not in writer.samples.done:
             writer.append(_measure(job, REFERENCE))
-        for index in _progress(todo, progress, samples):
+        for index in tqdm(todo, total=samples, initial=samples - len(todo), desc="latency samples", unit="net",
+                          disable=not progress):
             if index and index % reference_every == 0:
                 writer.append(_measure(job, REFERENCE))
             writer.append(_measure(job, index))
@@ -196,8 +197,3 @@ def _context(model, example_inputs, job: _Job, device, batch: int, model_name: s
         "blocks": None if enc is None else {"layout": layout_of(enc.blocks),
                                             "features": {t: enc.feature_names(t) for t in enc.types}},
     }
-
-
-def _progress(items: list[int], enabled: bool, total: int):
-    return tqdm(items, total=total, initial=total - len(items), desc="latency samples",
-                unit="net", disable=not enabled)
