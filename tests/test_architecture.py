@@ -54,7 +54,9 @@ def _imports(name: str) -> tuple[set[str], list[tuple[int, str]]]:
         if not isinstance(node, (ast.Import, ast.ImportFrom)) or id(node) in guarded:
             continue
         if isinstance(node, ast.ImportFrom):
-            base = ".".join(package[: len(package) - node.level + 1] + [node.module or ""]) if node.level else node.module
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1] + [base])
             targets = [base.rstrip(".")] + [f"{base.rstrip('.')}.{a.name}" for a in node.names]
         else:
             targets = [a.name for a in node.names]
