@@ -1,13 +1,6 @@
-"""Front ends for the host frameworks, imported only when used.
-
-- :mod:`wgates_plugin.integrations.nni` — :class:`WGatesPruner`, an NNI 3 pruner (needs ``nni``).
-- :mod:`wgates_plugin.integrations.nni_gate_decorator` — :class:`GateDecoratorPruner`, Gate Decorator as an
-  NNI 3 pruner (needs ``nni``).
-- :mod:`wgates_plugin.integrations.torch_pruning` — :class:`WGatesImportance` and
-  :class:`WGatesMetaPruner` for torch-pruning's pruning loop.
-
-``import wgates_plugin.integrations`` imports neither; each name loads its module on first access.
-"""
+"""Front ends for the host frameworks, each loaded on first access: NNI 3 pruners (:mod:`.nni`
+``WGatesPruner``, :mod:`.nni_gate_decorator` ``GateDecoratorPruner``, both on :mod:`.nni_front`; the
+``nni`` extra) and torch-pruning's importance and pruner (:mod:`.torch_pruning`)."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ from ..errors import ConfigError
 from ..gates import Producer
 from ..pruner import WGates
 from ..utils import check_number, device_of
-from .nni_front import GatingPruner
+from .nni_front import GatingPruner, Text
 from .nni_plan import GroupPlan, group_bounds, shared_budgets
 
 __all__ = ["WGatesPruner"]
@@ -74,13 +74,9 @@ class WGatesPruner(GatingPruner):
     Example: see :class:`~wgates_plugin.integrations.nni_front.GatingPruner`.
     """
 
-    WHY = "learns which filters to drop from data"
-    EXAMPLE = "training_steps=200"
-    NO_INPUT = ("W-Gates traces the model's channel dependencies from an example batch: pass "
-                "dummy_input=<a batch the model accepts> to WGatesPruner or to the evaluator")
-    STEPS = "optimizer steps of gate training"
-    RUNS = "trains for"
-    DONE = "the gates are frozen and the masks final"
+    TEXT = Text(why="learns which filters to drop from data", example="training_steps=200",
+                steps="optimizer steps of gate training", runs="trains for",
+                done="the gates are frozen and the masks final")
     NEEDS_INPUT = False
     budgets: list[Budget]  # the global groups' (also among the core's)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from nni.compression.base.compressor import Pruner
@@ -26,7 +26,17 @@ from ..utils import check_number
 from .nni_config import canonical_config_list, select_layers
 from .nni_plan import GroupPlan, plan_groups
 
-__all__ = ["GatingPruner", "evaluator_dummy_input", "full_masks", "check_front_end_arguments"]
+__all__ = ["GatingPruner", "Text", "evaluator_dummy_input", "full_masks", "check_front_end_arguments"]
+
+
+# How a front end's messages speak of its method: why compress() needs an evaluator, the example call's
+# arguments, what ``training_steps`` counts, how compress() uses it, and the state after compress().
+class Text(NamedTuple):
+    why: str
+    example: str
+    steps: str
+    runs: str
+    done: str
 
 
 class GatingPruner(Pruner):
@@ -77,12 +87,7 @@ class GatingPruner(Pruner):
         True
     """
 
-    WHY = ""  # why compress() needs an evaluator
-    EXAMPLE = ""  # the arguments of the example call in that message
-    NO_INPUT = ""  # what to pass when there is no example batch
-    STEPS = ""  # what training_steps counts
-    RUNS = ""  # how compress() uses training_steps
-    DONE = ""  # the state after compress()
+    TEXT: Text  # the method's words in the messages
     NEEDS_INPUT = True  # False: without an evaluator, the pruner may be built untraced (no core)
 
     def __init__(
@@ -101,7 +106,9 @@ class GatingPruner(Pruner):
         options = self._check_options(target, options)
         entries = self._plan_layers(model, config_list, evaluator, training_steps, dummy_input)
         if self.dummy_input is None and (self.NEEDS_INPUT or evaluator is not None):
-            raise ConfigError(self.NO_INPUT)
+            name = type(self).__name__
+            raise ConfigError(f"{name} traces the model's channel dependencies from an example batch: pass "
+                              f"dummy_input=<a batch the model accepts> to {name} or to the evaluator")
         self._core = None if self.dummy_input is None else self._build_core(model, target, efficiency, **options)
         followers = sorted({m.name for plan in self.plans for m in plan.group.producers} - set(self.settings))
         super().__init__(model, entries + ([{"op_names": followers}] if followers else []), evaluator)
@@ -154,19 +161,19 @@ class GatingPruner(Pruner):
         if self.evaluator is None:
             name = type(self).__name__
             raise ConfigError(
-                f"{name} {self.WHY}, so compress() trains through an NNI evaluator, and none was given. Pass one, "
-                f"plus the number of {self.STEPS}:\n"
+                f"{name} {self.TEXT.why}, so compress() trains through an NNI evaluator, and none was given. Pass one, "
+                f"plus the number of {self.TEXT.steps}:\n"
                 "    optimizer = nni.trace(torch.optim.SGD)(model.parameters(), lr=0.01)\n"
                 "    evaluator = TorchEvaluator(training_func, optimizer, training_step, dummy_input=example_batch)\n"
-                f"    {name}(model, config_list, evaluator=evaluator, {self.EXAMPLE})\n"
+                f"    {name}(model, config_list, evaluator=evaluator, {self.TEXT.example})\n"
                 "(a LightningEvaluator works the same way).")
         if self.training_steps is None:
-            raise ConfigError(f"compress() needs training_steps=<{self.STEPS}> (an int >= 1)")
+            raise ConfigError(f"compress() needs training_steps=<{self.TEXT.steps}> (an int >= 1)")
         if max_steps is not None or max_epochs is not None:
-            raise ConfigError(f"{type(self).__name__} {self.RUNS} training_steps optimizer steps; do not pass "
+            raise ConfigError(f"{type(self).__name__} {self.TEXT.runs} training_steps optimizer steps; do not pass "
                               "max_steps / max_epochs to compress()")
         if self._compressed:
-            raise StateError(f"compress() was already called: {self.DONE}")
+            raise StateError(f"compress() was already called: {self.TEXT.done}")
         return super().compress(max_steps, max_epochs)  # type: ignore[return-value]
 
     def gate_masks(self) -> Masks:

@@ -37,7 +37,7 @@ from ..errors import ConfigError, ConfigTypeError, StateError
 from ..gate_decorator.method import GateDecorator
 from ..gate_decorator.tick_tock import TickTock, TickTockSteps, plan_rounds
 from .nni_config import weight_setting
-from .nni_front import GatingPruner
+from .nni_front import GatingPruner, Text
 from .nni_plan import group_bounds
 
 __all__ = ["GateDecoratorPruner"]
@@ -72,13 +72,9 @@ class GateDecoratorPruner(GatingPruner):
     Example: see :class:`~wgates_plugin.integrations.nni_front.GatingPruner`.
     """
 
-    WHY = "scores channels by |phi * dL/dphi| on training batches and fine-tunes between pruning steps"
-    EXAMPLE = "training_steps=60, target=0.5"
-    NO_INPUT = ("GateDecoratorPruner traces the model's channel dependencies from an example batch: "
-                "pass dummy_input=<a batch the model accepts> (or give the evaluator one)")
-    STEPS = "the most optimizer steps the schedule may use"
-    RUNS = "runs at most"
-    DONE = "the channels are pruned and the masks final"
+    TEXT = Text(why="scores channels by |phi * dL/dphi| on training batches and fine-tunes between pruning "
+                "steps", example="training_steps=60, target=0.5", steps="the most optimizer steps the schedule "
+                "may use", runs="runs at most", done="the channels are pruned and the masks final")
 
     def _check_options(self, target: float | None, options: dict[str, Any]) -> dict[str, Any]:
         schedule = options.pop("schedule", None)
