@@ -209,7 +209,6 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@torch.no_grad()
 def measure_latency(model: nn.Module, example_input: torch.Tensor, threads: int = 1, repeats: int = 20,
                     number: int = 5, warmup: int = 5) -> float:
     """Median time of one forward of ``model`` on ``example_input``, in seconds.

@@ -78,7 +78,11 @@ class WGatesPruner(GatingPruner):
                 steps="optimizer steps of gate training", runs="trains for",
                 done="the gates are frozen and the masks final")
     NEEDS_INPUT = False
-    budgets: list[Budget]  # the global groups' (also among the core's)
+
+    @property
+    def budgets(self) -> list[Budget]:
+        """The global groups' budgets: the core's budgets over some of its groups (it trains and lands them)."""
+        return [] if self._core is None else [b for b in self._core.budgets if b.index is not None]
 
     @property
     def wgates(self) -> WGates | None:
@@ -93,7 +97,6 @@ class WGatesPruner(GatingPruner):
             raise ConfigError(f"unknown option(s) {unknown}: WGatesPruner accepts gate_lr, {', '.join(OPTION_FIELDS)} "
                               "(bounds, exclusions and ratios come from config_list)")
         self.gate_lr = float(gate_lr)
-        self.budgets = []
         return options
 
     def _build_core(self, model: nn.Module, target: float | None, efficiency: Any, **options: Any) -> WGates:
@@ -102,10 +105,10 @@ class WGatesPruner(GatingPruner):
         config = WGatesConfig(mode=mode, target=target, prune_shortcuts=True, layer_bounds=bounds, **options)
         core = WGates(model, self.dummy_input, config=config, efficiency=efficiency,
                       groups=[plan.group for plan in self.plans]).to(device_of(model))
-        self.budgets = shared_budgets(self.plans, core.groups, config.alpha, config.controller_rate)
-        for budget in self.budgets:
+        budgets = shared_budgets(self.plans, core.groups, config.alpha, config.controller_rate)
+        for budget in budgets:
             budget.check_feasible(core.unit_bounds())
-        core.budgets += self.budgets
+        core.budgets += budgets
         return core
 
     # ------------------------------------------------------------------ wrapping
