@@ -59,7 +59,8 @@ PRESETS: dict[str, dict[str, Any]] = {
               "lpnet_samples": 60},
     # The test suite's end-to-end smoke run: a few steps on a small subset.
     "smoke": {"models": ("resnet20",), "budgets": (0.5,), "seeds": (0,),
-              "protocol": {"train_size": 256, "batch": 32, "baseline_epochs": 1, "budget_epochs": (0.5, 1.0),
+              "protocol": {"dataset": "digits", "augment": False, "train_size": 256, "batch": 32,
+                           "baseline_epochs": 1, "budget_epochs": (0.5, 1.0),
                            "prune_epochs": 0.25, "bn_batches": 2, "latency_repeats": 3, "latency_batch": 4,
                            "test_limit": 64},
               "lpnet_samples": 12},

@@ -21,12 +21,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
-from wgates_plugin.app.data import load_digits, loaders
+from wgates_plugin.app.data import load_digits, load_fashion_mnist, loaders
 from wgates_plugin.app.training import evaluate, fit, recalibrate_bn, train_steps
 from wgates_plugin.errors import ConfigError
 
-__all__ = ["Protocol", "Data", "make_data", "baseline", "checkpoints", "finetune_curve", "steps_per_epoch"]
+__all__ = ["Protocol", "Data", "Augmented", "make_data", "baseline", "checkpoints", "finetune_curve", "steps_per_epoch"]
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,16 @@ class Protocol:
     """Every knob of the comparison, with its default.
 
     Attributes:
-        size: image side (digits upsampled from 8x8).
-        train_size: training images; the other 797 of the 1 797 are the test split (fixed split seed 0).
+        dataset: ``'fashion-mnist'`` (60 000 + 10 000 real images, the main dataset) or ``'digits'``
+            (the bundled 1 797, for smoke runs).
+        data_root: Fashion-MNIST's IDX folder (default: where Debian's package installs it).
+        size: image side (Fashion-MNIST resized from 28, digits upsampled from 8).
+        train_size: training images (Fashion-MNIST: a fixed random subset of the training set left
+            after the validation split; digits: the rest of the 1 797 are the test split).
+        val_size: validation images carved from the training set, where every method's knobs are chosen
+            (Fashion-MNIST only; the test set is never used for a choice).
+        augment: random shifts of up to ``shift`` pixels and horizontal flips on every training batch,
+            the same for every method.
         batch: training batch size (the last partial batch is dropped: 31 steps per epoch at 1 000).
         baseline_epochs: epochs of baseline training (SGD, cosine from ``baseline_lr``), seed 0.
         baseline_lr: initial learning rate of baseline training and of "scratch" (constant there).
@@ -53,8 +62,13 @@ class Protocol:
         test_limit: evaluate on the first this many test images only (None: all 797; smoke runs).
     """
 
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
     size: int = 32
-    train_size: int = 1000
+    train_size: int = 10000
+    val_size: int = 5000
+    augment: bool = True
+    shift: int = 2
     batch: int = 32
     baseline_epochs: int = 30
     baseline_lr: float = 0.1
@@ -71,6 +85,8 @@ class Protocol:
     test_limit: int | None = None
 
     def __post_init__(self) -> None:
+        if self.dataset not in ("fashion-mnist", "digits"):
+            raise ConfigError(f"dataset={self.dataset!r} is not one of 'fashion-mnist', 'digits'")
         if not self.budget_epochs or any(b <= 0 for b in self.budget_epochs):
             raise ConfigError(f"budget_epochs={self.budget_epochs!r} must be positive numbers")
         if self.prune_epochs < 0:
@@ -79,7 +95,8 @@ class Protocol:
 
     def baseline_key(self, model: str) -> str:
         """Hash of everything the baseline depends on (model, data, baseline recipe, torch version)."""
-        fields = {"model": model, "size": self.size, "train_size": self.train_size, "batch": self.batch,
+        fields = {"model": model, "dataset": self.dataset, "size": self.size, "train_size": self.train_size,
+                  "val_size": self.val_size, "augment": self.augment, "shift": self.shift, "batch": self.batch,
                   "epochs": self.baseline_epochs, "lr": self.baseline_lr, "momentum": self.momentum,
                   "weight_decay": self.weight_decay, "torch": torch.__version__.split("+")[0]}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
@@ -90,25 +107,59 @@ class Protocol:
 
 @dataclass
 class Data:
-    """The fixed digits split; ``train(seed)`` gives a loader whose shuffling is seeded."""
+    """The fixed splits; ``train(seed)`` gives a loader whose shuffling (and augmentation) is seeded."""
 
     train_set: Any
+    val_set: Any
     test_set: Any
     batch: int
+    shift: int = 0  # 0: no augmentation
 
     def train(self, seed: int) -> Iterable:
-        return loaders(self.train_set, self.test_set, self.batch, seed=seed)[0]
+        train = Augmented(self.train_set, self.shift, seed) if self.shift else self.train_set
+        return loaders(train, self.test_set, self.batch, seed=seed)[0]
+
+    def val(self) -> Iterable:
+        return loaders(self.train_set, self.val_set, self.batch, seed=0, test_batch_size=256)[1]
 
     def test(self) -> Iterable:
         return loaders(self.train_set, self.test_set, self.batch, seed=0, test_batch_size=256)[1]
 
 
+class Augmented(torch.utils.data.Dataset):
+    """``base`` with every image shifted by up to ``shift`` pixels (zero padding, i.e. the normalized
+    mean) and flipped horizontally with probability 1/2, drawn from a generator seeded by ``seed``."""
+
+    def __init__(self, base: Any, shift: int, seed: int) -> None:
+        self.base, self.shift = base, shift
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
+        x, y = self.base[index]  # (C, H, W)
+        s = self.shift
+        dx, dy, flip = torch.randint(0, 2 * s + 1, (2,), generator=self.generator).tolist() + \
+            [bool(torch.rand((), generator=self.generator) < 0.5)]
+        x = torch.nn.functional.pad(x, (s, s, s, s))[:, dy: dy + x.shape[1], dx: dx + x.shape[2]]
+        return (x.flip(-1) if flip else x), y
+
+
 def make_data(protocol: Protocol) -> Data:
-    """The bundled digits at ``protocol.size``, split once with seed 0 (the same for every run)."""
-    train_set, test_set = load_digits(protocol.size, protocol.train_size, seed=0)
+    """The protocol's splits, drawn once with seed 0 (the same for every run and method)."""
+    if protocol.dataset == "digits":
+        train_set, test_set = load_digits(protocol.size, protocol.train_size, seed=0)
+        val_set = test_set  # the digits are for smoke runs: no knob is chosen on them
+    else:
+        train_set, val_set, test_set = load_fashion_mnist(protocol.data_root, protocol.size, protocol.val_size, seed=0)
+        if protocol.train_size > len(train_set):
+            raise ConfigError(f"train_size={protocol.train_size} exceeds the {len(train_set)} training images left "
+                              f"after the validation split (val_size={protocol.val_size})")
+        train_set = TensorDataset(*(t[: protocol.train_size] for t in train_set.tensors))
     if protocol.test_limit is not None:
         test_set = torch.utils.data.Subset(test_set, range(min(protocol.test_limit, len(test_set))))
-    return Data(train_set, test_set, protocol.batch)
+    return Data(train_set, val_set, test_set, protocol.batch, protocol.shift if protocol.augment else 0)
 
 
 def steps_per_epoch(protocol: Protocol) -> int:

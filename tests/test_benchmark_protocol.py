@@ -1,0 +1,61 @@
+"""The benchmark protocol's data: Fashion-MNIST splits (validation disjoint from training), the same
+seeded augmentation for every method, and the digits for smoke runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.protocol import Augmented, Protocol, make_data
+from tests.test_fashion_mnist import small_set, write_split
+from wgates_plugin.errors import ConfigError
+
+
+@pytest.fixture()
+def fashion_root(tmp_path):
+    train_x, train_y, test_x, test_y = small_set(n_train=40, n_test=8)
+    write_split(tmp_path, "train", train_x, train_y, gz=True)
+    write_split(tmp_path, "test", test_x, test_y, gz=True)
+    return tmp_path
+
+
+def test_fashion_splits_are_disjoint_and_sized(fashion_root):
+    data = make_data(Protocol(data_root=str(fashion_root), size=28, train_size=20, val_size=10, augment=False))
+    train, val, test = data.train_set.tensors[0], data.val_set.tensors[0], data.test_set.tensors[0]
+    assert (len(train), len(val), len(test)) == (20, 10, 8)
+    rows = {tuple(x[0].flatten().tolist()) for x in train}
+    assert not rows & {tuple(x[0].flatten().tolist()) for x in val}  # no validation image is trained on
+    with pytest.raises(ConfigError, match=r"train_size=31 exceeds the 30 training images left"):
+        make_data(Protocol(data_root=str(fashion_root), size=28, train_size=31, val_size=10))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_augmentation_is_a_seeded_shift_and_flip(seed):
+    images = torch.randn(6, 3, 8, 8)
+    base = torch.utils.data.TensorDataset(images, torch.arange(6))
+    a, b = Augmented(base, 2, seed), Augmented(base, 2, seed)
+    for i in range(6):
+        x, y = a[i]
+        assert torch.equal(x, b[i][0]) and y == i  # the same seed draws the same augmentation
+        padded = torch.nn.functional.pad(images[i], (2, 2, 2, 2))
+        candidates = [padded[:, dy: dy + 8, dx: dx + 8] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(x, c) or torch.equal(x, c.flip(-1)) for c in candidates)
+
+
+def test_the_loader_augments_only_when_asked(fashion_root):
+    plain = make_data(Protocol(data_root=str(fashion_root), size=28, train_size=20, val_size=10, augment=False,
+                               batch=20))
+    aug = make_data(Protocol(data_root=str(fashion_root), size=28, train_size=20, val_size=10, batch=20))
+    x_plain, _ = next(iter(plain.train(3)))
+    x_aug, _ = next(iter(aug.train(3)))
+    assert not torch.equal(x_plain, x_aug)
+    assert torch.equal(next(iter(aug.train(3)))[0], x_aug)  # seeded: the same batches again
+    assert np.isclose(float(next(iter(aug.val()))[0].mean()), float(next(iter(plain.val()))[0].mean()))
+
+
+def test_digits_stay_for_smoke_runs():
+    data = make_data(Protocol(dataset="digits", train_size=256, augment=False, test_limit=64))
+    assert (len(data.train_set), len(data.test_set)) == (256, 64)
+    with pytest.raises(ConfigError, match=r"dataset='cifar' is not one of 'fashion-mnist', 'digits'"):
+        Protocol(dataset="cifar")
