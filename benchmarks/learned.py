@@ -35,7 +35,7 @@ TraceEval = Callable[[nn.Module], float]  # calibrated top-1 of the (gated) mode
 
 def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float, weight_decay: float,
            predictor: LatencyPredictor | None = None, trace_eval: TraceEval | None = None, eval_every: int = 8,
-           **options: Any) -> Pruned:
+           freeze_stable: int = 0, **options: Any) -> Pruned:
     """W-Gates in target mode: gates and weights trained jointly for ``ctx.steps``, then frozen on budget.
 
     FLOPs mode (``predictor=None``) lands the FLOPs budget exactly. Latency mode trains against an
@@ -60,7 +60,7 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
     wg = WGates(model, x, target=target, efficiency=efficiency, **options)
     _check_same_layers(wg, ctx)
     recipe = Recipe(gate_steps=ctx.steps, gate_lr=gate_lr, weight_lr=weight_lr, momentum=momentum,
-                    weight_decay=weight_decay)
+                    weight_decay=weight_decay, freeze_stable=freeze_stable)
     trace = train_wgates(model, wg, ctx, recipe, trace_eval, eval_every)
     gated, timed = _timed_eval(trace_eval, model, "top1_before_freeze")
     landed = wg.config.target
@@ -76,7 +76,7 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
             "predicted_cost_ratio": wg.cost_ratio(),
             "removed": {k: v.tolist() for k, v in wg.removal_plan().items()}, "eval_seconds": eval_seconds}
     wg.remove()
-    return Pruned(pruned, ctx.steps, info)
+    return Pruned(pruned, wg.steps, info)  # the steps gate training used (all, or until it settled)
 
 
 def _timed_eval(trace_eval: TraceEval | None, model: nn.Module, key: str) -> tuple[dict[str, Any], float]:

@@ -45,6 +45,9 @@ class Protocol:
             (Fashion-MNIST only; the test set is never used for a choice).
         augment: random shifts of up to ``shift`` pixels and horizontal flips on every training batch,
             the same for every method.
+        evaluate_on: ``'test'``, or ``'val'`` to choose knobs: every figure of the run (after pruning,
+            after BN re-calibration, along the fine-tuning curve) is then measured on the validation
+            split and the test set is not read.
         batch: training batch size (the last partial batch is dropped: 31 steps per epoch at 1 000).
         baseline_epochs: epochs of baseline training (SGD, cosine from ``baseline_lr``), seed 0.
         baseline_lr: initial learning rate of baseline training and of "scratch" (constant there).
@@ -69,6 +72,7 @@ class Protocol:
     val_size: int = 5000
     augment: bool = True
     shift: int = 2
+    evaluate_on: str = "test"
     batch: int = 32
     baseline_epochs: int = 30
     baseline_lr: float = 0.1
@@ -87,6 +91,8 @@ class Protocol:
     def __post_init__(self) -> None:
         if self.dataset not in ("fashion-mnist", "digits"):
             raise ConfigError(f"dataset={self.dataset!r} is not one of 'fashion-mnist', 'digits'")
+        if self.evaluate_on not in ("test", "val"):
+            raise ConfigError(f"evaluate_on={self.evaluate_on!r} is not one of 'test', 'val'")
         if not self.budget_epochs or any(b <= 0 for b in self.budget_epochs):
             raise ConfigError(f"budget_epochs={self.budget_epochs!r} must be positive numbers")
         if self.prune_epochs < 0:
@@ -114,16 +120,23 @@ class Data:
     test_set: Any
     batch: int
     shift: int = 0  # 0: no augmentation
+    evaluate_on: str = "test"
 
     def train(self, seed: int) -> Iterable:
         train = Augmented(self.train_set, self.shift, seed) if self.shift else self.train_set
         return loaders(train, self.test_set, self.batch, seed=seed)[0]
 
+    def split(self, name: str) -> Iterable:
+        """The ``'val'`` or ``'test'`` loader."""
+        return loaders(self.train_set, self.val_set if name == "val" else self.test_set, self.batch, seed=0,
+                       test_batch_size=256)[1]
+
     def val(self) -> Iterable:
-        return loaders(self.train_set, self.val_set, self.batch, seed=0, test_batch_size=256)[1]
+        return self.split("val")
 
     def test(self) -> Iterable:
-        return loaders(self.train_set, self.test_set, self.batch, seed=0, test_batch_size=256)[1]
+        """The evaluation split: the test set, or the validation set when the protocol chooses knobs."""
+        return self.split(self.evaluate_on)
 
 
 class Augmented(torch.utils.data.Dataset):
@@ -159,7 +172,8 @@ def make_data(protocol: Protocol) -> Data:
         train_set = TensorDataset(*(t[: protocol.train_size] for t in train_set.tensors))
     if protocol.test_limit is not None:
         test_set = torch.utils.data.Subset(test_set, range(min(protocol.test_limit, len(test_set))))
-    return Data(train_set, val_set, test_set, protocol.batch, protocol.shift if protocol.augment else 0)
+    return Data(train_set, val_set, test_set, protocol.batch, protocol.shift if protocol.augment else 0,
+                protocol.evaluate_on)
 
 
 def steps_per_epoch(protocol: Protocol) -> int:
@@ -187,7 +201,8 @@ def baseline(name: str, build: Callable[[str], nn.Module], protocol: Protocol, d
     start = time.perf_counter()
     fit(model, data.train(0), protocol.baseline_epochs * steps_per_epoch(protocol), protocol.baseline_lr,
         protocol.momentum, protocol.weight_decay, progress=progress, desc=f"baseline {name}")
-    info = {"model": name, "key": key, "top1": evaluate(model, data.test()),
+    info = {"model": name, "key": key, "top1": evaluate(model, data.split("test")),
+            "val_top1": evaluate(model, data.split("val")),
             "seconds": round(time.perf_counter() - start, 1), "epochs": protocol.baseline_epochs}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

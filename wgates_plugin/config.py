@@ -85,6 +85,10 @@ class WGatesConfig:
         score_input: what the gate FC reads (:class:`ScoreInput`).
         weight_grad: let the gate path send gradients into conv weights.
         init_score: initial score of every channel (inside ``(0, 0.5)``: open and trainable).
+        warm_start: in ``TARGET`` mode, start every gate as magnitude pruning at the uniform widths that
+            meet the target (:meth:`~wgates_plugin.gates.WeightGate.warm_start`) instead of all open.
+        ramp_steps: in ``TARGET`` mode, the target the penalty trains toward falls from 1 to ``target``
+            over this many training steps (cubic, as in gradual pruning); 0: the target from step 0.
         activation: ``'binary'`` (the paper) or ``'sigmoid'`` (the Table II ablation), see
             :class:`GateActivation`.
         sigmoid_k: scale ``k`` of the sigmoid gate ``sigmoid(k * s)``; > 0.
@@ -104,6 +108,8 @@ class WGatesConfig:
     score_input: ScoreInput = ScoreInput.WEIGHT
     weight_grad: bool = False
     init_score: float = 0.25
+    warm_start: bool = False
+    ramp_steps: int = 0
     activation: GateActivation = GateActivation.BINARY
     sigmoid_k: float = 4.0
     bounds: LayerBounds = field(default_factory=LayerBounds)
@@ -126,6 +132,7 @@ class WGatesConfig:
         check_number("sigmoid_k", self.sigmoid_k, "> 0", type_error=ConfigError)
         check_number("tolerance", self.tolerance, "(0, 0.5)", what="", type_error=ConfigError)
         check_number("init_score", self.init_score, "(0, 0.5)", what="", type_error=ConfigError)  # open, |s| < 1/2
+        check_number("ramp_steps", self.ramp_steps, ">= 0", integer=True, type_error=ConfigError)
         if not isinstance(self.bounds, LayerBounds):
             raise ConfigTypeError(f"bounds must be a LayerBounds, got {type(self.bounds).__name__}")
         for key, value in self.layer_bounds.items():

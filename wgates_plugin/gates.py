@@ -215,6 +215,25 @@ class WeightGate(nn.Module):
             mask = self.hard().view(self.tie, self.units)[0] if units_mask is None else units_mask
             self.frozen = mask.float().repeat(self.tie).to(self.fc.device)
 
+    def warm_start(self, keep: int, scale: float = 0.25) -> None:
+        """Set the FC vector so that the scores rank the filters by their norm, keeping the ``keep`` units
+        of largest norm: the minimum-norm ``fc`` solving ``X fc = s*`` (``bias = 0``), where ``s*`` is each
+        unit's norm minus the threshold between the ``keep``-th and the next, scaled into ``(-scale, scale)``.
+        ``X`` has more columns than rows in a conv group, so the solution is exact there (least squares
+        where it is not). Gates then start as magnitude pruning at ``keep`` and stay inside the gradient
+        window of Eq. (7)."""
+        with torch.no_grad():
+            x = self.filter_features().double()  # (C, D)
+            norms = x.norm(dim=1).view(self.tie, self.units).mean(0)  # (units,)
+            ranked = torch.sort(norms, descending=True).values
+            keep = min(max(keep, 1), self.units)
+            thr = (ranked[keep - 1] + ranked[keep]) / 2 if keep < self.units else ranked[-1] - 1
+            target = norms - thr
+            target = scale * target / target.abs().max().clamp_min(1e-12)  # (units,) in [-scale, scale]
+            fc = torch.linalg.lstsq(x, target.repeat(self.tie).unsqueeze(1), driver="gelsd").solution[:, 0]
+            self.fc.copy_(fc.to(self.fc))
+            self.bias.zero_()
+
     def kept_units(self) -> int:
         """Units (``tie`` channels each) that freezing now would keep."""
         return int(self.hard().sum()) // self.tie

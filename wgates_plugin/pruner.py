@@ -77,6 +77,11 @@ class WGates(ChannelGating):
         if cfg.target is not None and cfg.mode is BudgetMode.TARGET:
             self.check_reachable(f"target={cfg.target}", cfg.target, cfg.tolerance)
             self.budgets.append(Budget.fraction(self.efficiency, cfg.target, multiplier=self.multiplier))
+            if cfg.warm_start:
+                self._warm_start(cfg.target)
+            if cfg.ramp_steps:
+                self.multiplier.target = 1.0
+        self.steps = 0  # update_multiplier() calls: the training steps taken
         self._current: list[torch.Tensor] | None = None
         self.attach()
 
@@ -87,6 +92,13 @@ class WGates(ChannelGating):
         return WeightGate(producers, group.size, self.config.score_input, self.config.weight_grad,
                           group.tie, units.low, units.high, self.config.init_score, self.config.activation,
                           self.config.sigmoid_k)
+
+    def _warm_start(self, target: float) -> None:
+        """Every gate starts as magnitude pruning at the widths one common shrink factor gives at ``target``."""
+        bounds = [UnitBounds(g.min_units, g.max_units, g.tie) for g in self.gates]
+        units = land([b.high for b in bounds], bounds, [Budget.fraction(self.efficiency, target)])
+        for gate, k in zip(self.gates, units):
+            gate.warm_start(k)
 
     def unit_bounds(self) -> list[UnitBounds]:
         return [UnitBounds(g.min_units, g.max_units, g.tie) for g in self.gates]
@@ -144,6 +156,10 @@ class WGates(ChannelGating):
         """
         for budget in self.budgets:
             budget.update()
+        self.steps += 1
+        ramp, target = self.config.ramp_steps, self.config.target
+        if ramp and target is not None:
+            self.multiplier.target = target + (1 - target) * (1 - min(1.0, self.steps / ramp)) ** 3
 
     def stats(self) -> dict[str, Any]:
         """Live statistics for logging: cost and FLOPs ratios, multiplier, kept channels."""

@@ -62,6 +62,7 @@ def train_steps(
     callback: StepCallback | None = None,
     progress: bool = True,
     desc: str = "train",
+    stop: Callable[[], bool] | None = None,
 ) -> list[float]:
     """Train ``model`` for ``steps`` optimizer steps, cycling ``loader`` as often as needed.
 
@@ -81,6 +82,7 @@ def train_steps(
             mapping is shown in the progress bar.
         progress: show a tqdm progress bar.
         desc: progress bar label.
+        stop: checked after every step; training ends early when it returns True.
 
     Returns:
         The task loss of every step.
@@ -99,6 +101,8 @@ def train_steps(
             shown = callback(step, {"loss": task, "extra": extra}) if callback else None
             bar.set_postfix({"loss": f"{task:.3f}", **(shown or {})}, refresh=False)
             bar.update()
+            if stop is not None and stop():
+                break
     return losses
 
 
@@ -241,6 +245,9 @@ class Recipe:
         weight_decay: SGD L2 penalty (both phases).
         bn_batches: training batches used to re-calibrate BatchNorm statistics after export.
         log_every: record the live FLOPs / cost ratio every this many gate steps.
+        freeze_stable: end gate training early once the cost is within the target and the keep masks
+            have not changed for this many steps (0: train all ``gate_steps``); the steps left go to
+            fine-tuning the exported model.
     """
 
     gate_steps: int = 100
@@ -252,11 +259,12 @@ class Recipe:
     weight_decay: float = 5e-4
     bn_batches: int = 20
     log_every: int = 10
+    freeze_stable: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("gate_steps", "finetune_steps", "bn_batches", "log_every"):
+        for name in ("gate_steps", "finetune_steps", "bn_batches", "log_every", "freeze_stable"):
             value = getattr(self, name)
-            low = 0 if name.endswith("steps") else 1
+            low = 0 if name.endswith(("steps", "stable")) else 1
             check_number(name, value, f">= {low}", integer=True, type_error=ConfigError)
         for name in ("gate_lr", "weight_lr", "finetune_lr", "momentum", "weight_decay"):
             check_number(name, getattr(self, name), ">= 0", type_error=ConfigError)
@@ -291,7 +299,9 @@ def train_gates(model: nn.Module, wg: WGates, loader: Iterable, recipe: Recipe, 
     """Joint training: SGD on the weights, Adam on the gates, task loss + ``wg.efficiency_loss()``.
 
     Every step ends with the target-mode multiplier step (``wg.update_multiplier()``), then
-    ``on_step(step, {"loss": ..., "extra": ...})`` if given.
+    ``on_step(step, {"loss": ..., "extra": ...})`` if given. With ``recipe.freeze_stable``, training
+    ends once the cost is within the target and the masks were stable that long (``wg.steps`` counts
+    the steps taken).
 
     Returns:
         The live trace, one record every ``recipe.log_every`` steps: step, loss, FLOPs and cost
@@ -301,6 +311,15 @@ def train_gates(model: nn.Module, wg: WGates, loader: Iterable, recipe: Recipe, 
                               weight_decay=recipe.weight_decay)
     gates = torch.optim.Adam(wg.parameters(), lr=recipe.gate_lr)
     trace: list[dict] = []
+    stable = {"mask": None, "steps": 0}
+
+    def settled() -> bool:
+        mask = torch.cat(wg.keep_masks())
+        same = stable["mask"] is not None and torch.equal(mask, stable["mask"])  # type: ignore[arg-type]
+        stable["mask"], stable["steps"] = mask, (stable["steps"] + 1 if same else 0)  # type: ignore[operator]
+        target = wg.config.target
+        within = target is not None and wg.cost_ratio() <= target * (1 + wg.config.tolerance)
+        return bool(recipe.freeze_stable) and within and stable["steps"] >= recipe.freeze_stable  # type: ignore[operator]
 
     def log(step: int, stats: dict[str, float]) -> dict[str, str]:
         wg.update_multiplier()
@@ -313,7 +332,7 @@ def train_gates(model: nn.Module, wg: WGates, loader: Iterable, recipe: Recipe, 
         return {"flops": f"{live['flops']:.3f}"}
 
     train_steps(model, loader, [weights, gates], recipe.gate_steps, extra_loss=wg.efficiency_loss,
-                callback=log, progress=progress, desc="gates")
+                callback=log, progress=progress, desc="gates", stop=settled if recipe.freeze_stable else None)
     return trace
 
 

@@ -1,0 +1,66 @@
+"""The recipe levers: warm start, the target ramp, and ending gate training once the masks settle."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from wgates_plugin import WGates
+from wgates_plugin.app.training import Recipe, train_gates
+from wgates_plugin.gates import Producer, WeightGate
+
+
+def small_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 24, 3, padding=1), nn.BatchNorm2d(24), nn.ReLU(),
+                         nn.Conv2d(24, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("keep", [1, 5, 12, 16])
+def test_warm_start_keeps_the_largest_filters_inside_the_gradient_window(seed, keep):
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(3, 16, 3)  # D = 27 > C = 16: the scores are met exactly
+    rows = torch.arange(16)
+    gate = WeightGate([Producer(conv, rows, rows)], 16)
+    gate.warm_start(keep)
+    norms = conv.weight.detach().flatten(1).norm(dim=1)
+    assert torch.equal(torch.nonzero(gate.hard()).flatten().sort().values,
+                       torch.topk(norms, keep).indices.sort().values)
+    scores = gate.unit_scores().detach()
+    assert float(scores.abs().max()) <= 0.25 + 1e-6 and float(gate.bias.detach()) == 0.0
+
+
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.8])
+def test_warm_start_begins_at_the_target_from_below(target):
+    torch.manual_seed(0)
+    wg = WGates(small_cnn(), torch.randn(2, 3, 8, 8), target=target, warm_start=True)
+    units = [int(g.hard().sum()) for g in wg.gates]
+    assert wg.cost_ratio() <= target
+    for i in range(len(units)):  # no group could keep one more channel and stay within the target
+        grown = list(units)
+        grown[i] += 1
+        if grown[i] <= wg.groups[i].size:
+            assert float(wg.efficiency(torch.tensor(grown, dtype=torch.float32))) / wg.reference_cost > target
+
+
+def test_the_ramp_lowers_the_trained_target_cubically():
+    wg = WGates(small_cnn(), torch.randn(2, 3, 8, 8), target=0.4, ramp_steps=4)
+    seen = [wg.multiplier.target]
+    for _ in range(6):
+        wg.update_multiplier()
+        seen.append(wg.multiplier.target)
+    assert seen == pytest.approx([1.0] + [0.4 + 0.6 * (1 - min(1, k / 4)) ** 3 for k in range(1, 7)])
+    assert wg.budgets[0].target == pytest.approx(0.4)  # the landing budget is the final target throughout
+
+
+@pytest.mark.parametrize("stable", [1, 3, 6])
+def test_gate_training_ends_once_the_masks_settle_within_the_target(stable):
+    torch.manual_seed(0)
+    model = small_cnn()
+    wg = WGates(model, torch.randn(2, 3, 8, 8), target=0.5, warm_start=True)
+    loader = [(torch.randn(4, 3, 8, 8), torch.randint(0, 4, (4,))) for _ in range(3)]
+    recipe = Recipe(gate_steps=50, gate_lr=0.0, weight_lr=0.0, freeze_stable=stable)  # nothing moves
+    train_gates(model, wg, loader, recipe, progress=False)
+    assert wg.steps == stable + 1  # the first step sets the mask, then `stable` unchanged steps
