@@ -39,6 +39,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "wg_warm_lr1e-3_ramp": {"warm_start": True, "gate_lr": 1e-3, "ramp_steps": 156},
     "wg_warm_lr1e-3_g156": {"warm_start": True, "gate_lr": 1e-3, "steps": 156},
     "wg_warm_g156": {"warm_start": True, "steps": 156},
+    "wg_warm_lr1e-3_g78": {"warm_start": True, "gate_lr": 1e-3, "steps": 78},
 }
 
 
