@@ -3,7 +3,9 @@
 Every run goes through the comparison harness (:func:`benchmarks.compare.run_one`) with
 ``Protocol.evaluate_on='val'``, so no figure here reads the test set. A variant is W-Gates with some
 of its levers set (``warm_start``, ``ramp_steps``, ``freeze_stable``, the gate learning rate, a cap
-on the gating steps); a rival is any method of the harness. Results are appended to
+on the gating steps); a rival is any method of the harness, or one with its own knob changed
+(``slim_1e-2``: Network Slimming with L1 strength 1e-2; ``depgraph_3e-3``: DepGraph's group-norm
+strength), so the rivals' knobs are chosen on validation too. Results are appended to
 ``benchmarks/results/recipe/runs.jsonl``; a (model, budget, seed, variant) already there is skipped,
 so the command resumes.
 
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 
 from . import compare, learned
+from .methods import METHODS
 from .models import MODELS
 from .protocol import Protocol, make_data
 
@@ -42,6 +45,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "wg_warm_lr1e-3_g78": {"warm_start": True, "gate_lr": 1e-3, "steps": 78},
 }
 
+# name -> (rival method, MethodDefaults overrides): the rivals' own knobs, chosen on validation like ours
+RIVALS: dict[str, tuple[str, dict[str, float]]] = {
+    **{f"slim_{reg:g}": ("slim", {"slim_reg": reg}) for reg in (1e-3, 1e-2, 3e-2, 1e-1)},
+    **{f"depgraph_{reg:g}": ("depgraph", {"depgraph_reg": reg}) for reg in (1e-3, 3e-3, 1e-2, 3e-2)},
+}
+
 
 def variant_fn(name: str, protocol: Protocol) -> Any:
     options = {"gate_lr": protocol.gate_lr, "weight_lr": protocol.finetune_lr, "momentum": protocol.momentum,
@@ -53,13 +62,19 @@ def variant_fn(name: str, protocol: Protocol) -> Any:
     return lambda ctx: fn(dataclasses.replace(ctx, steps=min(cap, ctx.steps)))
 
 
+def rival_fn(name: str) -> Any:
+    """A rival with some of its ``MethodDefaults`` changed (e.g. Slimming's L1 strength)."""
+    method, overrides = RIVALS[name]
+    return lambda ctx: METHODS[method](dataclasses.replace(ctx, hyper=dataclasses.replace(ctx.hyper, **overrides)))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="resnet20", choices=MODELS)
     ap.add_argument("--budgets", nargs="+", type=float, default=[0.25])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--variants", nargs="+", default=["uniform", "l1", "wg_default", "wg_warm_lr1e-3"],
-                    choices=sorted(VARIANTS) + list(compare.ALL_METHODS))
+                    choices=sorted(VARIANTS) + sorted(RIVALS) + list(compare.ALL_METHODS))
     ap.add_argument("--budget-epochs", nargs="+", type=float, default=[1.0, 3.0])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/recipe"))
     ap.add_argument("--cache", type=Path, default=Path(".cache/benchmarks"))
@@ -84,10 +99,11 @@ def main(argv: list[str] | None = None) -> None:
             for name in args.variants:
                 if (args.model, budget, seed, name) in done:
                     continue
-                fn = variant_fn(name, protocol) if name in VARIANTS else None
+                fn = variant_fn(name, protocol) if name in VARIANTS else rival_fn(name) if name in RIVALS else None
                 compare.method_fn = (lambda *a, fn=fn, **k: fn) if fn is not None else original
+                method = "wgates" if name in VARIANTS else RIVALS[name][0] if name in RIVALS else name
                 start = time.perf_counter()
-                record = compare.run_one(state, "wgates" if fn is not None else name, budget, seed, setup, data, {})
+                record = compare.run_one(state, method, budget, seed, setup, data, {})
                 row = {"protocol_key": setup.protocol_key(), "model": args.model, "budget": budget, "seed": seed,
                        "variant": name, "flops_ratio": record["flops_ratio"], "steps_used": record["steps_used"],
                        "val_pruned_raw": record.get("top1_pruned_raw"), "val_pruned": record.get("top1_pruned"),
