@@ -47,8 +47,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 # name -> (rival method, MethodDefaults overrides): the rivals' own knobs, chosen on validation like ours
 RIVALS: dict[str, tuple[str, dict[str, float]]] = {
-    **{f"slim_{reg:g}": ("slim", {"slim_reg": reg}) for reg in (1e-3, 1e-2, 3e-2, 1e-1)},
-    **{f"depgraph_{reg:g}": ("depgraph", {"depgraph_reg": reg}) for reg in (1e-3, 3e-3, 1e-2, 3e-2)},
+    **{f"slim_{reg}": ("slim", {"slim_reg": float(reg)}) for reg in ("1e-3", "1e-2", "3e-2", "1e-1")},
+    **{f"depgraph_{reg}": ("depgraph", {"depgraph_reg": float(reg)}) for reg in ("1e-3", "3e-3", "1e-2", "3e-2")},
 }
 
 

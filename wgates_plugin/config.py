@@ -127,6 +127,11 @@ class WGatesConfig:
             check_number("target", self.target, "(0, 1]", what="")
         if self.mode is BudgetMode.TARGET and self.target is None:
             raise ConfigError("mode='target' needs target=<fraction of the original cost in (0, 1]>")
+        if self.mode is BudgetMode.PAPER and self.target is not None:
+            raise ConfigError(f"mode='paper' trains with alpha * log(1 + cost) and has no target, but "
+                              f"target={self.target!r} was given: drop mode to train toward the target "
+                              "(mode='target'), "
+                              "or drop target")
         for name in ("alpha", "controller_rate"):
             check_number(name, getattr(self, name), ">= 0", type_error=ConfigError)
         check_number("sigmoid_k", self.sigmoid_k, "> 0", type_error=ConfigError)

@@ -33,9 +33,10 @@ from torch import nn
 from .budget import UnitBounds, minimum_cost
 from .efficiency.base import EfficiencyModel, bind_efficiency
 from .efficiency.flops import FlopsModel, record_layer_shapes
-from .errors import BudgetError, ConfigError
+from .errors import BudgetError, ConfigError, StateError
 from .export import History, Masks, export_pruned, nni_masks
 from .groups import ChannelGroup, GroupGraph, Member, consumer_feeds, gated_groups, removal_plan, scale_input, why_not
+from .utils import unchanged_on_error
 
 __all__ = ["ChannelGating", "FixedGates", "GateHook", "Selector", "EfficiencyArg"]
 
@@ -63,6 +64,12 @@ class ChannelGating(nn.Module):
 
     #: whether the cost model is a submodule (in ``parameters()`` / ``state_dict``) or kept beside it.
     efficiency_in_state: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every method's constructor leaves the model as it was when it raises (hooks, modes, attributes)."""
+        super().__init_subclass__(**kwargs)
+        if "__init__" in vars(cls):
+            cls.__init__ = unchanged_on_error(cls.__init__)  # type: ignore[method-assign]
 
     def __init__(
         self,
@@ -220,6 +227,9 @@ class ChannelGating(nn.Module):
             ExportError: with ``verify``, the outputs differ.
         """
         self._check_exportable()
+        if not self._handles:
+            raise StateError(f"export() after remove(): the gates no longer act on the model, so there is nothing to "
+                             f"export; call {type(self).__name__}.attach() first")
         pruned, self.history = export_pruned(self.model, self.example_inputs, self.groups, self.keep_masks(),
                                              gating=self, prepare=self._prepare_export, in_place=in_place,
                                              verify=verify, rtol=rtol, atol=atol)

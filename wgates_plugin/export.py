@@ -26,7 +26,7 @@ from torch import nn
 
 from .errors import ExportError
 from .groups import ChannelGroup, Role, build_graph, removal_plan
-from .utils import eval_outputs
+from .utils import ModelGuard, eval_outputs
 
 __all__ = ["History", "Masks", "prune_groups", "export_pruned", "check_outputs", "verify_outputs", "nni_masks"]
 
@@ -79,7 +79,8 @@ def export_pruned(
         gating: the owner of the model's gate hooks (``remove()`` / ``attach()``, e.g. a
             :class:`~wgates_plugin.core.ChannelGating`): removed for the copy, re-attached unless ``in_place``.
         prepare: called on the hook-free model before the removal (e.g. to merge scales).
-        in_place: prune ``model`` itself instead of a deep copy.
+        in_place: prune ``model`` itself instead of a deep copy; if that fails (the outputs differ too),
+            the model is put back as it was, gates attached.
         verify: compare the pruned model's eval outputs with what ``model`` computes now (gated).
         rtol, atol: the tolerances of :func:`check_outputs`.
 
@@ -93,17 +94,31 @@ def export_pruned(
     plan = removal_plan(groups, keep)
     if gating is not None:
         gating.remove()
+    if not in_place:
+        try:
+            pruned = copy.deepcopy(model)
+        finally:
+            if gating is not None:
+                gating.attach()
+        return pruned, _prune(pruned, example_inputs, plan, prepare, expected, rtol, atol)
+    guard = ModelGuard(model, tensors=prepare is not None)  # in place: a failure puts the gated model back
     try:
-        pruned = model if in_place else copy.deepcopy(model)
-    finally:
-        if gating is not None and not in_place:
+        return model, _prune(model, example_inputs, plan, prepare, expected, rtol, atol)
+    except BaseException:
+        guard.restore()
+        if gating is not None:
             gating.attach()
+        raise
+
+
+def _prune(model: nn.Module, example_inputs: Any, plan: Mapping[str, torch.Tensor], prepare: Callable | None,
+           expected: Any, rtol: float, atol: float) -> History:
     if prepare is not None:
-        prepare(pruned)
-    history = prune_groups(pruned, example_inputs, plan)
+        prepare(model)
+    history = prune_groups(model, example_inputs, plan)
     if expected is not None:
-        check_outputs(pruned, example_inputs, expected, rtol, atol)
-    return pruned, history
+        check_outputs(model, example_inputs, expected, rtol, atol)
+    return history
 
 
 def check_outputs(model: nn.Module, example_inputs: Any, expected: Any, rtol: float = 1e-4,

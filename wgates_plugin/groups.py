@@ -10,11 +10,13 @@ and whether it may be pruned at all, with the reason when not.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
 import sys
+import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -22,11 +24,13 @@ import torch
 import torch_pruning as tp
 from torch import nn
 from torch_pruning import ops
+from tqdm.auto import tqdm
 
-from .errors import ConfigError, TracingError
-from .utils import check_names
+from .errors import ConfigError, TracingError, WGatesError
+from .utils import check_example, check_names, check_number, kept_modes
 
-__all__ = ["Role", "Member", "ChannelGroup", "GroupGraph", "trace_groups", "is_depthwise",
+__all__ = ["Role", "Member", "ChannelGroup", "GroupGraph", "TraceLimits", "LIMITS", "trace_limits", "trace_groups",
+           "is_depthwise",
            "why_not", "gated_groups", "consumer_feeds", "scale_input", "along", "removal_plan"]
 
 # Normalizations that mix channels: removing a channel changes the others' statistics, so neither
@@ -108,11 +112,58 @@ def is_depthwise(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels > 1
 
 
-def build_graph(model: nn.Module, example_inputs: object) -> tp.DependencyGraph:
-    """torch-pruning's dependency graph, with a tracing failure turned into a :class:`TracingError`."""
+@dataclass
+class TraceLimits:
+    """How long tracing and the group search may take, and whether they show progress.
+
+    Attributes:
+        seconds: wall-clock limit of one :func:`trace_groups` call (graph building plus the group
+            search); past it a :class:`TracingError` names the slow part and the ways out.
+        progress: show a progress bar over the group search (None: on a terminal, for models with
+            more than 50 prunable layers).
+        clock: the clock the limit is measured with (injectable for tests).
+    """
+
+    seconds: float = 600.0
+    progress: bool | None = None
+    clock: Callable[[], float] = time.monotonic
+
+
+LIMITS = TraceLimits()
+
+
+@contextlib.contextmanager
+def trace_limits(seconds: float | None = None, progress: bool | None = None,
+                 clock: Callable[[], float] | None = None) -> Iterator[TraceLimits]:
+    """Change :data:`LIMITS` inside a ``with`` block, e.g. ``with trace_limits(seconds=60): WGates(...)``."""
+    saved = (LIMITS.seconds, LIMITS.progress, LIMITS.clock)
+    if seconds is not None:
+        check_number("seconds", seconds, "> 0", type_error=ConfigError)
+        LIMITS.seconds = float(seconds)
+    LIMITS.progress = progress if progress is not None else LIMITS.progress
+    LIMITS.clock = clock or LIMITS.clock
     try:
-        with torch.enable_grad():
+        yield LIMITS
+    finally:
+        LIMITS.seconds, LIMITS.progress, LIMITS.clock = saved
+
+
+_WAYS_OUT = ("HINT: exclude the slow part (exclude=[...] / exclude_types), gate fewer layer types (root_types), "
+             "trace with a smaller example input, or allow more time: "
+             "with wgates_plugin.groups.trace_limits(seconds=...): ...")
+
+
+def build_graph(model: nn.Module, example_inputs: object) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph, with a tracing failure turned into a :class:`TracingError`.
+
+    Every module's train/eval mode is restored (torch-pruning leaves the model in eval mode).
+    """
+    check_example(example_inputs)
+    try:
+        with torch.enable_grad(), kept_modes(model):
             return tp.DependencyGraph().build_dependency(model, example_inputs, verbose=False)
+    except WGatesError:
+        raise
     except Exception as exc:  # torch-pruning raises bare ZeroDivisionError/IndexError/... on unsupported ops
         where = _failing_node(sys.exc_info()[2])
         raise TracingError(
@@ -157,17 +208,34 @@ def trace_groups(
     Groups that cannot be pruned exactly carry a ``reason``; callers decide about shortcut groups
     (``shortcut=True``) and user exclusions.
     """
+    limits = LIMITS
+    start = limits.clock()
     graph = build_graph(model, example_inputs)
+    built = limits.clock() - start
+    if built > limits.seconds:
+        raise TracingError(f"tracing {type(model).__name__} took {built:.0f} s, over the {limits.seconds:g} s limit "
+                           f"(torch-pruning's graph building). {_WAYS_OUT}")
     names = {m: n for n, m in model.named_modules()}
     visited: set[nn.Module] = set()
     groups = []
-    for module in list(graph.module2node):
-        if module in visited or not isinstance(module, root_types):
+    roots = [m for m in graph.module2node if isinstance(m, root_types)]
+    show = limits.progress if limits.progress is not None else (len(roots) > 50 and sys.stderr.isatty())
+    slowest = ("", 0.0)
+    for i, module in enumerate(tqdm(roots, desc="channel groups", leave=False, disable=not show)):
+        if module in visited:
             continue
+        before = limits.clock()
         group = _group_of(graph, module, names)
+        took = limits.clock() - before
+        slowest = max(slowest, (group.name, took), key=lambda s: s[1])
         visited.update(m.module for m in group.members if m.role is not Role.CONSUMER)
         visited.add(module)
         groups.append(group)
+        if limits.clock() - start > limits.seconds:
+            raise TracingError(
+                f"the channel-group search of {type(model).__name__} passed the {limits.seconds:g} s limit after "
+                f"{i + 1} of {len(roots)} layers (graph building {built:.0f} s; slowest group '{slowest[0]}', "
+                f"{slowest[1]:.0f} s). {_WAYS_OUT}")
     return GroupGraph(graph, groups)
 
 
@@ -177,6 +245,8 @@ def _group_of(graph: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module,
     group = ChannelGroup(names.get(root, type(root).__name__), root, size)
     try:
         tp_group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(size)))
+    except (WGatesError, TimeoutError):  # ours, or an interrupt raised as an exception: not a reason, a stop
+        raise
     except Exception as exc:  # torch-pruning fails inside index mapping on e.g. channel shuffles
         group.reason = f"torch-pruning cannot map its channels ({type(exc).__name__}: {exc})"
         return group
@@ -323,9 +393,7 @@ def gated_groups(
     """
     exclude = tuple(exclude)
     check_names(model, "exclude", exclude)
-    was_training = model.training
     traced = trace_groups(model, example_inputs, tuple(root_types) or (nn.Conv2d, nn.Linear))
-    model.train(was_training)  # torch-pruning's tracing leaves the model in eval mode
     excluded, types, include = set(exclude), tuple(exclude_types), select or (lambda _n, _m: True)
     chosen = [g for g in traced.groups if g.producers and not g.reason and (prune_shortcuts or not g.shortcut)
               and not any(p.name in excluded or isinstance(p.module, types) for p in g.producers)

@@ -30,6 +30,7 @@ from .core import ChannelGating, EfficiencyArg, GateHook, Selector
 from .errors import BudgetError, ConfigError, StateError
 from .gates import GateList, Producer, WeightGate
 from .groups import ChannelGroup
+from .utils import check_names, device_of, dtype_of
 
 __all__ = ["WGates"]
 
@@ -67,11 +68,14 @@ class WGates(ChannelGating):
         if config is not None and overrides:
             raise ConfigError(f"pass either config or keyword options, not both (got {sorted(overrides)})")
         cfg = config if config is not None else WGatesConfig(**overrides)
+        check_names(model, "layer_bounds", cfg.layer_bounds)
         super().__init__(model, example_inputs, select=select, exclude=cfg.exclude, exclude_types=cfg.exclude_types,
                          root_types=cfg.root_types, prune_shortcuts=cfg.prune_shortcuts, efficiency=efficiency,
                          groups=groups)
         self.config = cfg
         self.gates = GateList(self._make_gate(g) for g in self.groups)
+        self.to(device_of(model))  # the gates (and the cost model) follow the model's device and dtype
+        self.gates.to(dtype=dtype_of(model))
         self.multiplier = DualMultiplier(cfg.alpha, cfg.controller_rate, cfg.target or 1.0)
         self.budgets: list[Budget] = []  # trained toward (those with a multiplier) and landed by freeze()
         if cfg.target is not None and cfg.mode is BudgetMode.TARGET:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .core import FixedGates
-from .errors import ConfigError, ExportError
+from .errors import ConfigError, ConfigTypeError, ExportError
 from .groups import ChannelGroup, Role, trace_groups
 
 __all__ = ["speedup", "read_masks", "MaskDecision"]
@@ -84,7 +84,8 @@ def speedup(model: nn.Module, masks: MaskInput, dummy_input: Any, strict: bool =
         rtol, atol: tolerances of that check (the rule of :func:`~wgates_plugin.export.check_outputs`).
 
     Returns:
-        ``model``, pruned (its classes stay; only tensor shapes shrink).
+        ``model``, pruned (its classes stay; only tensor shapes shrink). When a check fails the model
+        is left exactly as it was: verification runs before the removal is committed.
 
     Raises:
         ConfigError: a mask names a missing layer or has the wrong shape; the model is still wrapped.
@@ -106,7 +107,12 @@ def speedup(model: nn.Module, masks: MaskInput, dummy_input: Any, strict: bool =
         warnings.warn(note, stacklevel=2)
     groups, keep = decision.keep_vectors()
     if groups:  # the removed channels zeroed where they are consumed: the reference the check compares with
-        FixedGates(model, dummy_input, groups, keep).export(verify=verify, rtol=rtol, atol=atol, in_place=True)
+        fixed = FixedGates(model, dummy_input, groups, keep)
+        try:  # a failed export puts the model back as it was (export_pruned); then the reference hooks go too
+            fixed.export(verify=verify, rtol=rtol, atol=atol, in_place=True)
+        except BaseException:
+            fixed.remove()
+            raise
     return model
 
 
@@ -133,9 +139,14 @@ def _removed_rows(model: nn.Module, masks: MaskInput) -> dict[str, torch.Tensor]
     modules = dict(model.named_modules())
     out = {}
     for name, entry in masks.items():
-        mask = entry.get("weight") if isinstance(entry, Mapping) else None
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"masks[{name!r}] is a {type(entry).__name__}; each entry must be a dict of the layer's "
+                              f"masks, NNI's format: {{{name!r}: {{'weight': mask}}}}")
+        mask = entry.get("weight")
         if mask is None:
             continue
+        if not isinstance(mask, torch.Tensor):
+            raise ConfigTypeError(f"masks[{name!r}]['weight'] is a {type(mask).__name__}, not a tensor")
         weight = getattr(modules.get(name), "weight", None)
         if weight is None:
             raise ConfigError(f"masks name '{name}', which is not a layer with a weight in the model")

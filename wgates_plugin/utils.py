@@ -18,18 +18,25 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
 import importlib
 import math
 import operator
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from .errors import ConfigError, ConfigTypeError
 
-__all__ = ["call_model", "eval_outputs", "device_of", "move_to", "check_number", "check_names", "import_front_end"]
+__all__ = ["call_model", "eval_outputs", "device_of", "dtype_of", "move_to", "kept_modes", "ModelGuard",
+           "restored_on_error", "unchanged_on_error", "check_number", "check_example",
+           "check_names", "import_front_end"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
@@ -42,14 +49,86 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
 
 
 def eval_outputs(model: nn.Module, inputs: Any) -> Any:
-    """The model's outputs on ``inputs`` in eval mode under ``no_grad``; its mode is restored."""
-    was_training = model.training
-    model.eval()
+    """The model's outputs on ``inputs`` in eval mode under ``no_grad``; every module's mode is restored."""
+    with kept_modes(model), torch.no_grad():
+        return call_model(model.eval(), inputs)
+
+
+@contextlib.contextmanager
+def kept_modes(model: nn.Module) -> Iterator[nn.Module]:
+    """Restore the train/eval mode of *every* module of ``model`` on exit.
+
+    ``model.train(was_training)`` is not enough: it sets one mode on all submodules, so a model
+    trained with some BatchNorm layers kept in eval mode would come back with them training.
+    """
+    modes = [(m, m.training) for m in model.modules()]
     try:
-        with torch.no_grad():
-            return call_model(model, inputs)
+        yield model
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
+
+
+class ModelGuard:
+    """A snapshot of a model that :meth:`restore` puts back: every module's attributes, its
+    parameter / buffer / submodule / hook dictionaries (the same dict objects, so handles taken
+    before stay valid) and mode; with ``tensors=True`` also the values of its parameters and buffers
+    (for work that writes into them in place).
+
+    It is shallow by default: code that replaces a parameter (torch-pruning does) is undone, code that
+    writes into one is undone only with ``tensors=True``.
+    """
+
+    def __init__(self, model: nn.Module, tensors: bool = False) -> None:
+        self.saved = [(m, {k: (v, copy.copy(v) if isinstance(v, dict) else None) for k, v in vars(m).items()})
+                      for m in model.modules()]
+        self.values = ([(t, t.detach().clone()) for t in {id(t): t for t in _tensors(model)}.values()]
+                       if tensors else [])
+
+    def restore(self) -> None:
+        for module, attrs in self.saved:
+            now = vars(module)
+            for key in [k for k in now if k not in attrs]:
+                del now[key]
+            for key, (value, content) in attrs.items():
+                if content is not None:
+                    value.clear()
+                    value.update(content)
+                now[key] = value
+        with torch.no_grad():
+            for tensor, value in self.values:
+                if tensor.shape == value.shape:
+                    tensor.copy_(value)
+
+
+def _tensors(model: nn.Module) -> Iterator[torch.Tensor]:
+    yield from model.parameters()
+    yield from (b for b in model.buffers() if b is not None)
+
+
+@contextlib.contextmanager
+def restored_on_error(model: nn.Module, tensors: bool = False) -> Iterator[ModelGuard]:
+    """Run the block; if it raises (an interrupt too), ``model`` is put back as it was (:class:`ModelGuard`)."""
+    guard = ModelGuard(model, tensors)
+    try:
+        yield guard
+    except BaseException:
+        guard.restore()
+        raise
+
+
+def unchanged_on_error(init: F) -> F:
+    """Decorate a constructor ``__init__(self, model, ...)``: if it raises, the model it was given is
+    left as it was (attributes, hooks, modes); on success only the documented changes remain."""
+
+    @functools.wraps(init)
+    def wrapper(self: Any, model: Any, *args: Any, **kwargs: Any) -> None:
+        if not isinstance(model, nn.Module):
+            return init(self, model, *args, **kwargs)
+        with restored_on_error(model):
+            return init(self, model, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def device_of(obj: Any) -> torch.device:
@@ -62,6 +141,11 @@ def device_of(obj: Any) -> torch.device:
     values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (tuple, list)) else ()
     return next((device_of(v) for v in values if isinstance(v, (torch.Tensor, tuple, list, dict))),
                 torch.device("cpu"))
+
+
+def dtype_of(model: nn.Module) -> torch.dtype:
+    """The floating dtype of a module's parameters (float32 when it has none)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 def move_to(batch: Any, device: torch.device) -> Any:
@@ -104,6 +188,32 @@ def check_number(name: str, value: object, allowed: str, *, integer: bool = Fals
     if not (math.isfinite(value) and _within(float(value), allowed)):
         described = kind if what is None else what
         raise ConfigError(f"{name}={value!r} must be {described + ' ' if described else ''}{phrase}")
+
+
+def check_example(example_inputs: Any, what: str = "example_inputs") -> None:
+    """Raise unless ``example_inputs`` holds at least one tensor and none of them is empty or non-finite:
+    an empty batch would trace no channel and cost nothing (a zero reference, a NaN loss)."""
+    tensors = list(_leaves(example_inputs))
+    if not tensors:
+        raise ConfigTypeError(f"{what} must be a tensor (or a tuple / list / dict of them) the model accepts, "
+                              f"got {type(example_inputs).__name__}")
+    for t in tensors:
+        if t.numel() == 0:
+            raise ConfigError(f"{what} holds an empty tensor of shape {tuple(t.shape)}: pass a batch of at least one "
+                              "sample")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ConfigError(f"{what} holds NaN or inf values (shape {tuple(t.shape)}): pass a finite batch")
+
+
+def _leaves(batch: Any) -> Iterator[torch.Tensor]:
+    if torch.is_tensor(batch):
+        yield batch
+    elif isinstance(batch, (tuple, list)):
+        for b in batch:
+            yield from _leaves(b)
+    elif isinstance(batch, dict):
+        for b in batch.values():
+            yield from _leaves(b)
 
 
 def check_names(model: nn.Module, what: str, names: Iterable[str]) -> None:

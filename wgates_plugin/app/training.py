@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ..efficiency import Timing, count_macs, measure_ms
 from ..errors import ConfigError
 from ..pruner import WGates
-from ..utils import check_number, device_of
+from ..utils import check_number, device_of, kept_modes
 
 __all__ = ["train_steps", "fit", "evaluate", "recalibrate_bn", "measure_latency", "count_params", "cycle",
            "Recipe", "PruneResult", "describe", "train_gates", "prune_and_finetune"]
@@ -151,16 +151,14 @@ def fit(
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, progress: bool = False) -> float:
     """Top-1 accuracy of ``model`` on ``loader``, in [0, 1] (eval mode; the mode is restored after)."""
-    was_training, device = model.training, device_of(model)
-    model.eval()
+    device = device_of(model)
     correct = total = 0
-    try:
+    with kept_modes(model):
+        model.eval()
         for x, y in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
             pred = model(x.to(device)).argmax(dim=1)  # (B,)
             correct += int((pred == y.to(device)).sum())
             total += len(y)
-    finally:
-        model.train(was_training)
     if total == 0:
         raise ConfigError("evaluate() got an empty loader")
     return correct / total
@@ -192,19 +190,19 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, batches: int = 20) -> int
     bns = _batchnorms(model)
     if not bns:
         return 0
-    was_training, momenta, device = model.training, [bn.momentum for bn in bns], device_of(model)
-    model.eval()
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative moving average
-        bn.train()
-    try:
-        for _, (x, _y) in zip(range(batches), cycle(loader)):
-            model(x.to(device))
-    finally:
-        for bn, momentum in zip(bns, momenta):
-            bn.momentum = momentum
-        model.train(was_training)
+    momenta, device = [bn.momentum for bn in bns], device_of(model)
+    with kept_modes(model):
+        model.eval()
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative moving average
+            bn.train()
+        try:
+            for _, (x, _y) in zip(range(batches), cycle(loader)):
+                model(x.to(device))
+        finally:
+            for bn, momentum in zip(bns, momenta):
+                bn.momentum = momentum
     return len(bns)
 
 

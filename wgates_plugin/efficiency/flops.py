@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..groups import ChannelGroup, Role, is_depthwise
-from ..utils import call_model
+from ..utils import call_model, kept_modes
 from .base import EfficiencyModel
 
 __all__ = ["LayerShape", "record_layer_shapes", "FlopsModel", "count_macs"]
@@ -53,13 +53,10 @@ def record_layer_shapes(model: nn.Module, example_inputs: object) -> list[LayerS
         shapes.append(_shape(names[module], module, per_sample // out_ch))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
-            call_model(model, example_inputs)
+        with kept_modes(model), torch.no_grad():
+            call_model(model.eval(), example_inputs)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     return shapes

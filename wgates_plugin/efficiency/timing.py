@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ConfigTypeError
-from ..utils import call_model, check_number, device_of
+from ..utils import call_model, check_number, device_of, kept_modes
 
 __all__ = ["Timing", "CLOCKS", "fixed_threads", "measure_ms", "device_name", "use_clock",
            "SimulatedClock"]
@@ -171,10 +171,9 @@ def measure_ms(module: nn.Module, inputs: Any, timing: Timing = Timing(),
     if timing.clock == "cpu" and device.type != "cpu":
         raise ConfigError(f"clock='cpu' times CPU work; on {device} use clock='wall'")
     clock = _INJECTED[-1] if _INJECTED else CLOCKS[timing.clock]
-    was_training = module.training
-    module.to(device).eval()
     times = []
-    try:
+    with kept_modes(module):
+        module.to(device).eval()
         with torch.no_grad(), fixed_threads(timing.resolved_threads()):
             for _ in range(timing.warmup):
                 call_model(module, inputs)
@@ -184,8 +183,6 @@ def measure_ms(module: nn.Module, inputs: Any, timing: Timing = Timing(),
                 call_model(module, inputs)
                 _sync(device)
                 times.append(clock() - start)
-    finally:
-        module.train(was_training)
     return 1e3 * statistics.median(times)
 
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, ConfigTypeError
-from ..utils import call_model, check_number, move_to
+from ..utils import call_model, check_number, kept_modes, move_to
 
 if TYPE_CHECKING:
     from .method import GateDecorator
@@ -338,11 +338,10 @@ def run_tick_tock(
         check_number("max_steps", max_steps, ">= 1", integer=True, type_error=ConfigError)
     trainer = TickTockTrainer(gd, train_loader, schedule, loss_fn, callback)
     trainer.trace.rounds = plan_rounds(trainer.schedule, gd.cost_ratio(), gd.target, max_steps)
-    was_training = gd.model.training
     try:
-        trainer.follow(TickTockSteps(gd, trainer.schedule, trainer.trace.rounds))
+        with kept_modes(gd.model):
+            trainer.follow(TickTockSteps(gd, trainer.schedule, trainer.trace.rounds))
     finally:
-        gd.model.train(was_training)
         gd.steps_used = trainer.trace.steps_used
     return trainer.trace
 

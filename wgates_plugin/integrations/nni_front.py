@@ -22,7 +22,7 @@ from ..core import EfficiencyArg
 from ..errors import ConfigError, ConfigTypeError, StateError
 from ..export import Masks
 from ..groups import trace_groups
-from ..utils import check_number
+from ..utils import check_number, unchanged_on_error
 from .nni_config import canonical_config_list, select_layers
 from .nni_plan import GroupPlan, plan_groups
 
@@ -90,6 +90,7 @@ class GatingPruner(Pruner):
     TEXT: Text  # the method's words in the messages
     NEEDS_INPUT = True  # False: without an evaluator, the pruner may be built untraced (no core)
 
+    @unchanged_on_error
     def __init__(
         self,
         model: nn.Module,

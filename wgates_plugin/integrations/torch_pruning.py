@@ -44,7 +44,7 @@ from ..config import BudgetMode, LayerBounds, WGatesConfig
 from ..errors import ConfigError, ConfigTypeError, StateError
 from ..groups import ChannelGroup, Member, Role, gated_groups
 from ..pruner import WGates
-from ..utils import check_number, device_of
+from ..utils import check_number, device_of, unchanged_on_error
 from .budgets import LinearCostModel
 
 __all__ = ["WGatesImportance", "WGatesMetaPruner"]
@@ -120,6 +120,7 @@ class WGatesMetaPruner:
         BudgetError: ``target`` or the global budget is unreachable.
     """
 
+    @unchanged_on_error
     def __init__(
         self,
         model: nn.Module,

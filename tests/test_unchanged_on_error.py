@@ -1,0 +1,213 @@
+"""Nothing the user owns changes unless the call succeeds: for every failing constructor and verb,
+the model's parameters and buffers (values and identities), hooks and per-module train/eval modes
+are exactly what they were before the call."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from wgates_plugin import LayerBounds, WGates, WGatesConfig, speedup
+from wgates_plugin.core import FixedGates
+from wgates_plugin.errors import BudgetError, ConfigError, ConfigTypeError, ExportError, StateError, TracingError
+from wgates_plugin.gate_decorator import GateDecorator
+from wgates_plugin.groups import trace_groups, trace_limits
+from wgates_plugin.utils import ModelGuard, kept_modes
+
+from tests.helpers import randomize_bn
+
+X = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+class Net(nn.Module):
+    """conv-bn-relu, a residual pair, a head: plain and shortcut-coupled groups."""
+
+    def __init__(self, flip: bool = False) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.a = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(12, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.head = nn.Linear(8, 5)
+        self.flip = flip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.a(x)
+        if self.flip:  # reverses the channels: torch-pruning maps indices through it as if it did not
+            y = y.flip(1)
+        x = torch.relu(x + self.b(y))
+        return self.head(x.mean((2, 3)))
+
+
+def net(seed: int = 0, flip: bool = False) -> nn.Module:
+    torch.manual_seed(seed)
+    model = randomize_bn(Net(flip), seed + 1).train()
+    model.stem[1].eval()  # a user's frozen BatchNorm: must stay in eval mode
+    return model
+
+
+def fingerprint(model: nn.Module) -> tuple:
+    """Values and identities of every tensor, every hook, every module's mode and attribute names."""
+    digest = hashlib.sha256()
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        digest.update(name.encode())
+        digest.update(t.detach().cpu().numpy().tobytes())
+    ids = tuple(id(t) for t in model.parameters())
+    hooks = tuple((len(m._forward_pre_hooks), len(m._forward_hooks), len(m._backward_hooks)) for m in model.modules())
+    modes = tuple(m.training for m in model.modules())
+    attrs = tuple(tuple(sorted(vars(m))) for m in model.modules())
+    return digest.hexdigest(), ids, hooks, modes, attrs
+
+
+def outputs(model: nn.Module) -> torch.Tensor:
+    with kept_modes(model), torch.no_grad():
+        return model.eval()(X)
+
+
+def assert_unchanged(model: nn.Module, call, error: type[Exception], match: str) -> None:
+    before, out = fingerprint(model), outputs(model)
+    with pytest.raises(error, match=match):
+        call()
+    assert fingerprint(model) == before
+    torch.testing.assert_close(outputs(model), out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_failing_constructors_leave_the_model_as_it_was(seed):
+    model = net(seed)
+    assert_unchanged(model, lambda: WGates(model, X, target=0.001), BudgetError, "unreachable")
+    assert_unchanged(model, lambda: WGates(model, X, target=0.5, layer_bounds={"nope": LayerBounds(0.5, 1.0)}),
+                     ConfigError, "layer_bounds names layers that are not in the model: \\['nope'\\]")
+    assert_unchanged(model, lambda: WGates(model, torch.zeros(0, 3, 16, 16), target=0.5), ConfigError,
+                     "empty tensor of shape \\(0, 3, 16, 16\\)")
+    assert_unchanged(model, lambda: WGates(model, X * float("nan"), target=0.5), ConfigError, "NaN or inf")
+    assert_unchanged(model, lambda: GateDecorator(model, X, target=0.001), BudgetError, "unreachable")
+
+
+def test_a_method_failing_after_its_hooks_are_attached_takes_them_off_again():
+    class Late(WGates):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)  # hooks attached here
+            raise ConfigError("late failure")
+
+    model = net()
+    assert_unchanged(model, lambda: Late(model, X, target=0.5), ConfigError, "late failure")
+
+
+def test_front_ends_that_fail_leave_the_model_as_it_was():
+    pytest.importorskip("nni")
+    from wgates_plugin.integrations.nni import WGatesPruner
+    from wgates_plugin.integrations.torch_pruning import WGatesMetaPruner
+
+    model = net()
+    infeasible = [{"op_types": ["Conv2d"], "sparse_ratio": 0.999, "global_group_id": 1}]
+    assert_unchanged(model, lambda: WGatesPruner(model, infeasible, dummy_input=X), BudgetError, "global_group_id=1")
+    both = [{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "global_group_id": 1}]
+    assert_unchanged(model, lambda: WGatesPruner(model, both, dummy_input=X, target=0.5), ConfigError,
+                     "two budgets")
+    assert_unchanged(model, lambda: WGatesMetaPruner(model, X, target=0.001), BudgetError, "unreachable")
+
+
+def test_successful_constructors_keep_every_modules_mode():
+    model = net()
+    modes = [m.training for m in model.modules()]
+    wg = WGates(model, X, target=0.5)
+    assert [m.training for m in model.modules()] == modes
+    assert not model.stem[1].training and model.a[1].training
+    wg.remove()
+
+
+def test_export_after_remove_is_a_state_error_and_attaches_nothing():
+    model = net()
+    wg = WGates(model, X, target=0.5)
+    wg.freeze()
+    wg.remove()
+    assert_unchanged(model, wg.export, StateError, "export\\(\\) after remove\\(\\).*attach\\(\\) first")
+
+
+def test_speedup_that_fails_verification_leaves_the_model_as_it_was():
+    model = net(flip=True)
+    mask = torch.ones_like(model.a[0].weight)
+    mask[:4] = 0
+    assert_unchanged(model, lambda: speedup(model, {"a.0": {"weight": mask}}, X), ExportError,
+                     "does not reproduce")
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, ExportError])
+def test_an_in_place_export_interrupted_midway_puts_the_gated_model_back(interrupt):
+    class Interrupted(FixedGates):
+        def _prepare_export(self, pruned):
+            pruned.a[0].weight.data.mul_(2)  # an in-place write the guard must undo
+            raise interrupt("stopped")
+
+    model = net()
+    group = next(g for g in trace_groups(model, X).groups if g.name == "a.0")
+    keep = torch.ones(group.size)
+    keep[:3] = 0
+    fixed = Interrupted(model, X, [group], [keep])
+    gated = outputs(model)
+    assert_unchanged(model, lambda: fixed.export(in_place=True), interrupt, "stopped")
+    torch.testing.assert_close(outputs(model), gated, rtol=0, atol=0)  # still gated: hooks are back
+    fixed.remove()
+
+
+def test_model_guard_restores_replaced_parameters_added_attributes_and_hooks():
+    model = net()
+    before = fingerprint(model)
+    guard = ModelGuard(model, tensors=True)
+    model.a[0].weight = nn.Parameter(torch.zeros(3))
+    model.b[0].extra = 1
+    model.head.register_forward_hook(lambda *a: None)
+    model.stem[0].bias.data.add_(1)
+    model.eval()
+    guard.restore()
+    assert fingerprint(model) == before
+
+
+def test_gates_follow_the_model_dtype_and_export_exactly():
+    model = net().double()
+    x = X.double()
+    wg = WGates(model, x, target=0.5)
+    assert all(p.dtype == torch.float64 for p in wg.gates.parameters())
+    wg.freeze()
+    small = wg.export()
+    assert small.a[0].out_channels < 12
+
+
+def test_the_group_search_stops_at_its_time_limit_naming_the_slow_part():
+    model = torchvision.models.resnet18(num_classes=10)
+    ticks = iter(range(0, 10_000, 10))  # every reading of the clock is 10 s later
+    with trace_limits(seconds=45, clock=lambda: float(next(ticks))), \
+            pytest.raises(TracingError, match="channel-group search of ResNet passed the 45 s limit after 2 of 21 "
+                                              "layers.*slowest group 'fc', 10 s.*exclude.*trace_limits"):
+        trace_groups(model, torch.randn(1, 3, 32, 32))
+
+
+def test_an_interrupt_raised_inside_the_group_search_is_not_taken_for_an_unmappable_group(monkeypatch):
+    import torch_pruning as tp
+
+    def slow(*_a, **_k):
+        raise TimeoutError("alarm")
+
+    monkeypatch.setattr(tp.DependencyGraph, "get_pruning_group", slow)
+    with pytest.raises(TimeoutError, match="alarm"):
+        trace_groups(net(), X)
+
+
+def test_values_refused_where_they_enter():
+    with pytest.raises(ConfigError, match="mode='paper'.*target=0.5"):
+        WGatesConfig(mode="paper", target=0.5)
+    for name in ("alpha", "controller_rate", "sigmoid_k"):
+        for bad in (float("nan"), float("inf")):
+            with pytest.raises(ConfigError, match=f"{name}={bad}"):
+                WGatesConfig(target=0.5, **{name: bad})
+    model = net()
+    weight = torch.ones_like(model.a[0].weight)
+    assert_unchanged(model, lambda: speedup(model, {"a.0": weight}, X), ConfigError,
+                     "masks\\['a.0'\\] is a Tensor.*\\{'a.0': \\{'weight': mask\\}\\}")
+    assert_unchanged(model, lambda: speedup(model, {"a.0": {"weight": [1, 0]}}, X), ConfigTypeError,
+                     "masks\\['a.0'\\]\\['weight'\\] is a list, not a tensor")
