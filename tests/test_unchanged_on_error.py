@@ -11,14 +11,13 @@ import torch
 import torchvision
 from torch import nn
 
+from tests.helpers import randomize_bn
 from wgates_plugin import LayerBounds, WGates, WGatesConfig, speedup
 from wgates_plugin.core import FixedGates
 from wgates_plugin.errors import BudgetError, ConfigError, ConfigTypeError, ExportError, StateError, TracingError
 from wgates_plugin.gate_decorator import GateDecorator
 from wgates_plugin.groups import trace_groups, trace_limits
 from wgates_plugin.utils import ModelGuard, kept_modes
-
-from tests.helpers import randomize_bn
 
 X = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
