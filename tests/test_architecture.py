@@ -15,6 +15,7 @@ OPTIONAL = ("nni", "pytorch_lightning", "lightning", "matplotlib")
 # (a module prefix, the packages it must not import): each layer only imports those below it.
 LAYERS = [
     ("wgates_plugin.utils", ("wgates_plugin.groups", "wgates_plugin.efficiency", "wgates_plugin.core")),
+    ("wgates_plugin.files", ("wgates_plugin.groups", "wgates_plugin.efficiency", "wgates_plugin.core")),
     ("wgates_plugin.groups", ("wgates_plugin.efficiency", "wgates_plugin.core", "wgates_plugin.export")),
     ("wgates_plugin.efficiency", ("wgates_plugin.core", "wgates_plugin.pruner", "wgates_plugin.export",
                                   "wgates_plugin.config", "wgates_plugin.budget", "wgates_plugin.gate_decorator",

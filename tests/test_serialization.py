@@ -113,7 +113,7 @@ def test_missing_files(tmp_path, resnet18_pruned):
     pruned, wg, arch = resnet18_pruned
     save_pruned(tmp_path, pruned, wg.history, arch)
     (tmp_path / WEIGHTS_FILE).unlink()
-    with pytest.raises(FileNotFoundError, match=r"no weights at '.*model.safetensors'"):
+    with pytest.raises(FileNotFoundError, match=r"no weights file at '.*model.safetensors'"):
         load_pruned(tmp_path)
 
 
@@ -140,7 +140,8 @@ def test_history_that_does_not_fit(tmp_path, resnet18_pruned):
     with pytest.raises(ConfigError, match=r"history entry 0 = \['layer1.0.conv1', 'yes', \[3\]\] is not"):
         load_pruned(tmp_path)
     _rewrite(tmp_path, history=good[1:])  # one group left unpruned: the weights no longer fit
-    with pytest.raises(ConfigError, match=r"weights do not fit the replayed 'resnet18'.*shape mismatches"):
+    with pytest.raises(ConfigError, match=r"model.safetensors. does not fit: its tensors are not those of a weights "
+                                          r"file: missing \[\], unexpected \[\], shape mismatches \[.layer"):
         load_pruned(tmp_path)
     _rewrite(tmp_path, architecture={**record["architecture"], "name": "resnet19"})
     with pytest.raises(ConfigError, match=r"model='resnet19' is not a torchvision classification model"):
@@ -152,5 +153,5 @@ def test_not_a_record(tmp_path):
     with pytest.raises(ConfigError, match=r"is not a wgates-pruned record \(format='something-else'\)"):
         load_pruned(tmp_path)
     (tmp_path / RECIPE_FILE).write_text("{not json")
-    with pytest.raises(ConfigError, match=r"is not valid JSON"):
+    with pytest.raises(ConfigError, match=r"is not a pruning recipe: not valid JSON"):
         load_pruned(tmp_path)

@@ -45,3 +45,14 @@ class MeasurementError(WGatesError, ValueError):
 
 class LatencyContextError(ConfigError):
     """Latency data (samples or an LPNet) was measured in another context than the one it is used in."""
+
+
+class FileFormatError(ConfigError):
+    """A file we load is corrupt, tampered with, of another format or declares sizes past the limits.
+
+    The message names the file and what is wrong. Nothing in a file is ever executed.
+    """
+
+
+class MissingFileError(FileFormatError, FileNotFoundError):
+    """A file we load does not exist (also a ``FileNotFoundError``)."""

@@ -10,7 +10,13 @@ torch 2.6) refuses that. Instead :func:`save_pruned` writes
 
 :func:`load_pruned` builds the original architecture, replays the history through torch-pruning's
 ``DependencyGraph.load_pruning_history`` and loads the weights: the result computes exactly what the
-saved model computed, and nothing in the files is ever executed.
+saved model computed, and nothing in the files is ever executed. The files are untrusted input:
+``pruning.json`` is size-limited and checked field by field; the model it describes is first built
+on the ``meta`` device, so a record declaring an absurd width or input is refused before anything
+is allocated (:data:`~wgates_plugin.files.LIMITS`); the weights' header is checked against the
+rebuilt model before a tensor is read, and their SHA-256 (recorded at save) is compared after, so a
+changed byte is a :class:`~wgates_plugin.errors.FileFormatError`, never a different model. Both
+files are written atomically.
 
 Example:
     >>> import tempfile, torch, torchvision
@@ -32,15 +38,17 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, FileFormatError
+from ..files import LIMITS, atomic_path, read_json, read_tensors, tensors_digest, write_text
 from ..groups import build_graph
 from .models import Architecture, Builder, build_model
 
@@ -49,7 +57,7 @@ __all__ = ["WEIGHTS_FILE", "RECIPE_FILE", "save_pruned", "load_pruned", "rebuild
 WEIGHTS_FILE = "model.safetensors"
 RECIPE_FILE = "pruning.json"
 FORMAT = "wgates-pruned"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the weights' SHA-256 is recorded and checked
 
 HistoryEntry = tuple[str, bool, list[int]]
 
@@ -67,15 +75,20 @@ def save_pruned(directory: str | Path, model: nn.Module, history: Sequence[Seque
 
     Returns:
         The directory.
+
+    Each file is written to a temporary name and renamed into place, so an interrupted save leaves
+    the previous files (or none), never a torn one.
     """
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     entries = _check_history(history)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": FORMAT})
+    digest = tensors_digest(state)
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT, "sha256": digest})
     recipe = {"format": FORMAT, "version": FORMAT_VERSION, "architecture": arch.to_json(),
-              "history": [list(e) for e in entries], "torch": torch.__version__}
-    (folder / RECIPE_FILE).write_text(json.dumps(recipe, indent=1))
+              "history": [list(e) for e in entries], "weights_sha256": digest, "torch": torch.__version__}
+    write_text(folder / RECIPE_FILE, json.dumps(recipe, indent=1))
     return folder
 
 
@@ -83,22 +96,44 @@ def read_recipe(directory: str | Path) -> tuple[Architecture, list[HistoryEntry]
     """The architecture and pruning history stored in ``directory/pruning.json``.
 
     Raises:
-        FileNotFoundError: the file is missing.
-        ConfigError: it is not a W-Gates pruning record.
+        MissingFileError: the file is missing (also a ``FileNotFoundError``).
+        FileFormatError: it is not a W-Gates pruning record, or a field is malformed or past the limits.
     """
-    path = Path(directory) / RECIPE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no pruning recipe at '{path}' (expected {RECIPE_FILE} written by save_pruned)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"'{path}' is not valid JSON: {exc}") from None
+    arch, history, _ = _read_record(Path(directory) / RECIPE_FILE)
+    return arch, history
+
+
+def _read_record(path: Path) -> tuple[Architecture, list[HistoryEntry], str]:
+    data = read_json(path, "pruning recipe")
     found = data.get("format") if isinstance(data, dict) else None
     if found != FORMAT:
-        raise ConfigError(f"'{path}' is not a {FORMAT} record (format={found!r})")
+        raise FileFormatError(f"'{path}' is not a {FORMAT} record (format={found!r})")
     if data.get("version") != FORMAT_VERSION:
-        raise ConfigError(f"'{path}' has version {data.get('version')!r}; this release reads version {FORMAT_VERSION}")
-    return Architecture.from_json(data["architecture"]), _check_history(data["history"])
+        raise FileFormatError(f"'{path}' has version {data.get('version')!r}; this release reads version "
+                              f"{FORMAT_VERSION} (save the model again with this release)")
+    digest = data.get("weights_sha256")
+    if not (isinstance(digest, str) and len(digest) == 64):
+        raise FileFormatError(f"'{path}' has no valid weights_sha256 (the checksum of {WEIGHTS_FILE})")
+    try:
+        arch = Architecture.from_json(data["architecture"]) if isinstance(data.get("architecture"), dict) else None
+        history = _check_history(data["history"]) if isinstance(data.get("history"), list) else None
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise FileFormatError(f"'{path}': {exc}") from None
+    if arch is None or history is None:
+        raise FileFormatError(f"'{path}' needs an 'architecture' object and a 'history' list")
+    _check_sizes(path, arch)
+    return arch, history, digest
+
+
+def _check_sizes(path: Path, arch: Architecture) -> None:
+    elements = math.prod(arch.input_shape)
+    if elements > LIMITS.input_elements:
+        raise FileFormatError(f"'{path}' declares input_shape {arch.input_shape} ({elements} elements), more than "
+                              f"{LIMITS.input_elements} (wgates_plugin.files.LIMITS.input_elements)")
+    big = {k: v for k, v in arch.kwargs.items() if isinstance(v, int) and not isinstance(v, bool) and v > LIMITS.width}
+    if big:
+        raise FileFormatError(f"'{path}' declares constructor arguments {big}, above {LIMITS.width} "
+                              "(wgates_plugin.files.LIMITS.width)")
 
 
 def rebuild(arch: Architecture, history: Sequence[Sequence[Any]], builder: Builder | None = None) -> nn.Module:
@@ -108,7 +143,14 @@ def rebuild(arch: Architecture, history: Sequence[Sequence[Any]], builder: Build
 
     Raises:
         ConfigError: the history names a layer the architecture lacks, or indices out of range.
+        FileFormatError: the architecture would have more parameters than ``LIMITS.tensor_elements``
+            (counted on the ``meta`` device, before anything is allocated).
     """
+    with torch.device("meta"):
+        planned = sum(p.numel() for p in build_model(arch, builder).parameters())
+    if planned > LIMITS.tensor_elements:
+        raise FileFormatError(f"'{arch.name}' with {arch.kwargs} would have {planned} parameters, more than "
+                              f"{LIMITS.tensor_elements} (wgates_plugin.files.LIMITS.tensor_elements)")
     model = build_model(arch, builder).eval()
     graph = build_graph(model, arch.example_input())
     modules = dict(model.named_modules())
@@ -126,16 +168,21 @@ def load_pruned(directory: str | Path, builder: Builder | None = None) -> nn.Mod
         builder: the constructor for models saved with a custom :class:`Architecture`.
 
     Raises:
-        FileNotFoundError: a file is missing.
+        MissingFileError: a file is missing (also a ``FileNotFoundError``).
+        FileFormatError: a file is corrupt or changed since it was saved (the weights' checksum), or
+            declares sizes past :data:`~wgates_plugin.files.LIMITS`.
         ConfigError: the history or the weights do not fit the architecture.
     """
     folder = Path(directory)
-    weights = folder / WEIGHTS_FILE
-    arch, history = read_recipe(folder)
-    if not weights.is_file():
-        raise FileNotFoundError(f"no weights at '{weights}' (expected {WEIGHTS_FILE} written by save_pruned)")
+    arch, history, digest = _read_record(folder / RECIPE_FILE)
     model = rebuild(arch, history, builder)
-    load_weights(model, load_file(str(weights)), f"the replayed '{arch.name}'")
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    weights = folder / WEIGHTS_FILE
+    state, _ = read_tensors(weights, "weights file", shapes)
+    if tensors_digest(state) != digest:
+        raise FileFormatError(f"'{weights}' does not match the checksum recorded in {RECIPE_FILE}: the weights were "
+                              "changed or damaged after saving; refused")
+    load_weights(model, state, f"the replayed '{arch.name}'")
     return model.eval()
 
 

@@ -26,16 +26,17 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import ConfigError, LatencyContextError, MeasurementError
+from ..errors import ConfigError, FileFormatError, LatencyContextError, MeasurementError
+from ..files import LIMITS, atomic_path, parse_json, read_tensors
 from ..groups import ChannelGroup, gated_groups
 from .base import EfficiencyModel
 from .blocks import BlockEncoder, BlockInfo, default_block_types, find_blocks, outermost, type_key
@@ -193,31 +194,77 @@ class LatencyPredictor(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
-        """Write safetensors weights with the JSON metadata in its header."""
+        """Write safetensors weights with the JSON metadata in its header (atomically: a crash leaves
+        the previous file or none)."""
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.nets.state_dict().items() if ".layers." in k}
         meta = {"format": LPNET_FORMAT, "kind": self.kind, "types": self.types, "context": self.context,
                 "nets": [self.net(t).spec() for t in self.types], "info": self.info}
-        save_file(tensors, os.fspath(path), metadata={"wgates_lpnet": json.dumps(meta)})
+        with atomic_path(path) as tmp:
+            save_file(tensors, os.fspath(tmp), metadata={"wgates_lpnet": json.dumps(meta)})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LatencyPredictor:
         """Read a file written by :meth:`save` (no code is executed).
 
+        Every declared size is checked against :data:`~wgates_plugin.files.LIMITS` and against the
+        weights before anything is built, and NaN or inf weights or normalization constants are refused.
+
         Raises:
-            ConfigError: the file is not a W-Gates LPNet.
+            MissingFileError: no such file.
+            FileFormatError: the file is not a W-Gates LPNet, or its metadata or weights are malformed,
+                non-finite or past the limits.
         """
-        with safe_open(os.fspath(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("wgates_lpnet")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        meta = json.loads(raw) if raw else {}
-        if meta.get("format") != LPNET_FORMAT:
-            raise ConfigError(f"'{path}' is not a W-Gates LPNet file (no {LPNET_FORMAT} metadata)")
-        nets = [LPNet.from_spec(s) for s in meta["nets"]]
-        out = cls(meta["kind"], meta["types"], nets, meta["context"], meta["info"])
-        missing, unexpected = out.nets.load_state_dict(tensors, strict=False)
-        if unexpected or any(".layers." in k for k in missing):
-            raise ConfigError(f"'{path}' has weights that do not fit its metadata: {unexpected or missing}")
+        tensors, metadata = read_tensors(path, "W-Gates LPNet", finite=True)
+        raw = metadata.get("wgates_lpnet")
+        meta = parse_json(raw, path, "W-Gates LPNet") if raw else {}
+        if not isinstance(meta, dict) or meta.get("format") != LPNET_FORMAT:
+            raise FileFormatError(f"'{path}' is not a W-Gates LPNet file (no {LPNET_FORMAT} metadata)")
+        types, specs = meta.get("types"), meta.get("nets")
+        if meta.get("kind") not in KINDS or not isinstance(types, list) or not isinstance(specs, list) \
+                or len(types) != len(specs) or not types or not all(isinstance(t, str) for t in types) \
+                or not isinstance(meta.get("context"), dict) or not isinstance(meta.get("info"), dict):
+            raise FileFormatError(f"'{path}': the LPNet metadata needs a kind in {KINDS}, as many block types (str) as "
+                                  "nets, a context and an info object")
+        nets = [LPNet.from_spec(_checked_spec(path, i, s)) for i, s in enumerate(specs)]
+        out = cls(meta["kind"], types, nets, meta["context"], meta["info"])
+        own = {k: tuple(v.shape) for k, v in out.nets.state_dict().items() if ".layers." in k}
+        found = {k: tuple(v.shape) for k, v in tensors.items()}
+        if own != found:
+            wrong = sorted(set(own) ^ set(found)) or [k for k in own if own[k] != found[k]]
+            raise FileFormatError(f"'{path}' has weights that do not fit its metadata: {wrong[:5]}")
+        out.nets.load_state_dict(tensors, strict=False)
         return out.eval()
+
+
+def _checked_spec(path: str | os.PathLike, i: int, spec: Any) -> dict[str, Any]:
+    """An LPNet spec from a file, every size within :data:`~wgates_plugin.files.LIMITS` and every constant finite."""
+    def bad(what: str) -> FileFormatError:
+        return FileFormatError(f"'{path}': LPNet {i} {what}; refused")
+
+    if not isinstance(spec, dict):
+        raise bad("is not an object")
+    features, hidden = spec.get("in_features"), spec.get("hidden")
+    if not (isinstance(features, int) and not isinstance(features, bool) and 1 <= features <= LIMITS.width):
+        raise bad(f"declares in_features={features!r} (an int in [1, {LIMITS.width}])")
+    if not (isinstance(hidden, list) and len(hidden) == 2
+            and all(isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= LIMITS.width for h in hidden)):
+        raise bad(f"declares hidden={hidden!r} (two ints in [1, {LIMITS.width}])")
+    if not isinstance(spec.get("log_target"), bool):
+        raise bad("lacks log_target (true / false)")
+    for name, size in (("x_mean", features), ("x_std", features)):
+        values = spec.get(name)
+        if not (isinstance(values, list) and len(values) == size and all(_finite(v) for v in values)):
+            raise bad(f"has a {name} that is not {size} finite numbers")
+    for name in ("y_mean", "y_std"):
+        if not _finite(spec.get(name)):
+            raise bad(f"has {name}={spec.get(name)!r}, not a finite number")
+    if min(spec["x_std"]) <= 0 or spec["y_std"] <= 0:
+        raise bad("has a standard deviation <= 0")
+    return spec
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def architecture_hash(model: nn.Module) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..efficiency.latency import context_diff
-from ..errors import ConfigError, LatencyContextError
+from ..errors import FileFormatError, LatencyContextError, MissingFileError
 
 __all__ = ["FORMAT", "LatencyContextError", "LatencySamples", "SampleWriter", "load_samples"]
 
@@ -77,30 +77,39 @@ def load_samples(path: str | os.PathLike) -> LatencySamples:
     """Read a samples file; a torn (interrupted) last line is skipped.
 
     Raises:
-        FileNotFoundError: no such file.
-        ConfigError: the file is not a latency samples file.
+        MissingFileError: no such file (also a ``FileNotFoundError``).
+        FileFormatError: the file is not a latency samples file, or a line is corrupt.
     """
     path = Path(path)
-    lines = list(_lines(path))
+    if not path.is_file():
+        raise MissingFileError(f"no latency samples file at '{path}'")
+    try:
+        lines = list(_lines(path))
+    except UnicodeDecodeError:
+        raise FileFormatError(f"'{path}' is not a latency samples file: not UTF-8 text") from None
     header = _parse(lines[0], path, 1) if lines else None
-    if not isinstance(header, dict) or header.get("context", {}).get("format") != FORMAT:
-        raise ConfigError(f"'{path}' is not a latency samples file (first line must be a {FORMAT} context)")
-    samples = LatencySamples(header["context"])
+    context = header.get("context") if isinstance(header, dict) else None
+    if not isinstance(context, dict) or context.get("format") != FORMAT:
+        raise FileFormatError(f"'{path}' is not a latency samples file (first line must be a {FORMAT} context)")
+    samples = LatencySamples(context)
     for number, line in enumerate(lines[1:], start=2):
         record = _parse(line, path, number, torn_ok=number == len(lines))
         if record is None:
             continue
-        (samples.references if int(record["index"]) == REFERENCE else samples.records).append(record)
+        index = record.get("index") if isinstance(record, dict) else None
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise FileFormatError(f"'{path}' line {number} is not a candidate record (no integer 'index')")
+        (samples.references if index == REFERENCE else samples.records).append(record)
     return samples
 
 
 def _parse(line: str, path: Path, number: int, torn_ok: bool = False) -> Any:
     try:
         return json.loads(line)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         if torn_ok:
             return None  # the collection was interrupted while writing this line
-        raise ConfigError(f"'{path}' line {number} is not valid JSON; the file is corrupt") from None
+        raise FileFormatError(f"'{path}' line {number} is not valid JSON; the file is corrupt") from None
 
 
 class SampleWriter:

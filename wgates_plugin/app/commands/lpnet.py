@@ -25,7 +25,8 @@ from ...config import BudgetMode, LayerBounds, WGatesConfig
 from ...efficiency.latency import LatencyModel, LatencyPredictor
 from ...efficiency.lpnet import FitConfig, LatencyErrors
 from ...efficiency.timing import Timing
-from ...errors import ConfigError
+from ...errors import ConfigError, MissingFileError
+from ...files import check_writable, write_text
 from ...profiling.lpnet_fit import evaluate_predictor, train_predictor
 from ...profiling.profiler import collect_latency
 from ...profiling.samples import load_samples
@@ -82,6 +83,7 @@ def _train_parser(sub: Any) -> None:
     p.add_argument("--test-fraction", type=float, default=0.2, help="held-out share of candidates (0.2)")
     p.add_argument("--seed", type=int, default=0, help="split and initialization seed (default 0)")
     p.add_argument("--report", help="also write the held-out report to this JSON file")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out / --report")
     p.set_defaults(func=_train)
 
 
@@ -90,10 +92,14 @@ def _eval_parser(sub: Any) -> None:
     p.add_argument("--lpnet", required=True, help="LPNet file from 'wgates lpnet train'")
     p.add_argument("--samples", required=True, help="samples file measured in the same context")
     p.add_argument("--report", help="also write the report to this JSON file")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --report")
     p.set_defaults(func=_eval)
 
 
 def _collect(args: argparse.Namespace) -> int:
+    if Path(args.out).is_dir():
+        raise ConfigError(f"--out '{args.out}' is a folder; name the samples file to write (or to resume)")
+    check_writable(Path(args.out).parent, "the folder of --out")
     shape = (2, 3, args.input_size, args.input_size)
     model = build_model(Architecture(args.model, {"num_classes": args.num_classes}, shape)).eval()
     config = WGatesConfig(mode=BudgetMode.NONE, prune_shortcuts=args.prune_shortcuts, bounds=LayerBounds(args.min_keep))
@@ -108,7 +114,22 @@ def _collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_outputs(args: argparse.Namespace, *flags: str) -> None:
+    """Before any work: every output flag given names a writable place, and no existing file unless --force."""
+    for flag in flags:
+        path = getattr(args, flag)
+        if path is None:
+            continue
+        path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"--{flag} '{path}' is a folder; name the file to write")
+        if path.exists() and not args.force:
+            raise ConfigError(f"--{flag} '{path}' exists; pass --force to overwrite it, or choose another name")
+        check_writable(path.parent, f"the folder of --{flag}")
+
+
 def _train(args: argparse.Namespace) -> int:
+    _check_outputs(args, "out", "report")
     fit = FitConfig(tuple(args.hidden), not args.mse, args.epochs, args.lr, seed=args.seed)
     predictor, report = train_predictor(load_samples(args.samples), args.kind, fit, args.test_fraction,
                                         args.seed, progress=True)
@@ -121,6 +142,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    _check_outputs(args, "report")
     predictor = LatencyPredictor.load(args.lpnet)
     samples = load_samples(args.samples)
     report = evaluate_predictor(predictor, samples)
@@ -139,7 +161,7 @@ def _print_report(report: dict[str, Any], title: str) -> None:
 
 def _write(path: str | None, report: dict[str, Any]) -> None:
     if path:
-        Path(path).write_text(json.dumps(report, indent=2))
+        write_text(path, json.dumps(report, indent=2))
 
 
 # ---------------------------------------------------------------------------- latency mode of `wgates prune`
@@ -168,7 +190,7 @@ def latency_efficiency(args: argparse.Namespace, model: Any, example_inputs: Any
     if not 0 < target <= 1:
         raise ConfigError(f"--latency-target={target} must be in (0, 1]")
     if not Path(lpnet).is_file():
-        raise FileNotFoundError(f"--lpnet file '{lpnet}' does not exist")
+        raise MissingFileError(f"--lpnet file '{lpnet}' does not exist")
     return LatencyPredictor.load(lpnet).efficiency(model, example_inputs)
 
 

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from ...errors import ConfigError, WGatesError
+from ...errors import ConfigError, FileFormatError, MissingFileError
+from ...files import check_writable, read_tensors, write_text
 from ...pruner import WGates
 from ..data import folder_splits, load_digits, loaders
 from ..models import Architecture, build_model, check_model_name
-from ..serialization import load_weights, save_pruned
+from ..serialization import RECIPE_FILE, WEIGHTS_FILE, load_weights, save_pruned
 from ..training import Recipe, fit, prune_and_finetune
 from .lpnet import add_latency_arguments, format_latency, latency_efficiency, latency_report
 
@@ -82,6 +81,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_out: str | None) 
                         help="batch size of the latency measurement (default 32; at batch 1 on small inputs "
                              "per-layer overhead, not FLOPs, dominates CPU latency)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    parser.add_argument("--force", action="store_true", help="overwrite a result already in --out")
 
 
 def build_wgates(args: argparse.Namespace, model: nn.Module, example_inputs: torch.Tensor) -> Any:
@@ -139,12 +139,15 @@ def load_baseline_weights(model: nn.Module, path: Path, what: str) -> None:
     """Load a state dict from ``.safetensors`` or a ``torch.save`` file (``weights_only=True``)."""
 
     if not path.is_file():
-        raise FileNotFoundError(f"--weights file '{path}' does not exist")
+        raise MissingFileError(f"--weights file '{path}' does not exist")
     if path.suffix == ".safetensors":
-
-        state = load_file(str(path))
+        state, _ = read_tensors(path, "--weights state dict")
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle.UnpicklingError (refused globals), RuntimeError (not a torch file), ...
+            raise FileFormatError(f"--weights file '{path}' is not a state dict torch.load(weights_only=True) can "
+                                  f"read: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
     if not isinstance(state, dict):
         raise ConfigError(f"--weights file '{path}' holds a {type(state).__name__}, not a state dict")
     load_weights(model, state, what)
@@ -175,6 +178,8 @@ def _check_args(args: argparse.Namespace) -> None:
 def execute(args: argparse.Namespace) -> dict[str, Any]:
     """Run the whole pipeline for parsed ``args``; save the model and ``report.json``; return the report."""
 
+    _check_args(args)
+    check_out_folder(args.out, args.force)  # before any training: a result that cannot be saved is never computed
     model, arch, train_loader, test_loader, _ = prepare(args)
     example = arch.example_input()
     timed = torch.randn((args.latency_batch, *arch.input_shape[1:]), generator=torch.Generator().manual_seed(0))
@@ -186,8 +191,24 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
               "baseline_train_steps": args.train_steps, "seed": args.seed, "threads": args.threads,
               "latency_batch": args.latency_batch,
               **result.report, **latency_report(result.wgates, result.model)}
-    (Path(args.out) / "report.json").write_text(json.dumps(report, indent=1))
+    write_text(Path(args.out) / "report.json", json.dumps(report, indent=1))
     return report
+
+
+OUTPUTS = (WEIGHTS_FILE, RECIPE_FILE, "report.json")
+
+
+def check_out_folder(out: Path, force: bool) -> None:
+    """Raise :class:`ConfigError` unless ``out`` can take a new result: a folder (created if missing)
+    that is writable and, unless ``force``, holds no earlier result."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file, not a folder")
+    held = [name for name in OUTPUTS if (out / name).exists()]
+    if held and not force:
+        raise ConfigError(f"--out '{out}' already holds a result ({', '.join(held)}); pass --force to overwrite "
+                          "it, or choose another --out")
+    check_writable(out, "--out")
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -222,18 +243,10 @@ def _pct(fraction: float | None) -> float | None:
     return None if fraction is None else fraction * 100
 
 
-def run(args: argparse.Namespace, command: str = "prune", saved: str = "the pruned model and report.json") -> int:
-    """Entry point of ``wgates prune`` (and ``demo``): 0 on success, 2 (with the reason on stderr) on bad input."""
-    try:
-        report = execute(args)
-    except (WGatesError, FileNotFoundError) as exc:
-        return fail(command, exc)
+def run(args: argparse.Namespace, saved: str = "the pruned model and report.json") -> int:
+    """Entry point of ``wgates prune`` (and ``demo``); a user error reaches :func:`~wgates_plugin.app.cli.main`,
+    which prints it as one line with exit status 2."""
+    report = execute(args)
     print(format_table(report))
     print(f"saved {saved} to {args.out}")
     return 0
-
-
-def fail(command: str, exc: Exception) -> int:
-    """Print ``exc`` as a one-line CLI error (argparse style) and return exit status 2."""
-    print(f"wgates {command}: error: {exc}", file=sys.stderr)
-    return 2
