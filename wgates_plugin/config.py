@@ -130,21 +130,27 @@ class WGatesConfig:
         if self.mode is BudgetMode.PAPER and self.target is not None:
             raise ConfigError(f"mode='paper' trains with alpha * log(1 + cost) and has no target, but "
                               f"target={self.target!r} was given: drop mode to train toward the target "
-                              "(mode='target'), "
-                              "or drop target")
+                              "(mode='target'), or drop target")
         for name in ("alpha", "controller_rate"):
             check_number(name, getattr(self, name), ">= 0", type_error=ConfigError)
         check_number("sigmoid_k", self.sigmoid_k, "> 0", type_error=ConfigError)
         check_number("tolerance", self.tolerance, "(0, 0.5)", what="", type_error=ConfigError)
         check_number("init_score", self.init_score, "(0, 0.5)", what="", type_error=ConfigError)  # open, |s| < 1/2
         check_number("ramp_steps", self.ramp_steps, ">= 0", integer=True, type_error=ConfigError)
+        for name in ("prune_shortcuts", "weight_grad", "warm_start"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigTypeError(f"{name}={getattr(self, name)!r} must be True or False")
         if not isinstance(self.bounds, LayerBounds):
             raise ConfigTypeError(f"bounds must be a LayerBounds, got {type(self.bounds).__name__}")
+        if not isinstance(self.layer_bounds, Mapping):
+            raise ConfigTypeError(f"layer_bounds must be a dict {{layer name: LayerBounds}}, got "
+                                  f"{type(self.layer_bounds).__name__}")
         for key, value in self.layer_bounds.items():
             if not isinstance(value, LayerBounds):
                 raise ConfigTypeError(f"layer_bounds[{key!r}] must be a LayerBounds, got {type(value).__name__}")
-        object.__setattr__(self, "exclude", tuple(self.exclude))
-        object.__setattr__(self, "exclude_types", tuple(self.exclude_types))
+        object.__setattr__(self, "exclude", _sequence("exclude", self.exclude, str, "layer names"))
+        for name in ("exclude_types", "root_types"):
+            object.__setattr__(self, name, _sequence(name, getattr(self, name), type, "layer classes"))
 
     def selection(self) -> dict[str, Any]:
         """The fields that choose the gated groups, as :func:`~wgates_plugin.groups.gated_groups` takes them."""
@@ -157,6 +163,17 @@ class WGatesConfig:
         if not hits:
             return self.bounds
         return LayerBounds(max(b.min_keep for b in hits), min(b.max_keep for b in hits))
+
+
+def _sequence(name: str, value: object, kind: type, what: str) -> tuple:
+    """``value`` as a tuple of ``kind`` (a list, tuple or set of them)."""
+    if isinstance(value, (str, type)) or not isinstance(value, (list, tuple, set, frozenset)):
+        hint = f" (did you mean [{value!r}]?)" if isinstance(value, (str, type)) else ""
+        raise ConfigTypeError(f"{name}={value!r} must be a list of {what}{hint}")
+    wrong = [v for v in value if not isinstance(v, kind)]
+    if wrong:
+        raise ConfigTypeError(f"{name} must hold only {what}; got {wrong[:3]!r}")
+    return tuple(value)
 
 
 def _enum(cls: type[enum.Enum], name: str, value: object) -> enum.Enum:

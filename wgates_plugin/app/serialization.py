@@ -47,7 +47,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import ConfigError, FileFormatError
+from ..errors import ConfigError, FileFormatError, WGatesError
 from ..files import LIMITS, atomic_path, read_json, read_tensors, tensors_digest, write_text
 from ..groups import build_graph
 from .models import Architecture, Builder, build_model
@@ -146,8 +146,14 @@ def rebuild(arch: Architecture, history: Sequence[Sequence[Any]], builder: Build
         FileFormatError: the architecture would have more parameters than ``LIMITS.tensor_elements``
             (counted on the ``meta`` device, before anything is allocated).
     """
-    with torch.device("meta"):
-        planned = sum(p.numel() for p in build_model(arch, builder).parameters())
+    try:
+        with torch.device("meta"):
+            planned = sum(p.numel() for p in build_model(arch, builder).parameters())
+    except WGatesError:
+        raise
+    except Exception as exc:  # the constructor refuses the recorded arguments (TypeError, ValueError, ...)
+        raise FileFormatError(f"'{arch.name}' cannot be built with the recorded arguments {arch.kwargs}: "
+                              f"{type(exc).__name__}: {exc}") from None
     if planned > LIMITS.tensor_elements:
         raise FileFormatError(f"'{arch.name}' with {arch.kwargs} would have {planned} parameters, more than "
                               f"{LIMITS.tensor_elements} (wgates_plugin.files.LIMITS.tensor_elements)")

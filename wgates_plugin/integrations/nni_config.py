@@ -116,6 +116,18 @@ def _check_keys(i: int, entry: Mapping[str, Any]) -> None:
                               f"known keys: {', '.join(KNOWN_KEYS[:-len(LEGACY_KEYS)])}")
     if not any(k in entry for k in SELECTORS + ("op_partial_names",)):
         raise ConfigError(f"config_list[{i}] selects no layer: give 'op_types', 'op_names' or 'op_names_re'")
+    for key in SELECTORS + EXCLUDERS + ("op_partial_names", "target_names"):
+        value = entry.get(key, [])
+        if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            hint = f" (did you mean [{value!r}]?)" if isinstance(value, str) else ""
+            raise ConfigTypeError(f"config_list[{i}]: {key}={value!r} must be a list of strings{hint}")
+    if not isinstance(entry.get("exclude", False), bool):
+        raise ConfigTypeError(f"config_list[{i}]: exclude={entry['exclude']!r} must be True or False")
+    group = entry.get("global_group_id")
+    if "global_group_id" in entry and (isinstance(group, bool) or not isinstance(group, (int, str))):
+        raise ConfigTypeError(f"config_list[{i}]: global_group_id={group!r} must be an int or a string")
+    if not isinstance(entry.get("target_settings", {}), Mapping):
+        raise ConfigTypeError(f"config_list[{i}]: target_settings must be a dict")
 
 
 def _apply_legacy_excludes(entries: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
