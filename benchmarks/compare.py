@@ -1,6 +1,7 @@
 """Every filter pruner against the same baseline, budget and fine-tuning: ``python -m benchmarks.compare``.
 
-For each model: the baseline is trained once on the bundled digits (cached as safetensors). Then for
+For each model: the baseline is trained once on the protocol's data (Fashion-MNIST; the bundled digits
+for smoke runs), cached as safetensors. Then for
 every FLOPs budget, seed and method: a copy of the baseline is pruned (the method's own training
 counts against the total step budget), its achieved FLOPs are checked to be within ±2 % of the
 budget, BN statistics are re-calibrated and top-1 measured, the model is fine-tuned with a constant
@@ -13,7 +14,9 @@ benchmarks.report <out>`` turns the file into tables and plots.
 
 Methods: ``uniform`` (same ratio everywhere, first channels), ``random``, ``l1`` and ``fpgm`` (NNI),
 ``slim`` (Network Slimming), ``taylor`` (NNI), ``depgraph`` (torch-pruning GroupNormPruner),
-``gate_decorator``, ``wgates`` (FLOPs mode), ``wgates_latency`` (LPNet latency mode, frozen at the
+``gate_decorator``, ``wgates`` (FLOPs mode, the defaults: warm start, gate lr 1e-3), ``wgates_open``
+(the defaults before the validation screen: every gate open, gate lr 1e-2), ``wgates_latency`` (LPNet
+latency mode, frozen at the
 same FLOPs) and ``scratch`` (the W-Gates architecture re-initialized and trained for the whole budget).
 """
 
@@ -48,7 +51,7 @@ from .models import MODELS, build
 from .protocol import Data, Protocol, baseline, calibrated_top1, finetune_curve, make_data, steps_per_epoch
 
 ALL_METHODS = ("uniform", "random", "l1", "fpgm", "slim", "taylor", "depgraph", "gate_decorator", "wgates",
-               "wgates_latency", "scratch")
+               "wgates_open", "wgates_latency", "scratch")
 PRESETS: dict[str, dict[str, Any]] = {
     # The full sweep: hours on 2 cores.
     "full": {"models": ("resnet20", "resnet56", "vgg16_bn", "resnet18"), "budgets": (0.5, 0.25, 0.12),
@@ -132,6 +135,8 @@ def method_fn(method: str, state: ModelState, setup: Setup, data: Data, seed: in
     trace = learned.gated_top1(data, seed, p.bn_batches) if seed in setup.trace_seeds else None
     if method == "wgates":
         return functools.partial(learned.wgates, gate_lr=p.gate_lr, trace_eval=trace, eval_every=4, **sgd)
+    if method == "wgates_open":  # the defaults before the validation screen: every gate open, gate lr 1e-2
+        return functools.partial(learned.wgates, gate_lr=1e-2, warm_start=False, trace_eval=trace, eval_every=4, **sgd)
     if method == "wgates_latency":
         return functools.partial(learned.wgates, gate_lr=p.gate_lr, predictor=state.predictor, trace_eval=trace,
                                  eval_every=4, **sgd)

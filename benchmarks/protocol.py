@@ -82,7 +82,7 @@ class Protocol:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     bn_batches: int = 20
-    gate_lr: float = 1e-2
+    gate_lr: float = 1e-3
     latency_batch: int = 32
     latency_repeats: int = 15
     tolerance: float = 0.02

@@ -18,9 +18,10 @@ from typing import Any
 
 LABELS = {"uniform": "uniform width", "random": "random channels", "l1": "L1 (NNI)", "fpgm": "FPGM (NNI)",
           "slim": "Network Slimming", "taylor": "Taylor (NNI)", "depgraph": "DepGraph GroupNorm",
-          "gate_decorator": "Gate Decorator", "wgates": "W-Gates FLOPs", "wgates_latency": "W-Gates latency",
+          "gate_decorator": "Gate Decorator", "wgates": "W-Gates FLOPs",
+          "wgates_open": "W-Gates FLOPs (open start)", "wgates_latency": "W-Gates latency",
           "scratch": "scratch (W-Gates arch.)"}
-OURS = ("wgates", "wgates_latency")
+OURS = ("wgates", "wgates_open", "wgates_latency")
 
 
 def load(path: Path) -> tuple[dict[str, dict], list[dict]]:

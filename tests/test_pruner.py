@@ -62,7 +62,7 @@ def test_only_unshared_groups_are_gated_by_default(small):
 def test_step_zero_forward_and_backward_equal_the_original(small):
     model, x = small
     reference = copy.deepcopy(model)
-    WGates(model, x, target=0.5, prune_shortcuts=True)
+    WGates(model, x, target=0.5, prune_shortcuts=True, warm_start=False)  # the paper: all open
     for m in (model, reference):
         m.train()
         m(x).square().sum().backward()
@@ -110,7 +110,7 @@ def test_paper_loss_is_alpha_log_one_plus_normalized_cost(small):
 def test_target_multiplier_rises_above_target_and_falls_below():
     torch.manual_seed(0)
     model, x = SmallCNN(), torch.randn(2, 3, 16, 16)
-    wg = WGates(model, x, target=0.9, alpha=1.0, controller_rate=0.5)
+    wg = WGates(model, x, target=0.9, alpha=1.0, controller_rate=0.5, warm_start=False)
     wg.efficiency_loss()
     wg.update_multiplier()
     assert wg.multiplier.value > 1.0  # ratio 1.0 > 0.9

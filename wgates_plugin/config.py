@@ -86,7 +86,8 @@ class WGatesConfig:
         weight_grad: let the gate path send gradients into conv weights.
         init_score: initial score of every channel (inside ``(0, 0.5)``: open and trainable).
         warm_start: in ``TARGET`` mode, start every gate as magnitude pruning at the uniform widths that
-            meet the target (:meth:`~wgates_plugin.gates.WeightGate.warm_start`) instead of all open.
+            meet the target (:meth:`~wgates_plugin.gates.WeightGate.warm_start`); False: all open, the
+            paper's start. The default, chosen on Fashion-MNIST's validation split (benchmarks/RESULTS.md).
         ramp_steps: in ``TARGET`` mode, the target the penalty trains toward falls from 1 to ``target``
             over this many training steps (cubic, as in gradual pruning); 0: the target from step 0.
         activation: ``'binary'`` (the paper) or ``'sigmoid'`` (the Table II ablation), see
@@ -108,7 +109,7 @@ class WGatesConfig:
     score_input: ScoreInput = ScoreInput.WEIGHT
     weight_grad: bool = False
     init_score: float = 0.25
-    warm_start: bool = False
+    warm_start: bool = True
     ramp_steps: int = 0
     activation: GateActivation = GateActivation.BINARY
     sigmoid_k: float = 4.0

@@ -42,7 +42,7 @@ from .nni_plan import GroupPlan, group_bounds, shared_budgets
 __all__ = ["WGatesPruner"]
 
 # WGatesConfig fields a user may set; the rest follow from config_list and the budget arguments.
-OPTION_FIELDS = ("alpha", "controller_rate", "tolerance", "score_input", "weight_grad", "init_score")
+OPTION_FIELDS = ("alpha", "controller_rate", "tolerance", "score_input", "weight_grad", "init_score", "warm_start")
 
 class WGatesPruner(GatingPruner):
     """Weight-dependent gates (W-Gates) as an NNI 3 pruner.

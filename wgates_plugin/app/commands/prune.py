@@ -62,6 +62,8 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-steps", type=int, default=r.finetune_steps,
                         help=f"fine-tuning steps of the pruned model (default {r.finetune_steps})")
     parser.add_argument("--gate-lr", type=float, default=r.gate_lr, help=f"Adam lr of the gates (default {r.gate_lr})")
+    parser.add_argument("--no-warm-start", dest="warm_start", action="store_false",
+                        help="start with every gate open (the paper) instead of at the target's magnitude ranking")
     parser.add_argument("--weight-lr", type=float, default=r.weight_lr,
                         help=f"SGD lr of the weights while gates train (default {r.weight_lr})")
     parser.add_argument("--finetune-lr", type=float, default=r.finetune_lr,
@@ -90,8 +92,9 @@ def build_wgates(args: argparse.Namespace, model: nn.Module, example_inputs: tor
 
     latency = latency_efficiency(args, model, example_inputs)
     if latency is not None:
-        return WGates(model, example_inputs, target=args.latency_target, efficiency=latency)
-    return WGates(model, example_inputs, target=args.flops_target)
+        return WGates(model, example_inputs, target=args.latency_target, efficiency=latency,
+                      warm_start=args.warm_start)
+    return WGates(model, example_inputs, target=args.flops_target, warm_start=args.warm_start)
 
 
 def build_recipe(args: argparse.Namespace) -> Any:
