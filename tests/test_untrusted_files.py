@@ -21,7 +21,7 @@ from wgates_plugin.app.serialization import RECIPE_FILE, WEIGHTS_FILE, load_prun
 from wgates_plugin.efficiency.latency import LatencyPredictor
 from wgates_plugin.efficiency.lpnet import LPNet
 from wgates_plugin.errors import ConfigError, FileFormatError, MissingFileError
-from wgates_plugin.files import LIMITS, read_json, tensors_digest, write_text
+from wgates_plugin.files import LIMITS, read_json, read_tensors, tensors_digest, write_text
 
 ARCH = Architecture("resnet18", {"num_classes": 10}, input_shape=(1, 3, 32, 32))
 
@@ -281,3 +281,75 @@ def test_weights_that_are_not_a_state_dict_are_one_line(tmp_path, capsys):
 def test_a_config_error_is_still_a_value_error_for_callers_that_catch_builtins():
     assert issubclass(FileFormatError, ConfigError) and issubclass(FileFormatError, ValueError)
     assert issubclass(MissingFileError, FileNotFoundError)
+
+
+def test_an_lpnet_with_nan_weights_or_a_non_finite_reference_cannot_be_bound():
+    from tests.test_unchanged_on_error import X, net
+    from wgates_plugin.efficiency.latency import LatencyModel
+    from wgates_plugin.errors import MeasurementError
+    from wgates_plugin.groups import gated_groups
+
+    _, groups = gated_groups(net(), X, None, (), (), (), False)
+    torch.manual_seed(0)
+    predictor = LatencyPredictor("network", ["network"], [LPNet(len(groups), (4, 4))],
+                                 {"sizes": [g.size for g in groups]}, {})
+    model = LatencyModel(predictor, groups, 10.0)
+    assert torch.isfinite(model.cost(model.full_counts()))
+    with pytest.raises(MeasurementError, match="reference_ms=nan"):
+        LatencyModel(predictor, groups, float("nan"))
+    with torch.no_grad():
+        predictor.nets[0].layers[0].weight[0, 0] = float("nan")
+    with pytest.raises(ConfigError, match="the LPNet holds NaN or inf weights \\(\\['nets.0.layers.0.weight'\\]\\)"):
+        LatencyModel(predictor, groups, 10.0)
+
+
+# ---------------------------------------------------------------------------- resuming wgates prune
+RUN = ["prune", "--model", "resnet18", "--data", "digits", "--size", "16", "--flops-target", "0.5",
+       "--train-steps", "3", "--steps", "3", "--finetune-steps", "2", "--bn-batches", "2", "--batch-size", "32",
+       "--latency-batch", "2", "--no-progress"]
+
+
+def _weights(folder):
+    return read_tensors(folder / WEIGHTS_FILE, "weights")[0]
+
+
+@pytest.mark.parametrize("interrupt_in", ["prune_phase", "finetune_phase"])
+def test_an_interrupted_prune_resumes_to_the_result_of_an_uninterrupted_run(tmp_path, monkeypatch, capsys,
+                                                                               interrupt_in):
+    from wgates_plugin.app.commands import prune
+
+    assert main([*RUN, "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "report.json").read_text())
+    assert not (tmp_path / "whole" / ".checkpoint").exists()
+
+    original = getattr(prune, interrupt_in)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prune, interrupt_in, interrupted)
+    out = tmp_path / "cut"
+    assert main([*RUN, "--out", str(out)]) == 130
+    assert "wgates prune: interrupted" in capsys.readouterr().err
+    assert not (out / "report.json").exists() and (out / ".checkpoint" / "state.json").exists()
+    monkeypatch.setattr(prune, interrupt_in, original)
+
+    assert main([*RUN, "--out", str(out)]) == 2  # neither --resume nor --force: refused before any work
+    one_line_error(capsys, "prune", "holds an interrupted run \\(.checkpoint\\); pass --resume to continue it")
+    assert main([*RUN, "--out", str(out), "--resume", "--seed", "1"]) == 2
+    one_line_error(capsys, "prune", "the interrupted run used other arguments \\(seed: \\[0\\] then, \\[1\\] now\\)")
+    assert main([*RUN, "--out", str(out), "--resume"]) == 0
+    resumed = json.loads((out / "report.json").read_text())
+    assert resumed["resumed_from"] == ("baseline" if interrupt_in == "prune_phase" else "pruned")
+    assert resumed["top1"] == whole["top1"] and resumed["kept"] == whole["kept"]
+    assert resumed["flops_ratio"] == whole["flops_ratio"]
+    a, b = _weights(out), _weights(tmp_path / "whole")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (out / ".checkpoint").exists()
+
+
+def test_resume_without_a_checkpoint_and_force_with_resume_are_refused(tmp_path, capsys):
+    assert main([*RUN, "--out", str(tmp_path / "none"), "--resume"]) == 2
+    one_line_error(capsys, "prune", "holds no interrupted run to resume")
+    assert main([*RUN, "--out", str(tmp_path / "none"), "--resume", "--force"]) == 2
+    one_line_error(capsys, "prune", "--force starts over and --resume continues: pass one of them")

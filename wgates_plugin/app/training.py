@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,7 +35,8 @@ from ..pruner import WGates
 from ..utils import check_number, device_of, kept_modes
 
 __all__ = ["train_steps", "fit", "evaluate", "recalibrate_bn", "measure_latency", "count_params", "cycle",
-           "Recipe", "PruneResult", "describe", "train_gates", "prune_and_finetune"]
+           "Recipe", "PruneResult", "Stage", "describe", "train_gates", "prune_and_finetune", "prune_phase",
+           "finetune_phase"]
 
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, dict[str, float]], "Mapping[str, Any] | None"]
@@ -372,6 +374,37 @@ def prune_and_finetune(
         ``trace``, the ``recipe`` and wall ``seconds`` per phase.
     """
     recipe = recipe or Recipe()
+    stage = prune_phase(model, example_inputs, train_loader, test_loader, target, recipe, wgates, latency_input,
+                        threads, progress)
+    report = finetune_phase(stage, example_inputs, train_loader, test_loader, recipe, latency_input, threads,
+                            progress)
+    return PruneResult(stage.model, stage.wgates, report)
+
+
+@dataclass
+class Stage:
+    """The state between the pruning and the fine-tuning phase: what a resumed run starts from.
+
+    Attributes:
+        model: the exported (physically pruned), BN re-calibrated model.
+        history: torch-pruning's history that turns the original architecture into ``model``'s.
+        report: the figures so far (``before``, ``top1`` up to ``recalibrated``, ``kept``, ``trace``,
+            ``target``, ``seconds``); JSON-serializable.
+        wgates: the frozen :class:`~wgates_plugin.WGates` (None when the stage was loaded from disk).
+    """
+
+    model: nn.Module
+    history: list
+    report: dict[str, Any]
+    wgates: Any = None
+
+
+def prune_phase(model: nn.Module, example_inputs: Any, train_loader: Iterable, test_loader: Iterable | None,
+                target: float = 0.5, recipe: Recipe | None = None, wgates: Any = None,
+                latency_input: torch.Tensor | None = None, threads: int = 1, progress: bool = True) -> Stage:
+    """The first half of :func:`prune_and_finetune`: baseline figures, gate training, freeze, export,
+    BN re-calibration."""
+    recipe = recipe or Recipe()
     clock = _Clock()
     if wgates is not None:
         wgates.remove()  # the baseline is measured without gate hooks
@@ -388,16 +421,28 @@ def prune_and_finetune(
     recalibrate_bn(pruned, train_loader, recipe.bn_batches)
     top1["recalibrated"] = _maybe_eval(pruned, test_loader)
     clock.lap("export")
+    report = {"target": wg.config.target, "before": before, "top1": top1,
+              "kept": {k: list(v) for k, v in wg.kept().items()}, "trace": trace, "seconds": clock.laps}
+    return Stage(pruned, [list(e) for e in wg.history], report, wg)
+
+
+def finetune_phase(stage: Stage, example_inputs: Any, train_loader: Iterable, test_loader: Iterable | None,
+                   recipe: Recipe | None = None, latency_input: torch.Tensor | None = None, threads: int = 1,
+                   progress: bool = True) -> dict[str, Any]:
+    """The second half of :func:`prune_and_finetune`: fine-tune ``stage.model`` in place and measure it;
+    returns the whole report."""
+    recipe = recipe or Recipe()
+    clock = _Clock()
+    pruned = stage.model
     fit(pruned, train_loader, recipe.finetune_steps, recipe.finetune_lr, recipe.momentum, recipe.weight_decay,
         progress, desc="finetune")
     clock.lap("finetune")
     after = describe(pruned, example_inputs, test_loader, latency_input, threads)
-    top1["finetuned"] = after["top1"]
-    report = {"target": wg.config.target, "before": before, "after": after,
-              "flops_ratio": after["macs"] / before["macs"], "top1": top1,
-              "kept": {k: list(v) for k, v in wg.kept().items()}, "trace": trace,
-              "recipe": asdict(recipe), "seconds": clock.laps}
-    return PruneResult(pruned, wg, report)
+    report = copy.deepcopy(stage.report)
+    report["top1"]["finetuned"] = after["top1"]
+    report.update(after=after, flops_ratio=after["macs"] / report["before"]["macs"], recipe=asdict(recipe))
+    report["seconds"].update(clock.laps)
+    return report
 
 
 def _maybe_eval(model: nn.Module, loader: Iterable | None) -> float | None:

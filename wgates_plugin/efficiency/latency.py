@@ -306,10 +306,22 @@ class LatencyModel(EfficiencyModel):
         self.group_names = tuple(g.name for g in groups)
         self.register_buffer("sizes", torch.tensor([float(g.size) for g in groups]))
         self.reference_ms = float(reference_ms)
+        if not (math.isfinite(self.reference_ms) and self.reference_ms > 0):
+            raise MeasurementError(f"reference_ms={reference_ms!r}: the unpruned model's latency must be a finite "
+                                   "number of milliseconds > 0")
+        bad = [n for n, p in predictor.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise ConfigError(f"the LPNet holds NaN or inf weights ({bad[:3]}): it cannot predict a latency; "
+                              "train it again (wgates lpnet train)")
         self.remainder = 0.0
         if encoder is not None:
             with torch.no_grad():
                 self.remainder = self.reference_ms - float(self._blocks(encoder, self.sizes))
+        with torch.no_grad():
+            full = float(self.cost(self.sizes))
+        if not math.isfinite(full):
+            raise ConfigError(f"the LPNet predicts {full} ms for the unpruned model: its normalization constants "
+                              "are not finite; train it again (wgates lpnet train)")
 
     def _blocks(self, encoder: BlockEncoder, counts: torch.Tensor) -> torch.Tensor:
         feats = encoder.features(counts)  # {type: (B_t, F_t)}

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from ...errors import ConfigError, FileFormatError, MissingFileError
-from ...files import check_writable, read_tensors, write_text
+from ...files import atomic_path, check_writable, read_json, read_tensors, write_text
 from ...pruner import WGates
 from ..data import folder_splits, load_digits, loaders
 from ..models import Architecture, build_model, check_model_name
-from ..serialization import RECIPE_FILE, WEIGHTS_FILE, load_weights, save_pruned
-from ..training import Recipe, fit, prune_and_finetune
+from ..serialization import RECIPE_FILE, WEIGHTS_FILE, load_pruned, load_weights, read_recipe, save_pruned
+from ..training import Recipe, Stage, finetune_phase, fit, prune_phase
 from .lpnet import add_latency_arguments, format_latency, latency_efficiency, latency_report
 
 # Models whose auxiliary classifiers change the training output to a tuple: turned off.
@@ -83,7 +85,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_out: str | None) 
                         help="batch size of the latency measurement (default 32; at batch 1 on small inputs "
                              "per-layer overhead, not FLOPs, dominates CPU latency)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
-    parser.add_argument("--force", action="store_true", help="overwrite a result already in --out")
+    parser.add_argument("--force", action="store_true", help="overwrite a result (or interrupted run) in --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run in --out from its last checkpoint (same arguments)")
 
 
 def build_wgates(args: argparse.Namespace, model: nn.Module, example_inputs: torch.Tensor) -> Any:
@@ -156,18 +160,6 @@ def load_baseline_weights(model: nn.Module, path: Path, what: str) -> None:
     load_weights(model, state, what)
 
 
-def prepare(args: argparse.Namespace) -> tuple[nn.Module, Any, Any, Any, Any]:
-    """Model, architecture and loaders, with the baseline trained for ``--train-steps``."""
-
-    _check_args(args)
-    train, test, classes = load_data(args)
-    model, arch = make_model(args, len(classes))
-    train_loader, test_loader = loaders(train, test, batch_size=args.batch_size, seed=args.seed)
-    if args.train_steps:
-        fit(model, train_loader, args.train_steps, lr=args.train_lr, progress=args.progress, desc="baseline")
-    return model, arch, train_loader, test_loader, classes
-
-
 def _check_args(args: argparse.Namespace) -> None:
     check_model_name(args.model)
     if not 0 < args.flops_target <= 1:
@@ -179,38 +171,142 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def execute(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the whole pipeline for parsed ``args``; save the model and ``report.json``; return the report."""
+    """Run the whole pipeline for parsed ``args``; save the model and ``report.json``; return the report.
 
+    Three phases — baseline training, pruning (gates, freeze, export, BN re-calibration), fine-tuning —
+    each seeded on its own (``seed``, ``seed + 1``, ``seed + 2``: data order and every random draw), and
+    after each of the first two the state is saved under ``<out>/.checkpoint``. ``--resume`` continues
+    an interrupted run from there, with the result an uninterrupted run gives.
+    """
     _check_args(args)
-    check_out_folder(args.out, args.force)  # before any training: a result that cannot be saved is never computed
-    model, arch, train_loader, test_loader, _ = prepare(args)
+    out = Path(args.out)
+    ckpt = Checkpoint(out / CHECKPOINT, run_arguments(args))
+    check_out_folder(out, args.force, args.resume)  # before any training: a result that cannot be saved is never made
+    if args.force:
+        ckpt.clear()
+    done = ckpt.stage() if args.resume else None
+    train, test, classes = load_data(args)
+    model, arch = make_model(args, len(classes))
+    if args.train_steps and done is not None:
+        load_weights(model, ckpt.baseline(), f"the checkpointed baseline of '{args.model}'")
+    elif args.train_steps:
+        train_loader, _ = _phase(args, train, test, 0)
+        fit(model, train_loader, args.train_steps, lr=args.train_lr, progress=args.progress, desc="baseline")
+        ckpt.save_baseline(model)
     example = arch.example_input()
     timed = torch.randn((args.latency_batch, *arch.input_shape[1:]), generator=torch.Generator().manual_seed(0))
-    wg = build_wgates(args, model, example)
-    result = prune_and_finetune(model, example, train_loader, test_loader, recipe=build_recipe(args), wgates=wg,
-                                latency_input=timed, threads=args.threads, progress=args.progress)
-    save_pruned(args.out, result.model, result.wgates.history, arch)
+    recipe = build_recipe(args)
+    if done == "pruned":
+        stage = ckpt.load_stage(arch)
+    else:
+        train_loader, test_loader = _phase(args, train, test, 1)
+        wg = build_wgates(args, model, example)
+        stage = prune_phase(model, example, train_loader, test_loader, recipe=recipe, wgates=wg, latency_input=timed,
+                            threads=args.threads, progress=args.progress)
+        stage.report.update(latency_report(wg, stage.model))
+        ckpt.save_stage(stage, arch)
+    train_loader, test_loader = _phase(args, train, test, 2)
+    result = finetune_phase(stage, example, train_loader, test_loader, recipe, timed, args.threads, args.progress)
+    save_pruned(out, stage.model, stage.history, arch)
     report = {"model": args.model, "data": str(args.data), "input_shape": list(arch.input_shape),
               "baseline_train_steps": args.train_steps, "seed": args.seed, "threads": args.threads,
-              "latency_batch": args.latency_batch,
-              **result.report, **latency_report(result.wgates, result.model)}
-    write_text(Path(args.out) / "report.json", json.dumps(report, indent=1))
+              "latency_batch": args.latency_batch, "resumed_from": done, **result}
+    write_text(out / "report.json", json.dumps(report, indent=1))
+    ckpt.clear()
     return report
+
+
+def _phase(args: argparse.Namespace, train: Any, test: Any, phase: int) -> tuple[Any, Any]:
+    """Seed phase ``phase`` (every random draw and the data order) on its own: loaders seeded ``seed + phase``."""
+    torch.manual_seed(args.seed + phase)
+    return loaders(train, test, batch_size=args.batch_size, seed=args.seed + phase)
+
+
+CHECKPOINT = ".checkpoint"
+_NOT_RUN_ARGUMENTS = ("func", "command", "progress", "force", "resume")
+
+
+def run_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments that decide a run's result (a resumed run must repeat them)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
+            if k not in _NOT_RUN_ARGUMENTS}
+
+
+class Checkpoint:
+    """``<out>/.checkpoint``: the baseline after its training, the pruned stage after export, and the
+    arguments that produced them; every file written atomically, the folder removed once the run ends."""
+
+    def __init__(self, folder: Path, arguments: dict[str, Any]) -> None:
+        self.folder = folder
+        self.arguments = arguments
+
+    def stage(self) -> str:
+        """The last phase saved: ``'baseline'`` or ``'pruned'``.
+
+        Raises:
+            ConfigError: no checkpoint, or one written with other arguments.
+        """
+        if not (self.folder / "state.json").is_file():
+            raise ConfigError(f"--resume: '{self.folder.parent}' holds no interrupted run to resume (no "
+                              f"{CHECKPOINT}/state.json); run without --resume")
+        state = read_json(self.folder / "state.json", "checkpoint state")
+        saved = state.get("arguments") if isinstance(state, dict) else None
+        if not isinstance(saved, dict) or state.get("stage") not in ("baseline", "pruned"):
+            raise FileFormatError(f"'{self.folder / 'state.json'}' is not a checkpoint state")
+        differ = sorted(k for k in set(saved) | set(self.arguments) if saved.get(k) != self.arguments.get(k))
+        if differ:
+            then = [saved.get(k) for k in differ[:6]]
+            now = [self.arguments.get(k) for k in differ[:6]]
+            raise ConfigError(f"--resume: the interrupted run used other arguments ({', '.join(differ[:6])}: {then} "
+                              f"then, {now} now); repeat them, or start over with --force")
+        return str(state["stage"])
+
+    def _mark(self, stage: str) -> None:
+        write_text(self.folder / "state.json", json.dumps({"arguments": self.arguments, "stage": stage}, indent=1))
+
+    def save_baseline(self, model: nn.Module) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+        with atomic_path(self.folder / "baseline.safetensors") as tmp:
+            save_file(state, str(tmp))
+        self._mark("baseline")
+
+    def baseline(self) -> dict[str, torch.Tensor]:
+        return read_tensors(self.folder / "baseline.safetensors", "checkpointed baseline")[0]
+
+    def save_stage(self, stage: Stage, arch: Architecture) -> None:
+        save_pruned(self.folder / "pruned", stage.model, stage.history, arch)
+        write_text(self.folder / "stage.json", json.dumps(stage.report))
+        self._mark("pruned")
+
+    def load_stage(self, arch: Architecture) -> Stage:
+        _, history = read_recipe(self.folder / "pruned")
+        report = read_json(self.folder / "stage.json", "checkpointed stage report")
+        return Stage(load_pruned(self.folder / "pruned"), [list(e) for e in history], report)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 OUTPUTS = (WEIGHTS_FILE, RECIPE_FILE, "report.json")
 
 
-def check_out_folder(out: Path, force: bool) -> None:
-    """Raise :class:`ConfigError` unless ``out`` can take a new result: a folder (created if missing)
-    that is writable and, unless ``force``, holds no earlier result."""
+def check_out_folder(out: Path, force: bool, resume: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``out`` can take this run's result: a writable folder (or one
+    that can be created) holding no earlier result (unless ``force``) and no interrupted run (unless
+    ``resume`` continues it or ``force`` starts over)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out '{out}' is a file, not a folder")
+    if force and resume:
+        raise ConfigError("--force starts over and --resume continues: pass one of them")
     held = [name for name in OUTPUTS if (out / name).exists()]
     if held and not force:
         raise ConfigError(f"--out '{out}' already holds a result ({', '.join(held)}); pass --force to overwrite "
                           "it, or choose another --out")
+    if (out / CHECKPOINT).exists() and not (force or resume):
+        raise ConfigError(f"--out '{out}' holds an interrupted run ({CHECKPOINT}); pass --resume to continue it "
+                          "or --force to start over")
     check_writable(out, "--out")
 
 
