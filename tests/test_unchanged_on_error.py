@@ -210,3 +210,23 @@ def test_values_refused_where_they_enter():
                      "masks\\['a.0'\\] is a Tensor.*\\{'a.0': \\{'weight': mask\\}\\}")
     assert_unchanged(model, lambda: speedup(model, {"a.0": {"weight": [1, 0]}}, X), ConfigTypeError,
                      "masks\\['a.0'\\]\\['weight'\\] is a list, not a tensor")
+
+
+def test_tracing_shows_progress_when_asked(capsys):
+    with trace_limits(progress=True):
+        trace_groups(net(), X)
+    err = capsys.readouterr().err
+    assert "tracing Net (13 modules)" in err and "channel groups: " in err and "0/4" in err
+
+
+def test_front_ends_keep_every_modules_mode_on_success():
+    pytest.importorskip("nni")
+    from wgates_plugin.integrations.nni import WGatesPruner
+    from wgates_plugin.integrations.torch_pruning import WGatesMetaPruner
+
+    for build in (lambda m: WGatesMetaPruner(m, X, target=0.5),
+                  lambda m: WGatesPruner(m, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], dummy_input=X)):
+        model = net()
+        modes = {n: m.training for n, m in model.named_modules()}
+        build(model)
+        assert {n: m.training for n, m in model.named_modules() if n in modes} == modes

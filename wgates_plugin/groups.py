@@ -119,8 +119,8 @@ class TraceLimits:
     Attributes:
         seconds: wall-clock limit of one :func:`trace_groups` call (graph building plus the group
             search); past it a :class:`TracingError` names the slow part and the ways out.
-        progress: show a progress bar over the group search (None: on a terminal, for models with
-            more than 50 prunable layers).
+        progress: show progress bars over the tracing and the group search (None: on a terminal, for
+            models of more than 300 modules).
         clock: the clock the limit is measured with (injectable for tests).
     """
 
@@ -210,7 +210,11 @@ def trace_groups(
     """
     limits = LIMITS
     start = limits.clock()
-    graph = build_graph(model, example_inputs)
+    size = sum(1 for _ in model.modules())
+    show = limits.progress if limits.progress is not None else (size > 300 and sys.stderr.isatty())
+    with tqdm(total=1, desc=f"tracing {type(model).__name__} ({size} modules)", leave=False, disable=not show) as bar:
+        graph = build_graph(model, example_inputs)
+        bar.update()
     built = limits.clock() - start
     if built > limits.seconds:
         raise TracingError(f"tracing {type(model).__name__} took {built:.0f} s, over the {limits.seconds:g} s limit "
@@ -219,7 +223,6 @@ def trace_groups(
     visited: set[nn.Module] = set()
     groups = []
     roots = [m for m in graph.module2node if isinstance(m, root_types)]
-    show = limits.progress if limits.progress is not None else (len(roots) > 50 and sys.stderr.isatty())
     slowest = ("", 0.0)
     for i, module in enumerate(tqdm(roots, desc="channel groups", leave=False, disable=not show)):
         if module in visited:
