@@ -57,6 +57,8 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
     if predictor is not None:
         efficiency = predictor.efficiency(model, x)
         target = _uniform_latency(predictor, model, x, ctx.budget)
+    if options.get("mode") == "paper":  # alpha alone decides the widths (the Table VI sweep): no target
+        target = None
     wg = WGates(model, x, target=target, efficiency=efficiency, **options)
     _check_same_layers(wg, ctx)
     recipe = Recipe(gate_steps=ctx.steps, gate_lr=gate_lr, weight_lr=weight_lr, momentum=momentum,
