@@ -56,6 +56,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The full sweep: hours on 2 cores.
     "full": {"models": ("resnet20", "resnet56", "vgg16_bn", "resnet18"), "budgets": (0.5, 0.25, 0.12),
              "seeds": (0, 1, 2), "protocol": {}},
+    # Fashion-MNIST, the knobs chosen on validation (benchmarks/RESULTS.md, first section): half an epoch
+    # of pruning-time training for every method, totals of 1 and 3 epochs of the 10 000-image subset
+    # (a 10-epoch point triples the cost: about 6 CPU-minutes per ResNet-20 run on one core).
+    "fashion": {"models": ("resnet20",), "budgets": (0.25, 0.12, 0.5), "seeds": (0, 1, 2, 3, 4),
+                "protocol": {"prune_epochs": 0.5, "budget_epochs": (1.0, 3.0)}},
     # ≤ 15 minutes on 2 cores: ResNet-20, two budgets, one seed, 3 epochs' worth at most.
     "quick": {"models": ("resnet20",), "budgets": (0.5, 0.25), "seeds": (0,),
               "protocol": {"baseline_epochs": 15, "budget_epochs": (1.0, 3.0), "prune_epochs": 1.0},
@@ -288,8 +293,14 @@ def parse(argv: Sequence[str] | None) -> Setup:
     ap.add_argument("--budget-epochs", nargs="+", type=float, help="total training budgets, in epochs")
     ap.add_argument("--prune-epochs", type=float, help="training the pruning step may spend, in epochs")
     ap.add_argument("--lpnet-samples", type=int, help="networks measured to train the latency predictor")
+    ap.add_argument("--trace-seeds", nargs="*", type=int, default=[0],
+                    help="seeds whose W-Gates runs record the gated top-1 along gate training (default 0; "
+                         "none: faster)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--progress", action="store_true", help="show progress bars")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
     overrides = {k: v for k, v in (("budget_epochs", args.budget_epochs), ("prune_epochs", args.prune_epochs))
                  if v is not None}
@@ -300,7 +311,7 @@ def parse(argv: Sequence[str] | None) -> Setup:
     return Setup(tuple(args.models or preset["models"]), tuple(args.budgets or preset["budgets"]),
                  tuple(args.seeds if args.seeds is not None else preset["seeds"]), tuple(args.methods), protocol,
                  args.out, args.cache, args.lpnet_samples or preset.get("lpnet_samples", 200),
-                 progress=args.progress)
+                 trace_seeds=tuple(args.trace_seeds), progress=args.progress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
