@@ -230,3 +230,12 @@ def test_front_ends_keep_every_modules_mode_on_success():
         modes = {n: m.training for n, m in model.named_modules()}
         build(model)
         assert {n: m.training for n, m in model.named_modules() if n in modes} == modes
+
+
+def test_an_unknown_option_names_the_valid_ones_and_the_closest():
+    model = net()
+    assert_unchanged(model, lambda: WGates(model, X, targte=0.5), ConfigError,
+                     "unknown WGates option\\(s\\) \\['targte'\\] \\('targte': did you mean 'target'\\?\\); the "
+                     "options are mode, target, alpha")
+    assert_unchanged(model, lambda: WGates(model, X, config={"target": 0.5}), ConfigTypeError,
+                     "config must be a WGatesConfig, got dict")

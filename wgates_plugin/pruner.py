@@ -18,6 +18,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +29,7 @@ from torch import nn
 from .budget import Budget, DualMultiplier, UnitBounds, land
 from .config import BudgetMode, WGatesConfig
 from .core import ChannelGating, EfficiencyArg, GateHook, Selector
-from .errors import BudgetError, ConfigError, StateError
+from .errors import BudgetError, ConfigError, ConfigTypeError, StateError
 from .gates import GateList, Producer, WeightGate
 from .groups import ChannelGroup
 from .utils import check_names, device_of, dtype_of
@@ -67,6 +69,14 @@ class WGates(ChannelGating):
     ) -> None:
         if config is not None and overrides:
             raise ConfigError(f"pass either config or keyword options, not both (got {sorted(overrides)})")
+        if config is not None and not isinstance(config, WGatesConfig):
+            raise ConfigTypeError(f"config must be a WGatesConfig, got {type(config).__name__}")
+        fields = [f.name for f in dataclasses.fields(WGatesConfig)]
+        unknown = sorted(set(overrides) - set(fields))
+        if unknown:
+            close = {k: difflib.get_close_matches(k, fields, n=1) for k in unknown}
+            hints = "".join(f" ('{k}': did you mean '{c[0]}'?)" for k, c in close.items() if c)
+            raise ConfigError(f"unknown WGates option(s) {unknown}{hints}; the options are {', '.join(fields)}")
         cfg = config if config is not None else WGatesConfig(**overrides)
         check_names(model, "layer_bounds", cfg.layer_bounds)
         super().__init__(model, example_inputs, select=select, exclude=cfg.exclude, exclude_types=cfg.exclude_types,
