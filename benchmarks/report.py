@@ -87,24 +87,6 @@ def _pruning_seconds(rs: list[dict]) -> list[float]:
     return [r["prune_seconds"] for r in rs if clean(r)]
 
 
-def standing(by_method: dict[str, list[dict]], epoch: str, ours: str = "wgates") -> str:
-    """'wins' / 'ties' / 'loses' for ``ours`` at one budget: a gap counts only beyond the larger std."""
-    stats = {m: mean_std([r["top1"][epoch] for r in rs if r["top1"].get(epoch) is not None])
-             for m, rs in by_method.items()}
-    stats = {m: v for m, v in stats.items() if v[0] == v[0]}
-    if ours not in stats or len(stats) < 2:
-        return "n/a"
-    m0, s0 = stats[ours]
-    rivals = {m: v for m, v in stats.items() if m not in OURS}
-    best = max(rivals, key=lambda m: rivals[m][0])
-    mb, sb = rivals[best]
-    margin = max(s0, sb)
-    if len(by_method[ours]) < 2:
-        return f"{100 * m0:.1f} vs best other {LABELS[best]} {100 * mb:.1f} (one seed: no verdict)"
-    verdict = "wins" if m0 - mb > margin else "loses" if mb - m0 > margin else "ties"
-    return f"{verdict} ({100 * m0:.1f} vs {LABELS[best]} {100 * mb:.1f}, margin {100 * margin:.1f})"
-
-
 def markdown(models: dict[str, dict], runs: list[dict]) -> str:
     lines: list[str] = []
     epochs = epochs_of(runs)
@@ -123,17 +105,49 @@ def markdown(models: dict[str, dict], runs: list[dict]) -> str:
 
 
 def summary(name: str, groups: dict[tuple[str, float], dict[str, list[dict]]], epochs: list[str]) -> list[str]:
-    """Where each W-Gates mode wins, ties or loses against the best other method, per budget."""
-    rows = [f"**{name}: W-Gates against the best other method** (a gap counts only beyond the larger "
-            "standard deviation over seeds)", "", "| W-Gates | FLOPs budget | " + " | ".join(
-                f"@ {e} epochs" for e in epochs) + " |", "|" + "---|" * (len(epochs) + 2)]
+    """Where each W-Gates mode wins, ties or loses against every other method, paired per seed."""
+    rows = [f"**{name}: W-Gates against every other method, paired per seed** (W-Gates minus the rival, "
+            "points of top-1, per seed and mean; *wins* / *loses*: a paired t-test over seeds at p < 0.05, "
+            "else *ties*)", ""]
     for ours in OURS:
         for budget in sorted({b for (m, b) in groups if m == name}, reverse=True):
             by_method = groups[(name, budget)]
-            if ours in by_method:
-                cells = [standing(by_method, e, ours) for e in epochs]
-                rows.append(f"| {LABELS[ours]} | {budget:.0%} | " + " | ".join(cells) + " |")
+            if ours not in by_method:
+                continue
+            rows += [f"{LABELS[ours]}, {budget:.0%} FLOPs:", "", "| rival | " + " | ".join(
+                f"@ {e} epochs" for e in ["pruned + BN", *epochs]) + " |", "|" + "---|" * (len(epochs) + 2)]
+            for rival in by_method:
+                if rival in OURS:
+                    continue
+                cells = [paired(by_method[ours], by_method[rival], e) for e in [None, *epochs]]
+                rows.append(f"| {LABELS[rival]} | " + " | ".join(cells) + " |")
+            rows.append("")
     return rows
+
+
+def paired(ours: list[dict], rival: list[dict], epoch: str | None) -> str:
+    """The per-seed differences ``ours - rival`` at ``epoch`` (None: right after pruning + BN) and the verdict."""
+    def value(r: dict) -> float | None:
+        return r.get("top1_pruned") if epoch is None else r["top1"].get(epoch)
+
+    theirs = {r["seed"]: value(r) for r in rival}
+    diffs = [100 * (value(r) - theirs[r["seed"]]) for r in sorted(ours, key=lambda r: r["seed"])  # type: ignore[operator]
+             if value(r) is not None and theirs.get(r["seed"]) is not None]
+    if not diffs:
+        return "—"
+    mean = statistics.fmean(diffs)
+    listed = " / ".join(f"{d:+.2f}" for d in diffs)
+    if len(diffs) < 3:
+        return f"{listed} ({len(diffs)} seeds: no verdict)"
+    sd = statistics.stdev(diffs)
+    if sd == 0:
+        verdict = "ties" if mean == 0 else "wins" if mean > 0 else "loses"
+    else:
+        from scipy import stats
+
+        p = 2 * stats.t.sf(abs(mean) / (sd / len(diffs) ** 0.5), len(diffs) - 1)
+        verdict = "ties" if p >= 0.05 else "wins" if mean > 0 else "loses"
+    return f"**{verdict}** {mean:+.2f} ({listed})"
 
 
 # ---------------------------------------------------------------------------- plots

@@ -13,22 +13,21 @@ def _runs(method: str, accs: list[float]) -> list[dict]:
 
 
 @pytest.mark.parametrize(("ours", "rival", "verdict"), [
-    ([0.95, 0.96, 0.97], [0.90, 0.91, 0.92], "wins"),
-    ([0.90, 0.91, 0.92], [0.95, 0.96, 0.97], "loses"),
-    ([0.95, 0.96, 0.97], [0.955, 0.96, 0.965], "ties"),  # gap 0 inside the spread
-    ([0.95, 0.96, 0.97], [0.93, 0.95, 0.97], "ties"),  # gap 0.01 < the rival's std 0.02
-    ([0.95, 0.96, 0.97], [0.93, 0.94, 0.95], "wins"),  # gap 0.02 > both stds (0.01)
+    ([0.95, 0.96, 0.97], [0.90, 0.91, 0.92], "**wins** +5.00 (+5.00 / +5.00 / +5.00)"),  # the same gap every seed
+    ([0.90, 0.91, 0.92], [0.95, 0.96, 0.97], "**loses** -5.00"),
+    ([0.95, 0.96, 0.97], [0.95, 0.96, 0.97], "**ties** +0.00"),
+    ([0.95, 0.96, 0.97], [0.94, 0.97, 0.96], "**ties** +0.33 (+1.00 / -1.00 / +1.00)"),  # p = 0.42
+    ([0.95, 0.96, 0.97, 0.98], [0.94, 0.945, 0.96, 0.965], "**wins** +1.25"),  # diffs 1, 1.5, 1, 1.5: p = 0.002
 ])
-def test_a_gap_counts_only_beyond_the_larger_standard_deviation(ours, rival, verdict):
-    by_method = {"wgates": _runs("wgates", ours), "l1": _runs("l1", rival)}
-    assert report.standing(by_method, "1").startswith(verdict)
+def test_verdicts_are_paired_per_seed(ours, rival, verdict):
+    assert report.paired(_runs("wgates", ours), _runs("l1", rival), "1").startswith(verdict)
 
 
-def test_the_best_rival_excludes_both_wgates_modes_and_one_seed_gives_no_verdict():
-    by_method = {"wgates": _runs("wgates", [0.9]), "wgates_latency": _runs("wgates_latency", [0.99]),
-                 "uniform": _runs("uniform", [0.8])}
-    text = report.standing(by_method, "1")
-    assert "uniform width 80.0" in text and "one seed: no verdict" in text
+def test_a_paired_verdict_needs_three_seeds_and_skips_unpaired_ones():
+    assert report.paired(_runs("wgates", [0.9, 0.8]), _runs("l1", [0.8, 0.8]), "1") == \
+        "+10.00 / +0.00 (2 seeds: no verdict)"
+    ours, rival = _runs("wgates", [0.9, 0.9, 0.9, 0.9]), _runs("l1", [0.8, 0.8, 0.8])  # seed 3 has no rival run
+    assert report.paired(ours, rival, "1") == "**wins** +10.00 (+10.00 / +10.00 / +10.00)"
 
 
 def test_table_shows_mean_and_std_and_a_dash_for_missing_budgets():
