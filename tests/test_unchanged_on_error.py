@@ -239,3 +239,19 @@ def test_an_unknown_option_names_the_valid_ones_and_the_closest():
                      "options are mode, target, alpha")
     assert_unchanged(model, lambda: WGates(model, X, config={"target": 0.5}), ConfigTypeError,
                      "config must be a WGatesConfig, got dict")
+
+
+def test_a_data_replacement_and_a_model_passed_by_keyword_are_guarded_too():
+    model = net()
+    before = fingerprint(model)
+    guard = ModelGuard(model, tensors=True)
+    model.a[0].weight.data = model.a[0].weight.data[:2]  # another shape, through .data
+    guard.restore()
+    assert fingerprint(model) == before
+
+    class Named(WGates):
+        def __init__(self, example, net, **kwargs):  # the model neither first nor called "model"
+            super().__init__(net, example, **kwargs)
+            raise ConfigError("late failure")
+
+    assert_unchanged(model, lambda: Named(example=X, net=model, target=0.5), ConfigError, "late failure")

@@ -151,7 +151,9 @@ def test_an_interrupted_save_leaves_the_previous_files_and_no_temporary_one(save
             f.write(b"half a file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(serialization, "save_file", torn)
+    import wgates_plugin.files
+
+    monkeypatch.setattr(wgates_plugin.files, "save_file", torn)
     with pytest.raises(KeyboardInterrupt):
         save_pruned(folder, saved[1], [], ARCH)
     assert {name: (folder / name).read_bytes() for name in before} == before
@@ -161,10 +163,14 @@ def test_an_interrupted_save_leaves_the_previous_files_and_no_temporary_one(save
 
 
 # ---------------------------------------------------------------------------- LPNet files
+CONTEXT = {"model": "m", "device": "cpu", "batch": 2, "input_shape": [3, 8, 8], "timing": {}, "model_hash": "h",
+           "groups": ["a", "b", "c"], "sizes": [4, 4, 4]}
+
+
 def lpnet_file(tmp_path, **spec_changes):
     torch.manual_seed(0)
     net = LPNet(3, (4, 4))
-    predictor = LatencyPredictor("network", ["network"], [net], {"model": "m"}, {})
+    predictor = LatencyPredictor("network", ["network"], [net], CONTEXT, {"reference": {"ms": 1.0}})
     path = tmp_path / "n.lpnet"
     predictor.save(path)
     if spec_changes:
@@ -353,3 +359,64 @@ def test_resume_without_a_checkpoint_and_force_with_resume_are_refused(tmp_path,
     one_line_error(capsys, "prune", "holds no interrupted run to resume")
     assert main([*RUN, "--out", str(tmp_path / "none"), "--resume", "--force"]) == 2
     one_line_error(capsys, "prune", "--force starts over and --resume continues: pass one of them")
+
+
+def test_written_files_get_the_umask_mode_or_keep_the_mode_they_had(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        write_text(tmp_path / "new.json", "{}")
+        assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o644
+        (tmp_path / "old.json").write_text("{}")
+        os.chmod(tmp_path / "old.json", 0o640)
+        write_text(tmp_path / "old.json", "[]")
+        assert (tmp_path / "old.json").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(mask)
+
+
+def test_json_with_an_integer_past_pythons_digit_limit_is_a_format_error(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text('{"x": ' + "9" * 5000 + "}")
+    with pytest.raises(FileFormatError, match="is not a record: not valid JSON"):
+        read_json(path, "record")
+
+
+def test_an_lpnet_without_the_context_it_needs_is_refused_at_load(tmp_path):
+    path = lpnet_file(tmp_path)
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["wgates_lpnet"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    for broken, match in (({**meta, "context": {}}, "the LPNet context needs 'model' \\(str\\)"),
+                          ({**meta, "info": {"reference": {"ms": -1}}}, "reference latency is -1 ms"),
+                          ({**meta, "context": {**CONTEXT, "sizes": None}}, "needs 'sizes' \\(list\\)")):
+        save_file(tensors, str(path), metadata={"wgates_lpnet": json.dumps(broken)})
+        with pytest.raises(FileFormatError, match=match):
+            LatencyPredictor.load(path)
+
+
+def test_a_samples_record_without_a_latency_is_refused_at_load(tmp_path):
+    from wgates_plugin.profiling.samples import FORMAT, load_samples
+
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"context": {"format": FORMAT}}) + "\n" + json.dumps({"index": 0}) + "\n"
+                    + json.dumps({"index": 1, "ms": 1.0, "counts": [1]}) + "\n")
+    with pytest.raises(FileFormatError, match="the record on line 2 needs 'ms'"):
+        load_samples(path)
+
+
+def test_a_torchvision_model_whose_constructor_cannot_run_on_meta_is_counted_on_the_cpu():
+    from wgates_plugin.app.serialization import rebuild
+
+    model = rebuild(Architecture("regnet_y_400mf", {"num_classes": 10}, input_shape=(1, 3, 32, 32)), [])
+    assert model.fc.out_features == 10
+
+
+def test_resume_is_allowed_over_outputs_written_just_before_the_interrupt(tmp_path):
+    from wgates_plugin.app.commands.prune import CHECKPOINT, check_out_folder
+
+    (tmp_path / RECIPE_FILE).write_text("{}")
+    with pytest.raises(ConfigError, match="already holds a result"):
+        check_out_folder(tmp_path, force=False, resume=True)  # a finished run: nothing to resume
+    (tmp_path / CHECKPOINT).mkdir()
+    check_out_folder(tmp_path, force=False, resume=True)  # interrupted between saving and clearing

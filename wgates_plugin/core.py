@@ -230,8 +230,9 @@ class ChannelGating(nn.Module):
         if not self._handles:
             raise StateError(f"export() after remove(): the gates no longer act on the model, so there is nothing to "
                              f"export; call {type(self).__name__}.attach() first")
+        prepare = self._prepare_export if type(self)._prepare_export is not ChannelGating._prepare_export else None
         pruned, self.history = export_pruned(self.model, self.example_inputs, self.groups, self.keep_masks(),
-                                             gating=self, prepare=self._prepare_export, in_place=in_place,
+                                             gating=self, prepare=prepare, in_place=in_place,
                                              verify=verify, rtol=rtol, atol=atol)
         return pruned
 

@@ -101,11 +101,14 @@ def export_pruned(
             if gating is not None:
                 gating.attach()
         return pruned, _prune(pruned, example_inputs, plan, prepare, expected, rtol, atol)
-    guard = ModelGuard(model, tensors=prepare is not None)  # in place: a failure puts the gated model back
-    try:
-        return model, _prune(model, example_inputs, plan, prepare, expected, rtol, atol)
+    try:  # in place: a failure (or an interrupt) puts the gated model back
+        guard = ModelGuard(model, tensors=prepare is not None)  # values too only if prepare writes into them
+        try:
+            return model, _prune(model, example_inputs, plan, prepare, expected, rtol, atol)
+        except BaseException:
+            guard.restore()
+            raise
     except BaseException:
-        guard.restore()
         if gating is not None:
             gating.attach()
         raise

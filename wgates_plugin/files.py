@@ -44,11 +44,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from .errors import ConfigError, FileFormatError, MissingFileError
 
 __all__ = ["FileLimits", "LIMITS", "atomic_path", "check_writable", "write_text", "read_json", "parse_json",
-           "read_tensors", "tensors_digest"]
+           "require", "read_tensors", "save_tensors", "tensors_digest"]
 
 
 @dataclass
@@ -87,10 +88,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with tmp.open("rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~_umask())  # not mkstemp's 0600
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_writable(folder: str | os.PathLike, what: str) -> None:
@@ -137,6 +145,8 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         raise FileFormatError(f"'{path}' is not {_article(what)}: not UTF-8 text") from None
+    except OSError as exc:
+        raise FileFormatError(f"'{path}' cannot be read as {_article(what)}: {exc.strerror or exc}") from None
     return parse_json(text, path, what)
 
 
@@ -146,7 +156,7 @@ def parse_json(text: str, path: str | os.PathLike, what: str) -> Any:
         raise FileFormatError(f"'{path}' holds {len(text)} characters of JSON, more than {LIMITS.json_bytes}")
     try:
         return json.loads(text)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, and integers past Python's digit limit
         raise FileFormatError(f"'{path}' is not {_article(what)}: not valid JSON ({exc})") from None
     except RecursionError:
         raise FileFormatError(f"'{path}' is not {_article(what)}: its JSON is nested too deeply") from None
@@ -163,7 +173,8 @@ def read_tensors(path: str | os.PathLike, what: str, shapes: Mapping[str, tuple[
     Args:
         what: what the file should be, for the messages.
         shapes: the names and shapes expected; checked against the file's header before any tensor
-            is read (missing, unexpected and mismatched names are listed).
+            is read (missing, unexpected and mismatched names are listed). The total size declared
+            is checked against ``LIMITS.tensor_elements`` in any case.
         finite: refuse NaN or inf values.
 
     Raises:
@@ -209,11 +220,35 @@ def _check_declared(path: Path, what: str, declared: Mapping[str, tuple[int, ...
                               f"{missing[:5]}, unexpected {unexpected[:5]}, shape mismatches {wrong[:5]}")
 
 
+def require(data: Any, spec: Mapping[str, type | tuple[type, ...]], path: str | os.PathLike, what: str) -> dict:
+    """``data`` if it is an object holding every key of ``spec`` with a value of its type (never a bool
+    for a number), else a :class:`FileFormatError` naming the file, ``what`` and the key."""
+    if not isinstance(data, dict):
+        raise FileFormatError(f"'{path}': {what} is not an object")
+    for key, types in spec.items():
+        value = data.get(key)
+        numeric = types in (int, float, (int, float))
+        if key not in data or not isinstance(value, types) or (numeric and isinstance(value, bool)):
+            names = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
+            raise FileFormatError(f"'{path}': {what} needs '{key}' ({names}), got {value!r:.80}")
+    return data
+
+
+def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None
+                 ) -> None:
+    """Write a state dict (copied to contiguous CPU tensors) as safetensors, atomically."""
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(state, os.fspath(tmp), metadata=metadata)
+
+
 def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 (hex) of a state dict: every name, dtype, shape and the bytes, in name order."""
+    """SHA-256 (hex) of a state dict: every name, dtype, shape and the bytes, in name order (each field
+    length-prefixed, so no two state dicts share a digest by shifting bytes between fields)."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        header = json.dumps([name, str(t.dtype), list(t.shape)]).encode()
+        digest.update(len(header).to_bytes(8, "little") + header)
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()

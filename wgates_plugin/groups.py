@@ -118,7 +118,9 @@ class TraceLimits:
 
     Attributes:
         seconds: wall-clock limit of one :func:`trace_groups` call (graph building plus the group
-            search); past it a :class:`TracingError` names the slow part and the ways out.
+            search); past it a :class:`TracingError` names the slow part and the ways out. It is
+            checked once torch-pruning's graph building returns and after every group, so it stops a
+            long search but cannot interrupt a single torch-pruning call.
         progress: show progress bars over the tracing and the group search (None: on a terminal, for
             models of more than 300 modules).
         clock: the clock the limit is measured with (injectable for tests).
@@ -146,6 +148,10 @@ def trace_limits(seconds: float | None = None, progress: bool | None = None,
         yield LIMITS
     finally:
         LIMITS.seconds, LIMITS.progress, LIMITS.clock = saved
+
+
+def _terminal() -> bool:
+    return sys.stderr is not None and sys.stderr.isatty()
 
 
 _WAYS_OUT = ("HINT: exclude the slow part (exclude=[...] / exclude_types), gate fewer layer types (root_types), "
@@ -211,7 +217,7 @@ def trace_groups(
     limits = LIMITS
     start = limits.clock()
     size = sum(1 for _ in model.modules())
-    show = limits.progress if limits.progress is not None else (size > 300 and sys.stderr.isatty())
+    show = limits.progress if limits.progress is not None else (size > 300 and _terminal())
     with tqdm(total=1, desc=f"tracing {type(model).__name__} ({size} modules)", leave=False, disable=not show) as bar:
         graph = build_graph(model, example_inputs)
         bar.update()

@@ -84,8 +84,8 @@ def speedup(model: nn.Module, masks: MaskInput, dummy_input: Any, strict: bool =
         rtol, atol: tolerances of that check (the rule of :func:`~wgates_plugin.export.check_outputs`).
 
     Returns:
-        ``model``, pruned (its classes stay; only tensor shapes shrink). When a check fails the model
-        is left exactly as it was: verification runs before the removal is committed.
+        ``model``, pruned (its classes stay; only tensor shapes shrink). When a check fails (or the
+        call is interrupted) the removal is undone: the model is left exactly as it was.
 
     Raises:
         ConfigError: a mask names a missing layer or has the wrong shape; the model is still wrapped.

@@ -97,8 +97,10 @@ class ModelGuard:
                 now[key] = value
         with torch.no_grad():
             for tensor, value in self.values:
-                if tensor.shape == value.shape:
+                if (tensor.shape, tensor.dtype, tensor.device) == (value.shape, value.dtype, value.device):
                     tensor.copy_(value)
+                else:  # replaced through .data (another shape, dtype or device)
+                    tensor.data = value
 
 
 def _tensors(model: nn.Module) -> Iterator[torch.Tensor]:
@@ -118,15 +120,17 @@ def restored_on_error(model: nn.Module, tensors: bool = False) -> Iterator[Model
 
 
 def unchanged_on_error(init: F) -> F:
-    """Decorate a constructor ``__init__(self, model, ...)``: if it raises, the model it was given is
-    left as it was (attributes, hooks, modes); on success only the documented changes remain."""
+    """Decorate a constructor: if it raises, the first ``nn.Module`` among its arguments (the model, by
+    position or by name) is left as it was (attributes, hooks, modes); on success only the documented
+    changes remain."""
 
     @functools.wraps(init)
-    def wrapper(self: Any, model: Any, *args: Any, **kwargs: Any) -> None:
-        if not isinstance(model, nn.Module):
-            return init(self, model, *args, **kwargs)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+        model = next((v for v in (*args, *kwargs.values()) if isinstance(v, nn.Module)), None)
+        if model is None:
+            return init(self, *args, **kwargs)
         with restored_on_error(model):
-            return init(self, model, *args, **kwargs)
+            return init(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 

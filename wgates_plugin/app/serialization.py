@@ -44,11 +44,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import ConfigError, FileFormatError, WGatesError
-from ..files import LIMITS, atomic_path, read_json, read_tensors, tensors_digest, write_text
+from ..files import LIMITS, read_json, read_tensors, save_tensors, tensors_digest, write_text
 from ..groups import build_graph
 from .models import Architecture, Builder, build_model
 
@@ -76,16 +75,16 @@ def save_pruned(directory: str | Path, model: nn.Module, history: Sequence[Seque
     Returns:
         The directory.
 
-    Each file is written to a temporary name and renamed into place, so an interrupted save leaves
-    the previous files (or none), never a torn one.
+    Each file is written to a temporary name and renamed into place (the weights first), so an
+    interrupted save never leaves a torn file; interrupted between the two, the new weights do not
+    match the old record's checksum and loading refuses them rather than build a wrong model.
     """
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     entries = _check_history(history)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    state = model.state_dict()
     digest = tensors_digest(state)
-    with atomic_path(folder / WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT, "sha256": digest})
+    save_tensors(folder / WEIGHTS_FILE, state, metadata={"format": FORMAT, "sha256": digest})
     recipe = {"format": FORMAT, "version": FORMAT_VERSION, "architecture": arch.to_json(),
               "history": [list(e) for e in entries], "weights_sha256": digest, "torch": torch.__version__}
     write_text(folder / RECIPE_FILE, json.dumps(recipe, indent=1))
@@ -125,6 +124,12 @@ def _read_record(path: Path) -> tuple[Architecture, list[HistoryEntry], str]:
     return arch, history, digest
 
 
+def _check_parameters(arch: Architecture, count: int) -> None:
+    if count > LIMITS.tensor_elements:
+        raise FileFormatError(f"'{arch.name}' with {arch.kwargs} would have {count} parameters, more than "
+                              f"{LIMITS.tensor_elements} (wgates_plugin.files.LIMITS.tensor_elements)")
+
+
 def _check_sizes(path: Path, arch: Architecture) -> None:
     elements = math.prod(arch.input_shape)
     if elements > LIMITS.input_elements:
@@ -148,16 +153,22 @@ def rebuild(arch: Architecture, history: Sequence[Sequence[Any]], builder: Build
     """
     try:
         with torch.device("meta"):
-            planned = sum(p.numel() for p in build_model(arch, builder).parameters())
+            planned: int | None = sum(p.numel() for p in build_model(arch, builder).parameters())
     except WGatesError:
         raise
+    except (NotImplementedError, RuntimeError) as exc:  # a constructor that reads tensor values (RegNet) cannot
+        if "meta" not in str(exc).lower():              # run on meta: count the real build (widths are bounded)
+            raise FileFormatError(f"'{arch.name}' cannot be built with the recorded arguments {arch.kwargs}: "
+                                  f"{type(exc).__name__}: {exc}") from None
+        planned = None
     except Exception as exc:  # the constructor refuses the recorded arguments (TypeError, ValueError, ...)
         raise FileFormatError(f"'{arch.name}' cannot be built with the recorded arguments {arch.kwargs}: "
                               f"{type(exc).__name__}: {exc}") from None
-    if planned > LIMITS.tensor_elements:
-        raise FileFormatError(f"'{arch.name}' with {arch.kwargs} would have {planned} parameters, more than "
-                              f"{LIMITS.tensor_elements} (wgates_plugin.files.LIMITS.tensor_elements)")
+    if planned is not None:
+        _check_parameters(arch, planned)  # before anything is allocated
     model = build_model(arch, builder).eval()
+    if planned is None:
+        _check_parameters(arch, sum(p.numel() for p in model.parameters()))
     graph = build_graph(model, arch.example_input())
     modules = dict(model.named_modules())
     for step, entry in enumerate(_check_history(history)):
@@ -187,7 +198,8 @@ def load_pruned(directory: str | Path, builder: Builder | None = None) -> nn.Mod
     state, _ = read_tensors(weights, "weights file", shapes)
     if tensors_digest(state) != digest:
         raise FileFormatError(f"'{weights}' does not match the checksum recorded in {RECIPE_FILE}: the weights were "
-                              "changed or damaged after saving; refused")
+                              "changed or damaged after saving (or a save was interrupted between the two files); "
+                              "refused")
     load_weights(model, state, f"the replayed '{arch.name}'")
     return model.eval()
 

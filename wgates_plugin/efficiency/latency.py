@@ -32,11 +32,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import ConfigError, FileFormatError, LatencyContextError, MeasurementError
-from ..files import LIMITS, atomic_path, parse_json, read_tensors
+from ..files import LIMITS, parse_json, read_tensors, require, save_tensors
 from ..groups import ChannelGroup, gated_groups
 from .base import EfficiencyModel
 from .blocks import BlockEncoder, BlockInfo, default_block_types, find_blocks, outermost, type_key
@@ -199,8 +198,7 @@ class LatencyPredictor(nn.Module):
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.nets.state_dict().items() if ".layers." in k}
         meta = {"format": LPNET_FORMAT, "kind": self.kind, "types": self.types, "context": self.context,
                 "nets": [self.net(t).spec() for t in self.types], "info": self.info}
-        with atomic_path(path) as tmp:
-            save_file(tensors, os.fspath(tmp), metadata={"wgates_lpnet": json.dumps(meta)})
+        save_tensors(path, tensors, metadata={"wgates_lpnet": json.dumps(meta)})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LatencyPredictor:
@@ -221,10 +219,10 @@ class LatencyPredictor(nn.Module):
             raise FileFormatError(f"'{path}' is not a W-Gates LPNet file (no {LPNET_FORMAT} metadata)")
         types, specs = meta.get("types"), meta.get("nets")
         if meta.get("kind") not in KINDS or not isinstance(types, list) or not isinstance(specs, list) \
-                or len(types) != len(specs) or not types or not all(isinstance(t, str) for t in types) \
-                or not isinstance(meta.get("context"), dict) or not isinstance(meta.get("info"), dict):
-            raise FileFormatError(f"'{path}': the LPNet metadata needs a kind in {KINDS}, as many block types (str) as "
-                                  "nets, a context and an info object")
+                or len(types) != len(specs) or not types or not all(isinstance(t, str) for t in types):
+            raise FileFormatError(f"'{path}': the LPNet metadata needs a kind in {KINDS} and as many block types "
+                                  "(str) as nets")
+        _check_context(path, meta)
         nets = [LPNet.from_spec(_checked_spec(path, i, s)) for i, s in enumerate(specs)]
         out = cls(meta["kind"], types, nets, meta["context"], meta["info"])
         own = {k: tuple(v.shape) for k, v in out.nets.state_dict().items() if ".layers." in k}
@@ -234,6 +232,20 @@ class LatencyPredictor(nn.Module):
             raise FileFormatError(f"'{path}' has weights that do not fit its metadata: {wrong[:5]}")
         out.nets.load_state_dict(tensors, strict=False)
         return out.eval()
+
+
+def _check_context(path: str | os.PathLike, meta: dict[str, Any]) -> None:
+    """The context and info fields an LPNet file must carry for binding, measuring and predicting."""
+    ctx = require(meta.get("context"), {"model": str, "device": str, "batch": int, "input_shape": list,
+                                        "timing": dict}, path, "the LPNet context")
+    if meta["kind"] == "network":
+        require(ctx, {"model_hash": str, "groups": list, "sizes": list}, path, "a network LPNet's context")
+    else:
+        require(ctx.get("blocks"), {"layout": dict, "features": dict}, path, "a block LPNet's context 'blocks'")
+    info = require(meta.get("info"), {"reference": dict}, path, "the LPNet info")
+    ms = require(info["reference"], {"ms": (int, float)}, path, "the LPNet reference")["ms"]
+    if not (math.isfinite(ms) and ms > 0):
+        raise FileFormatError(f"'{path}': the LPNet reference latency is {ms!r} ms, not a finite number > 0")
 
 
 def _checked_spec(path: str | os.PathLike, i: int, spec: Any) -> dict[str, Any]:

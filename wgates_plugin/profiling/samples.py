@@ -17,6 +17,7 @@ and a resumed collection skips every index already on disk.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from typing import Any
 
 from ..efficiency.latency import context_diff
 from ..errors import FileFormatError, LatencyContextError, MissingFileError
+from ..files import parse_json, require
 
 __all__ = ["FORMAT", "LatencyContextError", "LatencySamples", "SampleWriter", "load_samples"]
 
@@ -96,17 +98,17 @@ def load_samples(path: str | os.PathLike) -> LatencySamples:
         record = _parse(line, path, number, torn_ok=number == len(lines))
         if record is None:
             continue
-        index = record.get("index") if isinstance(record, dict) else None
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise FileFormatError(f"'{path}' line {number} is not a candidate record (no integer 'index')")
-        (samples.references if index == REFERENCE else samples.records).append(record)
+        require(record, {"index": int, "ms": (int, float), "counts": list}, path, f"the record on line {number}")
+        if not (math.isfinite(record["ms"]) and record["ms"] > 0):
+            raise FileFormatError(f"'{path}' line {number}: latency {record['ms']!r} ms is not a finite number > 0")
+        (samples.references if record["index"] == REFERENCE else samples.records).append(record)
     return samples
 
 
 def _parse(line: str, path: Path, number: int, torn_ok: bool = False) -> Any:
     try:
-        return json.loads(line)
-    except (json.JSONDecodeError, RecursionError):
+        return parse_json(line, path, f"latency samples file (line {number})")
+    except FileFormatError:
         if torn_ok:
             return None  # the collection was interrupted while writing this line
         raise FileFormatError(f"'{path}' line {number} is not valid JSON; the file is corrupt") from None

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from ...errors import ConfigError, FileFormatError, MissingFileError
-from ...files import atomic_path, check_writable, read_json, read_tensors, write_text
+from ...files import check_writable, read_json, read_tensors, save_tensors, write_text
 from ...pruner import WGates
 from ..data import folder_splits, load_digits, loaders
 from ..models import Architecture, build_model, check_model_name
@@ -182,8 +181,10 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     ckpt = Checkpoint(out / CHECKPOINT, run_arguments(args))
     check_out_folder(out, args.force, args.resume)  # before any training: a result that cannot be saved is never made
-    if args.force:
+    if args.force:  # start over: no earlier result or checkpoint survives to be mistaken for this run's
         ckpt.clear()
+        for name in OUTPUTS:
+            (out / name).unlink(missing_ok=True)
     done = ckpt.stage() if args.resume else None
     train, test, classes = load_data(args)
     model, arch = make_model(args, len(classes))
@@ -223,7 +224,7 @@ def _phase(args: argparse.Namespace, train: Any, test: Any, phase: int) -> tuple
 
 
 CHECKPOINT = ".checkpoint"
-_NOT_RUN_ARGUMENTS = ("func", "command", "progress", "force", "resume")
+_NOT_RUN_ARGUMENTS = ("func", "command", "progress", "force", "resume", "out")
 
 
 def run_arguments(args: argparse.Namespace) -> dict[str, Any]:
@@ -265,10 +266,7 @@ class Checkpoint:
         write_text(self.folder / "state.json", json.dumps({"arguments": self.arguments, "stage": stage}, indent=1))
 
     def save_baseline(self, model: nn.Module) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-        with atomic_path(self.folder / "baseline.safetensors") as tmp:
-            save_file(state, str(tmp))
+        save_tensors(self.folder / "baseline.safetensors", model.state_dict())
         self._mark("baseline")
 
     def baseline(self) -> dict[str, torch.Tensor]:
@@ -301,7 +299,7 @@ def check_out_folder(out: Path, force: bool, resume: bool = False) -> None:
     if force and resume:
         raise ConfigError("--force starts over and --resume continues: pass one of them")
     held = [name for name in OUTPUTS if (out / name).exists()]
-    if held and not force:
+    if held and not force and not (resume and (out / CHECKPOINT).exists()):  # resume: interrupted while saving
         raise ConfigError(f"--out '{out}' already holds a result ({', '.join(held)}); pass --force to overwrite "
                           "it, or choose another --out")
     if (out / CHECKPOINT).exists() and not (force or resume):
