@@ -30,6 +30,7 @@ from ...files import check_writable, write_text
 from ...profiling.lpnet_fit import evaluate_predictor, train_predictor
 from ...profiling.profiler import collect_latency
 from ...profiling.samples import load_samples
+from ...utils import check_number
 from ..models import Architecture, build_model
 
 __all__ = ["register"]
@@ -187,8 +188,7 @@ def latency_efficiency(args: argparse.Namespace, model: Any, example_inputs: Any
                           f"sets the budget (got --lpnet={lpnet}, --latency-target={target})")
     if lpnet is None or target is None:
         return None
-    if not 0 < target <= 1:
-        raise ConfigError(f"--latency-target={target} must be in (0, 1]")
+    check_number("--latency-target", target, "(0, 1]", what="", type_error=ConfigError)
     if not Path(lpnet).is_file():
         raise MissingFileError(f"--lpnet file '{lpnet}' does not exist")
     return LatencyPredictor.load(lpnet).efficiency(model, example_inputs)

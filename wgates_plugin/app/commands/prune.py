@@ -19,6 +19,7 @@ from torch import nn
 from ...errors import ConfigError, FileFormatError, MissingFileError
 from ...files import check_writable, read_json, read_tensors, save_tensors, write_text
 from ...pruner import WGates
+from ...utils import check_number
 from ..data import folder_splits, load_digits, loaders
 from ..models import Architecture, build_model, check_model_name
 from ..serialization import RECIPE_FILE, WEIGHTS_FILE, load_pruned, load_weights, read_recipe, save_pruned
@@ -161,12 +162,10 @@ def load_baseline_weights(model: nn.Module, path: Path, what: str) -> None:
 
 def _check_args(args: argparse.Namespace) -> None:
     check_model_name(args.model)
-    if not 0 < args.flops_target <= 1:
-        raise ConfigError(f"--flops-target={args.flops_target} must be in (0, 1]")
+    check_number("--flops-target", args.flops_target, "(0, 1]", what="", type_error=ConfigError)
     for name in ("train_steps", "threads", "latency_batch"):
-        low = 0 if name == "train_steps" else 1
-        if getattr(args, name) < low:
-            raise ConfigError(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= {low}")
+        check_number(f"--{name.replace('_', '-')}", getattr(args, name), ">= 0" if name == "train_steps" else ">= 1",
+                     integer=True, what="", type_error=ConfigError)
 
 
 def execute(args: argparse.Namespace) -> dict[str, Any]:
