@@ -138,7 +138,7 @@ def paired(ours: list[dict], rival: list[dict], epoch: str | None) -> str:
     mean = statistics.fmean(diffs)
     listed = " / ".join(f"{d:+.2f}" for d in diffs)
     if len(diffs) < 3:
-        return f"{listed} ({len(diffs)} seeds: no verdict)"
+        return f"{listed} ({len(diffs)} seed{'s' if len(diffs) > 1 else ''}: no verdict)"
     sd = statistics.stdev(diffs)
     if sd == 0:
         verdict = "ties" if mean == 0 else "wins" if mean > 0 else "loses"

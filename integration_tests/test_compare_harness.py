@@ -67,7 +67,8 @@ def test_report_writes_tables_and_plots(smoke):
     text = (out / "results.md").read_text()
     for method in compare.ALL_METHODS:
         assert report.LABELS[method] in text
-    assert "| W-Gates FLOPs | 50% | " in text and "W-Gates against the best other method" in text
+    assert "W-Gates against every other method, paired per seed" in text and "W-Gates FLOPs, 50% FLOPs:" in text
+    assert "| uniform width | " in text and "(1 seed: no verdict)" in text  # the smoke run has one seed
     for png in ("acc_vs_flops_resnet20.png", "kept_channels_resnet20.png", "gate_training_resnet20.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
