@@ -48,7 +48,16 @@ from wgates_plugin.export import prune_groups
 from . import learned
 from .methods import METHODS, PruneContext, Pruned, prunable_layers
 from .models import MODELS, build
-from .protocol import Data, Protocol, baseline, calibrated_top1, finetune_curve, make_data, steps_per_epoch
+from .protocol import (
+    Data,
+    Protocol,
+    baseline,
+    calibrated_top1,
+    distillation,
+    finetune_curve,
+    make_data,
+    steps_per_epoch,
+)
 
 ALL_METHODS = ("uniform", "random", "l1", "fpgm", "slim", "taylor", "depgraph", "gate_decorator", "wgates",
                "wgates_open", "wgates_latency", "scratch")
@@ -169,8 +178,9 @@ def run_one(state: ModelState, method: str, budget: float, seed: int, setup: Set
     p = setup.protocol
     steps = round(p.prune_epochs * steps_per_epoch(p))
     torch.manual_seed(seed)
+    kd = distillation(p, state.base)
     ctx = PruneContext(copy.deepcopy(state.base).train(), state.example, data.train(seed), budget, seed, steps,
-                       state.prunable, p.tolerance)
+                       state.prunable, p.tolerance, distill=kd)
     fn = method_fn(method, state, setup, data, seed, plans)
     start = time.perf_counter()
     pruned = fn(ctx)
@@ -191,7 +201,8 @@ def run_one(state: ModelState, method: str, budget: float, seed: int, setup: Set
         record["top1_pruned_raw"] = evaluate(model, data.test())
         record["top1_pruned"] = calibrated_top1(model, data, seed, p)
     lr = p.baseline_lr if method == "scratch" else None
-    record["top1"] = finetune_curve(model, data, seed, p, pruned.steps_used, lr=lr, progress=setup.progress)
+    record["top1"] = finetune_curve(model, data, seed, p, pruned.steps_used, lr=lr, progress=setup.progress,
+                                    teacher=state.base)
     record["latency_ms"] = latency_ms(model, p)
     record["latency_ratio"] = record["latency_ms"] / state.latency_ms
     record["info"] = pruned.info
@@ -292,6 +303,8 @@ def parse(argv: Sequence[str] | None) -> Setup:
     ap.add_argument("--cache", type=Path, default=Path(".cache/benchmarks"), help="baselines and LPNets")
     ap.add_argument("--budget-epochs", nargs="+", type=float, help="total training budgets, in epochs")
     ap.add_argument("--prune-epochs", type=float, help="training the pruning step may spend, in epochs")
+    ap.add_argument("--distill", type=float, help="knowledge distillation from the baseline for every method, its "
+                                                  "share of the loss in [0, 1] (default 0: off)")
     ap.add_argument("--lpnet-samples", type=int, help="networks measured to train the latency predictor")
     ap.add_argument("--trace-seeds", nargs="*", type=int, default=[0],
                     help="seeds whose W-Gates runs record the gated top-1 along gate training (default 0; "
@@ -302,8 +315,8 @@ def parse(argv: Sequence[str] | None) -> Setup:
     if args.threads:
         torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
-    overrides = {k: v for k, v in (("budget_epochs", args.budget_epochs), ("prune_epochs", args.prune_epochs))
-                 if v is not None}
+    overrides = {k: v for k, v in (("budget_epochs", args.budget_epochs), ("prune_epochs", args.prune_epochs),
+                                   ("distill", args.distill)) if v is not None}
     protocol = replace(Protocol(), **{**preset["protocol"], **overrides})
     for budget in args.budgets or ():
         if not 0 < budget <= 1:

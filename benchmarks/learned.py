@@ -61,8 +61,10 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
         target = None
     wg = WGates(model, x, target=target, efficiency=efficiency, **options)
     _check_same_layers(wg, ctx)
+    kd = ctx.distill
     recipe = Recipe(gate_steps=ctx.steps, gate_lr=gate_lr, weight_lr=weight_lr, momentum=momentum,
-                    weight_decay=weight_decay, freeze_stable=freeze_stable)
+                    weight_decay=weight_decay, freeze_stable=freeze_stable, distill=kd.weight if kd else 0.0,
+                    temperature=kd.temperature if kd else 4.0)
     trace = train_wgates(model, wg, ctx, recipe, trace_eval, eval_every)
     gated, timed = _timed_eval(trace_eval, model, "top1_before_freeze")
     landed = wg.config.target
@@ -98,7 +100,8 @@ def train_wgates(model: nn.Module, wg: WGates, ctx: PruneContext, recipe: Recipe
         if (step + 1) % eval_every == 0 or step == ctx.steps - 1:
             trace.append({**_point(step, wg, model, trace_eval), "loss": stats["loss"]})
 
-    train_gates(model, wg, ctx.train_loader, recipe, progress=False, on_step=log)
+    train_gates(model, wg, ctx.train_loader, recipe, progress=False, on_step=log,
+                teacher=ctx.distill.teacher if ctx.distill else None)
     return trace
 
 

@@ -60,6 +60,7 @@ import torch_pruning as tp
 from torch import nn
 
 from benchmarks.landing import FlopsMeter, GlobalPath, Landing, LayerwisePath, Plan, Window, land
+from wgates_plugin.app.training import Distillation
 from wgates_plugin.efficiency.flops import count_macs
 from wgates_plugin.errors import BudgetError, ConfigError, ConfigTypeError
 from wgates_plugin.export import prune_groups
@@ -107,6 +108,7 @@ class PruneContext:
         prunable: the producer layers whose output channels may be pruned (:func:`prunable_layers`).
         tolerance: the achieved FLOPs ratio must satisfy ``|achieved / budget - 1| <= tolerance``.
         hyper: the training hyper-parameters (:data:`DEFAULTS`).
+        distill: knowledge distillation from the unpruned model for the method's training (None: off).
 
     Raises:
         ConfigError: a value out of range (named in the message).
@@ -122,6 +124,7 @@ class PruneContext:
     prunable: tuple[str, ...]
     tolerance: float = 0.02
     hyper: MethodDefaults = DEFAULTS
+    distill: Distillation | None = None
 
     def __post_init__(self) -> None:
         for name in ("budget", "tolerance"):
@@ -310,7 +313,8 @@ def _train(ctx: PruneContext, regularize: Callable[[nn.Module], None] | None = N
     done = 0
     for x, y in _batches(ctx.train_loader, ctx.steps):
         opt.zero_grad()
-        F.cross_entropy(ctx.model(x), y).backward()
+        out = ctx.model(x)
+        (ctx.distill(out, y, x) if ctx.distill is not None else F.cross_entropy(out, y)).backward()
         if regularize is not None:
             regularize(ctx.model)
         opt.step()

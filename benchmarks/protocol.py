@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from wgates_plugin.app.data import load_digits, load_fashion_mnist, loaders
-from wgates_plugin.app.training import evaluate, fit, recalibrate_bn, train_steps
+from wgates_plugin.app.training import Distillation, evaluate, fit, recalibrate_bn, train_steps
 from wgates_plugin.errors import ConfigError
 
 __all__ = ["Protocol", "Data", "Augmented", "make_data", "baseline", "checkpoints", "finetune_curve", "steps_per_epoch"]
@@ -63,6 +63,10 @@ class Protocol:
         latency_repeats: timed forwards per latency measurement.
         tolerance: every method's achieved FLOPs must be within ``budget * (1 ± tolerance)``.
         test_limit: evaluate on the first this many test images only (None: all 797; smoke runs).
+        distill / temperature: knowledge distillation from the unpruned baseline for *every* method —
+            its share of the loss in the pruning-time training the harness runs (W-Gates' gate training,
+            Slimming's and DepGraph's sparse training) and in fine-tuning, and its temperature (0: off).
+            NNI's Taylor and Gate Decorator's Tick-Tock train through their own loops and do not use it.
     """
 
     dataset: str = "fashion-mnist"
@@ -87,6 +91,8 @@ class Protocol:
     latency_repeats: int = 15
     tolerance: float = 0.02
     test_limit: int | None = None
+    distill: float = 0.0
+    temperature: float = 4.0
 
     def __post_init__(self) -> None:
         if self.dataset not in ("fashion-mnist", "digits"):
@@ -108,7 +114,12 @@ class Protocol:
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
     def asdict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields (the distillation ones only when it is on: runs recorded before they existed keep
+        their protocol key)."""
+        out = asdict(self)
+        if not out["distill"]:
+            del out["distill"], out["temperature"]
+        return out
 
 
 @dataclass
@@ -240,8 +251,10 @@ def _label(epochs: float) -> str:
 
 
 def finetune_curve(model: nn.Module, data: Data, seed: int, protocol: Protocol, steps_used: int,
-                   lr: float | None = None, progress: bool = False) -> dict[str, float | None]:
-    """Fine-tune ``model`` (constant lr) and record calibrated top-1 at every total step budget.
+                   lr: float | None = None, progress: bool = False,
+                   teacher: nn.Module | None = None) -> dict[str, float | None]:
+    """Fine-tune ``model`` (constant lr) and record calibrated top-1 at every total step budget
+    (distilling from ``teacher`` when ``protocol.distill`` is set).
 
     Returns:
         ``{budget in epochs (str): top-1, or None when ``steps_used`` alone exceeds that budget}``.
@@ -251,11 +264,19 @@ def finetune_curve(model: nn.Module, data: Data, seed: int, protocol: Protocol, 
     opt = torch.optim.SGD(model.parameters(), lr=protocol.finetune_lr if lr is None else lr,
                           momentum=protocol.momentum, weight_decay=protocol.weight_decay)
     stream, done, top1 = _Stream(data.train(seed)), 0, {}
+    kd = distillation(protocol, teacher)
     for target in wanted:
-        train_steps(model, stream, opt, target - done, progress=progress, desc="finetune")
+        train_steps(model, stream, opt, target - done, progress=progress, desc="finetune", distill=kd)
         done = target
         top1[target] = calibrated_top1(model, data, seed, protocol)
     return {label: (None if s is None else top1[s]) for label, s in marks.items()}
+
+
+def distillation(protocol: Protocol, teacher: nn.Module | None) -> Distillation | None:
+    """The protocol's distillation loss from ``teacher``, or None when it is off."""
+    if not protocol.distill or teacher is None:
+        return None
+    return Distillation(teacher, protocol.distill, protocol.temperature)
 
 
 class _Stream:

@@ -90,9 +90,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/recipe"))
     ap.add_argument("--cache", type=Path, default=Path(".cache/benchmarks"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--distill", type=float, default=0.0,
+                    help="knowledge distillation from the baseline for every variant and rival (share of the loss)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    protocol = dataclasses.replace(Protocol(), budget_epochs=tuple(args.budget_epochs), **SCREEN)
+    protocol = dataclasses.replace(Protocol(), budget_epochs=tuple(args.budget_epochs), distill=args.distill, **SCREEN)
     setup = compare.Setup((args.model,), tuple(args.budgets), tuple(args.seeds), tuple(args.variants), protocol,
                           args.out, args.cache, trace_seeds=())
     data = make_data(protocol)

@@ -35,8 +35,8 @@ from ..pruner import WGates
 from ..utils import check_number, device_of, kept_modes
 
 __all__ = ["train_steps", "fit", "evaluate", "recalibrate_bn", "measure_latency", "count_params", "cycle",
-           "Recipe", "PruneResult", "Stage", "describe", "train_gates", "prune_and_finetune", "prune_phase",
-           "finetune_phase"]
+           "Distillation", "Recipe", "PruneResult", "Stage", "describe", "train_gates", "prune_and_finetune",
+           "prune_phase", "finetune_phase"]
 
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, dict[str, float]], "Mapping[str, Any] | None"]
@@ -53,6 +53,45 @@ def cycle(loader: Iterable) -> Iterator:
             raise ConfigError("the data loader yields no batch (dataset smaller than one batch with drop_last?)")
 
 
+class Distillation:
+    """Knowledge distillation from a fixed teacher (Hinton et al. 2015, "Distilling the Knowledge in a
+    Neural Network"): ``(1 - weight) * CE(student, y) + weight * T^2 * KL(softmax(teacher / T) ||
+    softmax(student / T))``. The teacher (e.g. the unpruned model) runs in eval mode under ``no_grad``
+    on the same batch; its modes are restored.
+
+    Args:
+        teacher: the model whose outputs are matched; not trained.
+        weight: share of the distillation term, in [0, 1] (0: plain cross-entropy).
+        temperature: ``T`` > 0.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from wgates_plugin.app.training import Distillation
+        >>> net = nn.Linear(4, 3)
+        >>> x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+        >>> kd = Distillation(net, weight=1.0, temperature=2.0)
+        >>> float(kd(net(x), y, x))   # a student equal to its teacher has nothing to learn from it
+        0.0
+    """
+
+    def __init__(self, teacher: nn.Module, weight: float = 0.5, temperature: float = 4.0) -> None:
+        check_number("weight", weight, "[0, 1]", what="", type_error=ConfigError)
+        check_number("temperature", temperature, "> 0", type_error=ConfigError)
+        self.teacher, self.weight, self.temperature = teacher, float(weight), float(temperature)
+
+    def __call__(self, outputs: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        task = F.cross_entropy(outputs, labels)
+        if self.weight == 0:
+            return task
+        with torch.no_grad(), kept_modes(self.teacher):
+            target = self.teacher.eval()(inputs)
+        t = self.temperature
+        soft = F.kl_div(F.log_softmax(outputs / t, dim=1), F.log_softmax(target / t, dim=1), log_target=True,
+                        reduction="batchmean") * t * t
+        return (1 - self.weight) * task + self.weight * soft
+
+
 def train_steps(
     model: nn.Module,
     loader: Iterable,
@@ -65,6 +104,7 @@ def train_steps(
     progress: bool = True,
     desc: str = "train",
     stop: Callable[[], bool] | None = None,
+    distill: Distillation | None = None,
 ) -> list[float]:
     """Train ``model`` for ``steps`` optimizer steps, cycling ``loader`` as often as needed.
 
@@ -85,6 +125,7 @@ def train_steps(
         progress: show a tqdm progress bar.
         desc: progress bar label.
         stop: checked after every step; training ends early when it returns True.
+        distill: a :class:`Distillation`: the task loss is its loss (it replaces ``loss_fn``).
 
     Returns:
         The task loss of every step.
@@ -96,7 +137,7 @@ def train_steps(
     with tqdm(total=steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True) as bar:
         for step in range(steps):
             x, y = next(batches)
-            task, extra = _step(model, x.to(device), y.to(device), optimizers, extra_loss, loss_fn)
+            task, extra = _step(model, x.to(device), y.to(device), optimizers, extra_loss, loss_fn, distill)
             if scheduler is not None:
                 scheduler.step()
             losses.append(task)
@@ -109,10 +150,12 @@ def train_steps(
 
 
 def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizers: list[torch.optim.Optimizer],
-          extra_loss: Callable[[], torch.Tensor] | None, loss_fn: Criterion) -> tuple[float, float]:
+          extra_loss: Callable[[], torch.Tensor] | None, loss_fn: Criterion,
+          distill: Distillation | None = None) -> tuple[float, float]:
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
-    task = loss_fn(model(x), y)
+    out = model(x)
+    task = distill(out, y, x) if distill is not None else loss_fn(out, y)
     extra = extra_loss() if extra_loss is not None else task.new_zeros(())
     (task + extra).backward()
     for opt in optimizers:
@@ -129,6 +172,7 @@ def fit(
     weight_decay: float = 5e-4,
     progress: bool = True,
     desc: str = "train",
+    distill: Distillation | None = None,
 ) -> list[float]:
     """Plain supervised training: SGD with momentum and a cosine learning-rate decay to 0 over ``steps``.
 
@@ -141,13 +185,14 @@ def fit(
         weight_decay: L2 penalty.
         progress: show a progress bar.
         desc: progress bar label.
+        distill: learn from a teacher too (:class:`Distillation`).
 
     Returns:
         The loss of every step.
     """
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
-    return train_steps(model, loader, opt, steps, scheduler=sched, progress=progress, desc=desc)
+    return train_steps(model, loader, opt, steps, scheduler=sched, progress=progress, desc=desc, distill=distill)
 
 
 @torch.no_grad()
@@ -247,6 +292,9 @@ class Recipe:
         freeze_stable: end gate training early once the cost is within the target and the keep masks
             have not changed for this many steps (0: train all ``gate_steps``); the steps left go to
             fine-tuning the exported model.
+        distill / temperature: share of knowledge distillation from the unpruned model in the loss of
+            gate training and fine-tuning (:class:`Distillation`; 0: plain cross-entropy), and its
+            temperature.
     """
 
     gate_steps: int = 100
@@ -259,6 +307,8 @@ class Recipe:
     bn_batches: int = 20
     log_every: int = 10
     freeze_stable: int = 0
+    distill: float = 0.0
+    temperature: float = 4.0
 
     def __post_init__(self) -> None:
         for name in ("gate_steps", "finetune_steps", "bn_batches", "log_every", "freeze_stable"):
@@ -267,6 +317,14 @@ class Recipe:
             check_number(name, value, f">= {low}", integer=True, type_error=ConfigError)
         for name in ("gate_lr", "weight_lr", "finetune_lr", "momentum", "weight_decay"):
             check_number(name, getattr(self, name), ">= 0", type_error=ConfigError)
+        check_number("distill", self.distill, "[0, 1]", what="", type_error=ConfigError)
+        check_number("temperature", self.temperature, "> 0", type_error=ConfigError)
+
+    def distillation(self, teacher: nn.Module | None) -> Distillation | None:
+        """The distillation loss from ``teacher`` (the unpruned model), or None when ``distill`` is 0."""
+        if not self.distill or teacher is None:
+            return None
+        return Distillation(teacher, self.distill, self.temperature)
 
 
 @dataclass
@@ -294,13 +352,13 @@ def describe(model: nn.Module, example_inputs: Any, loader: Iterable | None,
 
 
 def train_gates(model: nn.Module, wg: WGates, loader: Iterable, recipe: Recipe, progress: bool = True,
-                on_step: StepCallback | None = None) -> list[dict]:
+                on_step: StepCallback | None = None, teacher: nn.Module | None = None) -> list[dict]:
     """Joint training: SGD on the weights, Adam on the gates, task loss + ``wg.efficiency_loss()``.
 
     Every step ends with the target-mode multiplier step (``wg.update_multiplier()``), then
     ``on_step(step, {"loss": ..., "extra": ...})`` if given. With ``recipe.freeze_stable``, training
     ends once the cost is within the target and the masks were stable that long (``wg.steps`` counts
-    the steps taken).
+    the steps taken). With ``recipe.distill`` and a ``teacher``, the task loss distills from it.
 
     Returns:
         The live trace, one record every ``recipe.log_every`` steps: step, loss, FLOPs and cost
@@ -331,7 +389,8 @@ def train_gates(model: nn.Module, wg: WGates, loader: Iterable, recipe: Recipe, 
         return {"flops": f"{live['flops']:.3f}"}
 
     train_steps(model, loader, [weights, gates], recipe.gate_steps, extra_loss=wg.efficiency_loss,
-                callback=log, progress=progress, desc="gates", stop=settled if recipe.freeze_stable else None)
+                callback=log, progress=progress, desc="gates", stop=settled if recipe.freeze_stable else None,
+                distill=recipe.distillation(teacher))
     return trace
 
 
@@ -391,12 +450,14 @@ class Stage:
         report: the figures so far (``before``, ``top1`` up to ``recalibrated``, ``kept``, ``trace``,
             ``target``, ``seconds``); JSON-serializable.
         wgates: the frozen :class:`~wgates_plugin.WGates` (None when the stage was loaded from disk).
+        teacher: the unpruned model, for distillation while fine-tuning (None: none kept).
     """
 
     model: nn.Module
     history: list
     report: dict[str, Any]
     wgates: Any = None
+    teacher: nn.Module | None = None
 
 
 def prune_phase(model: nn.Module, example_inputs: Any, train_loader: Iterable, test_loader: Iterable | None,
@@ -409,9 +470,10 @@ def prune_phase(model: nn.Module, example_inputs: Any, train_loader: Iterable, t
     if wgates is not None:
         wgates.remove()  # the baseline is measured without gate hooks
     before = describe(model, example_inputs, test_loader, latency_input, threads)
+    teacher = copy.deepcopy(model).eval() if recipe.distill else None  # hook-free: the gates are off here
     wg = wgates if wgates is not None else WGates(model, example_inputs, target=target)
     wg.attach()
-    trace = train_gates(model, wg, train_loader, recipe, progress)
+    trace = train_gates(model, wg, train_loader, recipe, progress, teacher=teacher)
     top1 = {"baseline": before["top1"], "gated": _maybe_eval(model, test_loader)}
     clock.lap("gates")
     wg.freeze()
@@ -423,7 +485,7 @@ def prune_phase(model: nn.Module, example_inputs: Any, train_loader: Iterable, t
     clock.lap("export")
     report = {"target": wg.config.target, "before": before, "top1": top1,
               "kept": {k: list(v) for k, v in wg.kept().items()}, "trace": trace, "seconds": clock.laps}
-    return Stage(pruned, [list(e) for e in wg.history], report, wg)
+    return Stage(pruned, [list(e) for e in wg.history], report, wg, teacher)
 
 
 def finetune_phase(stage: Stage, example_inputs: Any, train_loader: Iterable, test_loader: Iterable | None,
@@ -435,7 +497,7 @@ def finetune_phase(stage: Stage, example_inputs: Any, train_loader: Iterable, te
     clock = _Clock()
     pruned = stage.model
     fit(pruned, train_loader, recipe.finetune_steps, recipe.finetune_lr, recipe.momentum, recipe.weight_decay,
-        progress, desc="finetune")
+        progress, desc="finetune", distill=recipe.distillation(stage.teacher))
     clock.lap("finetune")
     after = describe(pruned, example_inputs, test_loader, latency_input, threads)
     report = copy.deepcopy(stage.report)

@@ -37,7 +37,8 @@ def demo_args(args: argparse.Namespace) -> argparse.Namespace:
     run_options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "quick")}  # --out, --seed, ...
     return argparse.Namespace(
         model="resnet18", data="digits", size=32, weights=None, train_lr=0.05, flops_target=0.5,
-        gate_lr=r.gate_lr, warm_start=True, weight_lr=r.weight_lr, finetune_lr=r.finetune_lr, batch_size=64,
+        gate_lr=r.gate_lr, warm_start=True, distill=r.distill, temperature=r.temperature,
+        weight_lr=r.weight_lr, finetune_lr=r.finetune_lr, batch_size=64,
         **run_options, **schedule)
 
 

@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -70,6 +71,11 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"SGD lr of the weights while gates train (default {r.weight_lr})")
     parser.add_argument("--finetune-lr", type=float, default=r.finetune_lr,
                         help=f"initial SGD lr of fine-tuning, cosine decay (default {r.finetune_lr})")
+    parser.add_argument("--distill", type=float, default=r.distill, metavar="WEIGHT",
+                        help="share of knowledge distillation from the unpruned model in the loss of gate training "
+                             f"and fine-tuning, in [0, 1] (default {r.distill:g}: none)")
+    parser.add_argument("--temperature", type=float, default=r.temperature,
+                        help=f"distillation temperature (default {r.temperature:g})")
     parser.add_argument("--bn-batches", type=int, default=r.bn_batches,
                         help=f"batches for BN re-calibration after pruning (default {r.bn_batches})")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
@@ -103,7 +109,8 @@ def build_wgates(args: argparse.Namespace, model: nn.Module, example_inputs: tor
 
 def build_recipe(args: argparse.Namespace) -> Any:
     return Recipe(gate_steps=args.steps, finetune_steps=args.finetune_steps, gate_lr=args.gate_lr,
-                  weight_lr=args.weight_lr, finetune_lr=args.finetune_lr, bn_batches=args.bn_batches)
+                  weight_lr=args.weight_lr, finetune_lr=args.finetune_lr, bn_batches=args.bn_batches,
+                  distill=args.distill, temperature=args.temperature)
 
 
 def load_data(args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
@@ -198,6 +205,7 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
     recipe = build_recipe(args)
     if done == "pruned":
         stage = ckpt.load_stage(arch)
+        stage.teacher = copy.deepcopy(model).eval() if recipe.distill else None  # the baseline, as it was
     else:
         train_loader, test_loader = _phase(args, train, test, 1)
         wg = build_wgates(args, model, example)
