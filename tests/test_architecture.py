@@ -29,6 +29,7 @@ LAYERS = [
     ("wgates_plugin.profiling", ("wgates_plugin.pruner", "wgates_plugin.gate_decorator",
                                  "wgates_plugin.integrations", "wgates_plugin.app")),
     ("wgates_plugin.integrations", ("wgates_plugin.app", "wgates_plugin.profiling")),
+    ("wgates_plugin.latency_landing", ("wgates_plugin.integrations", "wgates_plugin.app", "wgates_plugin.profiling")),
 ]
 
 

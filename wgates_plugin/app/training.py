@@ -30,7 +30,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..efficiency import Timing, count_macs, measure_ms
+from ..efficiency.latency import LatencyModel
 from ..errors import ConfigError
+from ..latency_landing import land_on_latency
 from ..pruner import WGates
 from ..utils import check_number, device_of, kept_modes
 
@@ -295,6 +297,9 @@ class Recipe:
         distill / temperature: share of knowledge distillation from the unpruned model in the loss of
             gate training and fine-tuning (:class:`Distillation`; 0: plain cross-entropy), and its
             temperature.
+        latency_tolerance: in latency mode (an LPNet cost model), freezing ends with the exported
+            network timed on the device and the budget corrected until its measured median is within
+            this relative distance of the target (:func:`~wgates_plugin.latency_landing.land_on_latency`).
     """
 
     gate_steps: int = 100
@@ -309,6 +314,7 @@ class Recipe:
     freeze_stable: int = 0
     distill: float = 0.0
     temperature: float = 4.0
+    latency_tolerance: float = 0.03
 
     def __post_init__(self) -> None:
         for name in ("gate_steps", "finetune_steps", "bn_batches", "log_every", "freeze_stable"):
@@ -319,6 +325,7 @@ class Recipe:
             check_number(name, getattr(self, name), ">= 0", type_error=ConfigError)
         check_number("distill", self.distill, "[0, 1]", what="", type_error=ConfigError)
         check_number("temperature", self.temperature, "> 0", type_error=ConfigError)
+        check_number("latency_tolerance", self.latency_tolerance, "(0, 0.5)", what="", type_error=ConfigError)
 
     def distillation(self, teacher: nn.Module | None) -> Distillation | None:
         """The distillation loss from ``teacher`` (the unpruned model), or None when ``distill`` is 0."""
@@ -476,8 +483,14 @@ def prune_phase(model: nn.Module, example_inputs: Any, train_loader: Iterable, t
     trace = train_gates(model, wg, train_loader, recipe, progress, teacher=teacher)
     top1 = {"baseline": before["top1"], "gated": _maybe_eval(model, test_loader)}
     clock.lap("gates")
-    wg.freeze()
-    pruned = wg.export()
+    landing = None
+    if isinstance(wg.efficiency, LatencyModel) and wg.config.target is not None:  # land on the measured latency
+        landing = land_on_latency(wg, wg.config.target, wg.efficiency.predictor.measure_times,
+                                  tolerance=recipe.latency_tolerance)
+        pruned = landing.model
+    else:
+        wg.freeze()
+        pruned = wg.export()
     wg.remove()
     top1["pruned"] = _maybe_eval(pruned, test_loader)
     recalibrate_bn(pruned, train_loader, recipe.bn_batches)
@@ -485,6 +498,8 @@ def prune_phase(model: nn.Module, example_inputs: Any, train_loader: Iterable, t
     clock.lap("export")
     report = {"target": wg.config.target, "before": before, "top1": top1,
               "kept": {k: list(v) for k, v in wg.kept().items()}, "trace": trace, "seconds": clock.laps}
+    if landing is not None:
+        report["latency_landing"] = landing.report()
     return Stage(pruned, [list(e) for e in wg.history], report, wg, teacher)
 
 

@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,7 @@ from ..groups import ChannelGroup, gated_groups
 from .base import EfficiencyModel
 from .blocks import BlockEncoder, BlockInfo, default_block_types, find_blocks, outermost, type_key
 from .lpnet import LPNet
-from .timing import Timing, device_name, measure_ms
+from .timing import Timing, device_name, measure_times
 
 if TYPE_CHECKING:
     from ..config import WGatesConfig
@@ -187,9 +188,13 @@ class LatencyPredictor(nn.Module):
 
     def measure(self, model: nn.Module, timing: Timing | None = None) -> float:
         """``model``'s latency (ms) as the samples were measured: device, batch, input shape, timing."""
+        return statistics.median(self.measure_times(model, timing))
+
+    def measure_times(self, model: nn.Module, timing: Timing | None = None) -> list[float]:
+        """Every timed forward (ms) of :meth:`measure`."""
         ctx = self.context
         x = torch.randn(ctx["batch"], *ctx["input_shape"], device=ctx["device"].split(":")[0])
-        return measure_ms(copy.deepcopy(model), x, timing or Timing(**ctx["timing"]))
+        return measure_times(copy.deepcopy(model), x, timing or Timing(**ctx["timing"]))
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:

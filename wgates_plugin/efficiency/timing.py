@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import ConfigError, ConfigTypeError
 from ..utils import call_model, check_number, device_of, kept_modes
 
-__all__ = ["Timing", "CLOCKS", "fixed_threads", "measure_ms", "device_name", "use_clock",
+__all__ = ["Timing", "CLOCKS", "fixed_threads", "measure_ms", "measure_times", "device_name", "use_clock",
            "SimulatedClock"]
 
 
@@ -167,6 +167,12 @@ def measure_ms(module: nn.Module, inputs: Any, timing: Timing = Timing(),
     ``inputs`` (a tensor, tuple or dict) must already be on ``device``; the module is moved there.
     The module's train/eval mode is restored afterwards.
     """
+    return statistics.median(measure_times(module, inputs, timing, device))
+
+
+def measure_times(module: nn.Module, inputs: Any, timing: Timing = Timing(),
+                  device: str | torch.device | None = None) -> list[float]:
+    """Every timed forward of :func:`measure_ms`, in milliseconds (``timing.repeats`` of them)."""
     device = torch.device(device) if device is not None else device_of(inputs)
     if timing.clock == "cpu" and device.type != "cpu":
         raise ConfigError(f"clock='cpu' times CPU work; on {device} use clock='wall'")
@@ -182,8 +188,8 @@ def measure_ms(module: nn.Module, inputs: Any, timing: Timing = Timing(),
                 start = clock()
                 call_model(module, inputs)
                 _sync(device)
-                times.append(clock() - start)
-    return 1e3 * statistics.median(times)
+                times.append(1e3 * (clock() - start))
+    return times
 
 
 def device_name(device: str | torch.device) -> str:

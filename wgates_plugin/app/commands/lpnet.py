@@ -207,6 +207,12 @@ def format_latency(report: dict[str, Any]) -> str | None:
     lat = report.get("lpnet")
     if not lat:
         return None
-    return (f"latency (LPNet device and batch): predicted {lat['predicted_ms']:.3f} ms, measured "
+    line = (f"latency (LPNet device and batch): predicted {lat['predicted_ms']:.3f} ms, measured "
             f"{lat['measured_ms']:.3f} ms ({lat['error_pct']:+.1f}%), original {lat['reference_ms']:.3f} ms; "
             f"predicted {lat['cost_ratio']:.4f} of the original (target {report['target']})")
+    landing = report.get("latency_landing")
+    if landing:
+        line += (f"\nlanded on the measured latency in {len(landing['rounds'])} round(s): "
+                 f"{landing['measured_ratio']:.4f} of the original ({landing['gap_pct']:+.1f}% from the target; "
+                 f"{'within' if landing['within'] else 'NOT within'} ±{100 * landing['tolerance']:g}%)")
+    return line
