@@ -126,7 +126,8 @@ def prepare(name: str, setup: Setup, data: Data) -> ModelState:
     base, info = baseline(name, build, p, data, setup.cache, setup.progress)
     base.eval()
     x = torch.zeros(1, 3, p.size, p.size)
-    state = ModelState(name, base, info, x, prunable_layers(base, x), count_macs(base, x), count_params(base),
+    state = ModelState(name, base, info, x, prunable_layers(base, x, p.prune_shortcuts), count_macs(base, x),
+                       count_params(base),
                        latency_ms(base, p))
     if "wgates_latency" in setup.methods:
         state.predictor, state.info["lpnet"] = learned.latency_predictor(
@@ -145,7 +146,8 @@ def method_fn(method: str, state: ModelState, setup: Setup, data: Data, seed: in
               plans: dict[tuple[float, int], dict]) -> Callable[[PruneContext], Pruned]:
     """The callable that prunes with ``method`` (the learned ones get the protocol's knobs bound)."""
     p = setup.protocol
-    sgd = {"weight_lr": p.finetune_lr, "momentum": p.momentum, "weight_decay": p.weight_decay}
+    sgd = {"weight_lr": p.finetune_lr, "momentum": p.momentum, "weight_decay": p.weight_decay,
+           "prune_shortcuts": p.prune_shortcuts}
     trace = learned.gated_top1(data, seed, p.bn_batches) if seed in setup.trace_seeds else None
     if method == "wgates":
         return functools.partial(learned.wgates, gate_lr=p.gate_lr, trace_eval=trace, eval_every=4, **sgd)
@@ -155,7 +157,7 @@ def method_fn(method: str, state: ModelState, setup: Setup, data: Data, seed: in
         return functools.partial(learned.wgates, gate_lr=p.gate_lr, predictor=state.predictor, trace_eval=trace,
                                  eval_every=4, **sgd)
     if method == "gate_decorator":
-        return learned.gate_decorator
+        return functools.partial(learned.gate_decorator, prune_shortcuts=p.prune_shortcuts)
     if method == "scratch":
         return lambda ctx: _scratch(state, setup, plans, ctx)
     return METHODS[method]
@@ -303,6 +305,8 @@ def parse(argv: Sequence[str] | None) -> Setup:
     ap.add_argument("--cache", type=Path, default=Path(".cache/benchmarks"), help="baselines and LPNets")
     ap.add_argument("--budget-epochs", nargs="+", type=float, help="total training budgets, in epochs")
     ap.add_argument("--prune-epochs", type=float, help="training the pruning step may spend, in epochs")
+    ap.add_argument("--prune-shortcuts", action="store_const", const=True, default=None,
+                    help="every method prunes the residual-coupled groups too (default: the paper's plain groups)")
     ap.add_argument("--distill", type=float, help="knowledge distillation from the baseline for every method, its "
                                                   "share of the loss in [0, 1] (default 0: off)")
     ap.add_argument("--lpnet-samples", type=int, help="networks measured to train the latency predictor")
@@ -316,7 +320,8 @@ def parse(argv: Sequence[str] | None) -> Setup:
         torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
     overrides = {k: v for k, v in (("budget_epochs", args.budget_epochs), ("prune_epochs", args.prune_epochs),
-                                   ("distill", args.distill)) if v is not None}
+                                   ("distill", args.distill), ("prune_shortcuts", args.prune_shortcuts))
+                 if v is not None}
     protocol = replace(Protocol(), **{**preset["protocol"], **overrides})
     for budget in args.budgets or ():
         if not 0 < budget <= 1:

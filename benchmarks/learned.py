@@ -169,10 +169,10 @@ def _freeze_at(wg: WGates, budget: Budget) -> float:
 
 
 # ---------------------------------------------------------------------------- Gate Decorator
-def gate_decorator(ctx: PruneContext, **schedule: Any) -> Pruned:
+def gate_decorator(ctx: PruneContext, prune_shortcuts: bool = False, **schedule: Any) -> Pruned:
     """Gate Decorator (GBN + Taylor importance + Tick-Tock) within ``ctx.steps`` training steps."""
     torch.manual_seed(ctx.seed)
-    gd = GateDecorator(ctx.model, ctx.example, target=ctx.budget)
+    gd = GateDecorator(ctx.model, ctx.example, target=ctx.budget, prune_shortcuts=prune_shortcuts)
     trace = gd.run(ctx.train_loader, TickTock(**schedule), max_steps=ctx.steps)
     pruned = gd.export()
     info = {"kept": {k: list(v) for k, v in gd.kept().items()}, "rounds": len(trace.rounds),

@@ -67,6 +67,8 @@ class Protocol:
             its share of the loss in the pruning-time training the harness runs (W-Gates' gate training,
             Slimming's and DepGraph's sparse training) and in fine-tuning, and its temperature (0: off).
             NNI's Taylor and Gate Decorator's Tick-Tock train through their own loops and do not use it.
+        prune_shortcuts: every method prunes the residual-coupled groups too (one shared choice per
+            coupled group; what torch-pruning users get by default), not only the paper's plain groups.
     """
 
     dataset: str = "fashion-mnist"
@@ -93,6 +95,7 @@ class Protocol:
     test_limit: int | None = None
     distill: float = 0.0
     temperature: float = 4.0
+    prune_shortcuts: bool = False
 
     def __post_init__(self) -> None:
         if self.dataset not in ("fashion-mnist", "digits"):
@@ -119,6 +122,8 @@ class Protocol:
         out = asdict(self)
         if not out["distill"]:
             del out["distill"], out["temperature"]
+        if not out["prune_shortcuts"]:
+            del out["prune_shortcuts"]
         return out
 
 

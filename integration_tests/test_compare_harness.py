@@ -94,3 +94,23 @@ def test_ablations_run_every_variant_and_report_them(smoke):
     text = (out / "ablations.md").read_text()
     assert text.count("| resnet20 |") == 4
     assert (out / "alpha_sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_with_prune_shortcuts_every_method_prunes_the_residual_coupled_groups_too(smoke):
+    """The second table of the comparison: the rivals prune every group, W-Gates with prune_shortcuts=True."""
+    methods = ["l1", "slim", "gate_decorator", "wgates"]
+    with SimulatedClock():
+        assert compare.main(["--preset", "smoke", "--prune-shortcuts", "--methods", *methods, "--out",
+                             str(smoke / "shortcuts"), "--cache", str(smoke / "cache")]) == 0
+    lines = _lines(smoke / "shortcuts" / "runs.jsonl")
+    plain = next(r for r in _lines(smoke / "out" / "runs.jsonl") if r["kind"] == "model")
+    model = next(r for r in lines if r["kind"] == "model")
+    assert len(model["prunable"]) > len(plain["prunable"])  # the shortcut-coupled producers are in
+    assert model["environment"]["protocol"]["prune_shortcuts"] is True
+    shortcut = sorted(set(model["prunable"]) - set(plain["prunable"]))
+    for r in (r for r in lines if r["kind"] == "run"):
+        assert abs(r["flops_ratio"] / 0.5 - 1) <= 0.02, r["method"]
+        if r["method"] == "wgates":  # its plan names the roots it cut: some are shortcut-coupled
+            assert set(r["info"]["removed"]) & set(shortcut), r["info"]["removed"]
+        else:  # the rivals rank the shortcut-coupled groups with the others
+            assert set(r["info"]["kept"]) & set(shortcut), (r["method"], r["info"]["kept"])
