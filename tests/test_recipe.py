@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from wgates_plugin import WGates
+from wgates_plugin import WGates, WGatesConfig
 from wgates_plugin.app.training import Recipe, train_gates
+from wgates_plugin.errors import ConfigError
 from wgates_plugin.gates import Producer, WeightGate
 
 
@@ -64,3 +65,24 @@ def test_gate_training_ends_once_the_masks_settle_within_the_target(stable):
     recipe = Recipe(gate_steps=50, gate_lr=0.0, weight_lr=0.0, freeze_stable=stable)  # nothing moves
     train_gates(model, wg, loader, recipe, progress=False)
     assert wg.steps == stable + 1  # the first step sets the mask, then `stable` unchanged steps
+
+
+def test_annealing_raises_the_sigmoid_scale_geometrically_to_hard_gates():
+    import torchvision
+
+    from wgates_plugin.config import ANNEALED_K
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    wg = WGates(model, x, target=0.5, activation="sigmoid", sigmoid_k=4.0, anneal_steps=10, warm_start=False)
+    ks = []
+    for _ in range(12):
+        wg.update_multiplier()
+        ks.append(wg.gates[0].sigmoid_k)
+    assert ks[4] == pytest.approx(4.0 * (ANNEALED_K / 4.0) ** 0.5)  # step 5 of 10: the geometric midpoint
+    assert ks[9] == ks[11] == pytest.approx(ANNEALED_K)
+    soft = wg.gates[0]()
+    assert torch.all((soft < 1e-6) | (soft > 1 - 1e-6))  # the gates are 0/1 to float precision before freezing
+    with pytest.raises(ConfigError, match="anneal_steps=5 anneals the sigmoid's scale: it needs activation='sigmoid'"):
+        WGatesConfig(target=0.5, anneal_steps=5)

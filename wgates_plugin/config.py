@@ -10,7 +10,11 @@ from typing import Any
 from .errors import ConfigError, ConfigTypeError
 from .utils import check_number
 
-__all__ = ["BudgetMode", "ScoreInput", "GateActivation", "WGatesConfig", "LayerBounds"]
+__all__ = ["BudgetMode", "ScoreInput", "GateActivation", "WGatesConfig", "LayerBounds", "ANNEALED_K"]
+
+#: the sigmoid scale soft-to-hard annealing ends at: sigmoid(100 * s) is 0/1 to 1e-10 for |s| >= 1/4
+#: (the initial score), so freezing then changes almost nothing.
+ANNEALED_K = 100.0
 
 
 class BudgetMode(str, enum.Enum):
@@ -93,6 +97,9 @@ class WGatesConfig:
         activation: ``'binary'`` (the paper) or ``'sigmoid'`` (the Table II ablation), see
             :class:`GateActivation`.
         sigmoid_k: scale ``k`` of the sigmoid gate ``sigmoid(k * s)``; > 0.
+        anneal_steps: with ``activation='sigmoid'``, ``k`` rises geometrically from ``sigmoid_k`` to
+            :data:`ANNEALED_K` over this many training steps (soft-to-hard annealing: the gates become
+            binary before the freeze instead of at it); 0: ``k`` stays fixed.
         bounds: default kept-fraction bounds of every group.
         layer_bounds: per-layer overrides, keyed by a producer layer's qualified name.
         exclude: qualified layer names never to prune (any group containing one stays intact).
@@ -113,6 +120,7 @@ class WGatesConfig:
     ramp_steps: int = 0
     activation: GateActivation = GateActivation.BINARY
     sigmoid_k: float = 4.0
+    anneal_steps: int = 0
     bounds: LayerBounds = field(default_factory=LayerBounds)
     layer_bounds: Mapping[str, LayerBounds] = field(default_factory=dict)
     exclude: tuple[str, ...] = ()
@@ -138,6 +146,10 @@ class WGatesConfig:
         check_number("tolerance", self.tolerance, "(0, 0.5)", what="", type_error=ConfigError)
         check_number("init_score", self.init_score, "(0, 0.5)", what="", type_error=ConfigError)  # open, |s| < 1/2
         check_number("ramp_steps", self.ramp_steps, ">= 0", integer=True, type_error=ConfigError)
+        check_number("anneal_steps", self.anneal_steps, ">= 0", integer=True, type_error=ConfigError)
+        if self.anneal_steps and self.activation is not GateActivation.SIGMOID:
+            raise ConfigError(f"anneal_steps={self.anneal_steps} anneals the sigmoid's scale: it needs "
+                              "activation='sigmoid' (binary gates are hard already)")
         for name in ("prune_shortcuts", "weight_grad", "warm_start"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigTypeError(f"{name}={getattr(self, name)!r} must be True or False")

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .budget import Budget, DualMultiplier, UnitBounds, land
-from .config import BudgetMode, WGatesConfig
+from .config import ANNEALED_K, BudgetMode, WGatesConfig
 from .core import ChannelGating, EfficiencyArg, GateHook, Selector
 from .errors import BudgetError, ConfigError, ConfigTypeError, StateError
 from .gates import GateList, Producer, WeightGate
@@ -174,6 +174,12 @@ class WGates(ChannelGating):
         ramp, target = self.config.ramp_steps, self.config.target
         if ramp and target is not None:
             self.multiplier.target = target + (1 - target) * (1 - min(1.0, self.steps / ramp)) ** 3
+        anneal = self.config.anneal_steps
+        if anneal:
+            k0 = self.config.sigmoid_k
+            k = k0 * (ANNEALED_K / k0) ** min(1.0, self.steps / anneal)
+            for gate in self.gates:
+                gate.sigmoid_k = k
 
     def stats(self) -> dict[str, Any]:
         """Live statistics for logging: cost and FLOPs ratios, multiplier, kept channels."""
