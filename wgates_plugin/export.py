@@ -26,7 +26,7 @@ from torch import nn
 
 from .errors import ExportError
 from .groups import ChannelGroup, Role, build_graph, removal_plan
-from .utils import ModelGuard, eval_outputs
+from .utils import ModelGuard, eval_outputs, tensors_in
 
 __all__ = ["History", "Masks", "prune_groups", "export_pruned", "check_outputs", "verify_outputs", "nni_masks"]
 
@@ -133,7 +133,7 @@ def check_outputs(model: nn.Module, example_inputs: Any, expected: Any, rtol: fl
     another kernel) differs by float rounding proportional to the magnitudes involved.
     """
     actual = eval_outputs(model, example_inputs)
-    scale = max([1.0] + [float(t.abs().max()) for t in _tensors(expected) if t.numel()])
+    scale = max([1.0] + [float(t.float().abs().max()) for t in tensors_in(expected) if t.numel()])
     try:
         torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol * scale)
     except AssertionError as exc:
@@ -148,16 +148,6 @@ def verify_outputs(reference: nn.Module, pruned: nn.Module, example_inputs: Any,
                    rtol: float = 1e-4, atol: float = 1e-5) -> None:
     """:func:`check_outputs` of ``pruned`` against ``reference``'s eval outputs; both modes are restored."""
     check_outputs(pruned, example_inputs, eval_outputs(reference, example_inputs), rtol, atol)
-
-
-def _tensors(output: Any) -> list[torch.Tensor]:
-    if torch.is_tensor(output):
-        return [output.float()]
-    if isinstance(output, dict):
-        return [t for v in output.values() for t in _tensors(v)]
-    if isinstance(output, (tuple, list)):
-        return [t for v in output for t in _tensors(v)]
-    return []
 
 
 def nni_masks(groups: Sequence[ChannelGroup], keep: Sequence[torch.Tensor], base: Masks | None = None) -> Masks:

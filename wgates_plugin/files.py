@@ -5,7 +5,7 @@ saved artifact (pruned models, LPNets, reports) goes through.
   then rename over the target — a reader sees the old file or the new one, never a torn one.
 * :func:`read_json`: a size limit before reading, and every failure (not UTF-8, not JSON, nested
   deeper than the parser allows) one :class:`~wgates_plugin.errors.FileFormatError` naming the file.
-* :func:`read_tensors`: a safetensors file's declared names, dtypes and shapes are checked (against
+* :func:`read_tensors`: a safetensors file's declared names and shapes are checked (against
   what the caller expects and against :data:`LIMITS`) before a tensor is read, and non-finite
   values can be refused.
 * :func:`tensors_digest`: the SHA-256 of a state dict (names, dtypes, shapes, bytes), stored at save

@@ -109,7 +109,7 @@ class WGates(ChannelGating):
 
     def _warm_start(self, target: float) -> None:
         """Every gate starts as magnitude pruning at the widths one common shrink factor gives at ``target``."""
-        bounds = [UnitBounds(g.min_units, g.max_units, g.tie) for g in self.gates]
+        bounds = self.unit_bounds()
         units = land([b.high for b in bounds], bounds, [Budget.fraction(self.efficiency, target)])
         for gate, k in zip(self.gates, units):
             gate.warm_start(k)

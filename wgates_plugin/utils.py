@@ -33,7 +33,7 @@ from torch import nn
 from .errors import ConfigError, ConfigTypeError
 
 __all__ = ["call_model", "eval_outputs", "device_of", "dtype_of", "move_to", "kept_modes", "ModelGuard",
-           "restored_on_error", "unchanged_on_error", "check_number", "check_example",
+           "restored_on_error", "unchanged_on_error", "tensors_in", "check_number", "check_example",
            "check_names", "import_front_end"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -82,7 +82,7 @@ class ModelGuard:
     def __init__(self, model: nn.Module, tensors: bool = False) -> None:
         self.saved = [(m, {k: (v, copy.copy(v) if isinstance(v, dict) else None) for k, v in vars(m).items()})
                       for m in model.modules()]
-        self.values = ([(t, t.detach().clone()) for t in {id(t): t for t in _tensors(model)}.values()]
+        self.values = ([(t, t.detach().clone()) for t in {id(t): t for t in _state_tensors(model)}.values()]
                        if tensors else [])
 
     def restore(self) -> None:
@@ -103,7 +103,7 @@ class ModelGuard:
                     tensor.data = value
 
 
-def _tensors(model: nn.Module) -> Iterator[torch.Tensor]:
+def _state_tensors(model: nn.Module) -> Iterator[torch.Tensor]:
     yield from model.parameters()
     yield from (b for b in model.buffers() if b is not None)
 
@@ -197,7 +197,7 @@ def check_number(name: str, value: object, allowed: str, *, integer: bool = Fals
 def check_example(example_inputs: Any, what: str = "example_inputs") -> None:
     """Raise unless ``example_inputs`` holds at least one tensor and none of them is empty or non-finite:
     an empty batch would trace no channel and cost nothing (a zero reference, a NaN loss)."""
-    tensors = list(_leaves(example_inputs))
+    tensors = list(tensors_in(example_inputs))
     if not tensors:
         raise ConfigTypeError(f"{what} must be a tensor (or a tuple / list / dict of them) the model accepts, "
                               f"got {type(example_inputs).__name__}")
@@ -209,15 +209,16 @@ def check_example(example_inputs: Any, what: str = "example_inputs") -> None:
             raise ConfigError(f"{what} holds NaN or inf values (shape {tuple(t.shape)}): pass a finite batch")
 
 
-def _leaves(batch: Any) -> Iterator[torch.Tensor]:
+def tensors_in(batch: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in ``batch``: a tensor, or nested tuples, lists and dicts of them (others skipped)."""
     if torch.is_tensor(batch):
         yield batch
     elif isinstance(batch, (tuple, list)):
         for b in batch:
-            yield from _leaves(b)
+            yield from tensors_in(b)
     elif isinstance(batch, dict):
         for b in batch.values():
-            yield from _leaves(b)
+            yield from tensors_in(b)
 
 
 def check_names(model: nn.Module, what: str, names: Iterable[str]) -> None:

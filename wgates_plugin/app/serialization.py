@@ -156,14 +156,13 @@ def rebuild(arch: Architecture, history: Sequence[Sequence[Any]], builder: Build
             planned: int | None = sum(p.numel() for p in build_model(arch, builder).parameters())
     except WGatesError:
         raise
-    except (NotImplementedError, RuntimeError) as exc:  # a constructor that reads tensor values (RegNet) cannot
-        if "meta" not in str(exc).lower():              # run on meta: count the real build (widths are bounded)
+    except Exception as exc:
+        # a constructor that reads tensor values (RegNet) cannot run on meta: count the real build (its widths
+        # are bounded); any other failure is the constructor refusing the recorded arguments
+        if not (isinstance(exc, (NotImplementedError, RuntimeError)) and "meta" in str(exc).lower()):
             raise FileFormatError(f"'{arch.name}' cannot be built with the recorded arguments {arch.kwargs}: "
                                   f"{type(exc).__name__}: {exc}") from None
         planned = None
-    except Exception as exc:  # the constructor refuses the recorded arguments (TypeError, ValueError, ...)
-        raise FileFormatError(f"'{arch.name}' cannot be built with the recorded arguments {arch.kwargs}: "
-                              f"{type(exc).__name__}: {exc}") from None
     if planned is not None:
         _check_parameters(arch, planned)  # before anything is allocated
     model = build_model(arch, builder).eval()
