@@ -19,14 +19,19 @@ def randomize_bn(model: nn.Module, seed: int = 1) -> nn.Module:
 
 
 def calibrated_model(name: str, side: int, **kwargs) -> nn.Module:
-    """A torchvision model with random BN affine terms and statistics calibrated on random batches.
+    """A torchvision model with random BN affine terms and statistics calibrated on random batches."""
+    torch.manual_seed(0)
+    return calibrate(getattr(torchvision.models, name)(num_classes=10, **kwargs), side)
+
+
+def calibrate(model: nn.Module, side: int) -> nn.Module:
+    """Random BN affine terms and statistics calibrated on random batches (``side`` x ``side`` inputs).
 
     Randomized statistics alone make many deep models output the same thing for every input, which
     would let a wrong export pass an equality check; calibrated statistics keep outputs input-dependent,
     and the non-zero shifts mean zeroing a channel before a BN instead of after it changes the outputs.
+    The calibration batches come from the global RNG: seed it before building the model.
     """
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(num_classes=10, **kwargs)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     for m in bns:
         nn.init.uniform_(m.weight, 0.5, 1.5)

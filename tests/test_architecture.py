@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "wgates_plugin"
-OPTIONAL = ("nni", "pytorch_lightning", "lightning", "matplotlib")
+OPTIONAL = ("nni", "pytorch_lightning", "lightning", "matplotlib", "timm", "onnx", "onnxruntime")
 # (a module prefix, the packages it must not import): each layer only imports those below it.
 LAYERS = [
     ("wgates_plugin.utils", ("wgates_plugin.groups", "wgates_plugin.efficiency", "wgates_plugin.core")),

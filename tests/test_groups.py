@@ -148,3 +148,54 @@ def test_gate_scores_equal_the_fc_of_the_concatenated_filters_of_every_producer(
         (grad,) = torch.autograd.grad(scores.square().sum(), gate.fc)
         torch.testing.assert_close(scores, expected, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-7)
+
+
+class _FixedSplit(nn.Module):
+    """conv1's outputs are split at a fixed point, one half through conv_a, then concatenated (CSP style);
+    conv2 is split again at fixed sizes for two convs (MixNet style)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv_a = nn.Conv2d(4, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 6, 1)
+        self.mix_a = nn.Conv2d(3, 5, 3, padding=1)
+        self.mix_b = nn.Conv2d(3, 5, 5, padding=2)
+        self.conv3 = nn.Conv2d(10, 7, 1)
+        self.head = nn.Linear(7, 4)
+
+    def forward(self, x):
+        xs, xb = torch.relu(self.conv1(x)).split(4, dim=1)
+        y = torch.relu(self.conv2(torch.cat([xs, torch.relu(self.conv_a(xb))], dim=1)))
+        ya, yb = y.split([3, 3], dim=1)
+        z = torch.relu(self.conv3(torch.cat([self.mix_a(ya), self.mix_b(yb)], dim=1)))
+        return self.head(z.mean((2, 3)))
+
+
+def test_groups_through_a_fixed_channel_split_are_refused_with_the_reason():
+    torch.manual_seed(0)
+    model = _FixedSplit()
+    reasons = {g.name: g.reason for g in trace_groups(model, torch.randn(1, 3, 8, 8)).groups}
+    assert "feeds a channel split" in reasons["conv1"] and "only 4 of its 8 outputs" in reasons["conv1"]
+    assert "channel split (torch.split / chunk" in reasons["conv2"] and "fixed in the model's code" in reasons["conv2"]
+    assert reasons["conv3"] is None and reasons["mix_a"] is None and reasons["mix_b"] is None
+    wg = WGates(model, torch.randn(1, 3, 8, 8), target=0.8)
+    assert {g.name for g in wg.groups} == {"conv3", "mix_a", "mix_b"}  # conv_a lies in conv1's refused group
+    wg.freeze()
+    small = wg.export()  # the export check (outputs equal the gated model's) passes with the splits intact
+    assert small.conv1.out_channels == 8 and small.conv2.out_channels == 6
+
+
+def test_convs_with_parameters_torch_pruning_does_not_know_are_refused():
+    class GainConv(nn.Conv2d):  # like timm's ScaledStdConv2d: a per-output-channel gain beside the weight
+        def __init__(self, *a, **k) -> None:
+            super().__init__(*a, **k)
+            self.gain = nn.Parameter(torch.ones(self.out_channels, 1, 1, 1))
+
+        def forward(self, x):
+            return self._conv_forward(x, self.weight * self.gain, self.bias)
+
+    model = nn.Sequential(GainConv(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    groups = {g.name: g.reason for g in trace_groups(model, torch.randn(1, 3, 8, 8)).groups}
+    assert groups["0"] == "GainConv '0' carries per-channel parameters torch-pruning does not prune (gain)"
+    assert groups["2"] is None

@@ -267,6 +267,7 @@ def _group_of(graph: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module,
     if _reaches_output(graph, group):
         reasons.append("it produces the model's output")
     reasons += _check_coverage(group)
+    reasons += _check_split_producers(group)
     reasons += _set_tie(group)
     group.reason = "; ".join(dict.fromkeys(reasons)) or None
     _name_after_first_producer(group, names)
@@ -282,6 +283,9 @@ def _name_after_first_producer(group: ChannelGroup, names: dict[nn.Module, str])
         group.root, group.name = first.module, first.name
 
 
+_SPLIT_NAMES = {ops._SplitOp: "torch.split / chunk", ops._SliceOp: "a slice", ops._UnbindOp: "torch.unbind"}
+
+
 def _add_item(group: ChannelGroup, graph: tp.DependencyGraph, item: object, names: dict) -> str | None:
     dep, idxs = item.dep, item.idxs  # type: ignore[attr-defined]
     module, handler = dep.target.module, dep.handler
@@ -294,6 +298,9 @@ def _add_item(group: ChannelGroup, graph: tp.DependencyGraph, item: object, name
         if "AddBackward" in fn or "SubBackward" in fn:
             group.shortcut = True
         return None
+    if isinstance(module, (ops._SplitOp, ops._SliceOp, ops._UnbindOp)):
+        return (f"its channels pass a channel split ({_SPLIT_NAMES[type(module)]}, {name}) whose sizes are fixed "
+                f"in the model's code: removing channels would move the split points")
     if node_type in _UNSUPPORTED_TYPES:
         return f"its channels pass through a {_UNSUPPORTED_TYPES[node_type]} ({name})"
     if node_type == ops.OPTYPE.OUTPUT:
@@ -301,6 +308,10 @@ def _add_item(group: ChannelGroup, graph: tp.DependencyGraph, item: object, name
     if isinstance(module, _CHANNEL_MIXING) and not _is_channelwise_groupnorm(module):
         return f"{type(module).__name__} '{name}' normalizes across its channels"
     if isinstance(module, (nn.Conv2d, nn.Linear)):
+        extra = sorted(set(dict(module.named_parameters(recurse=False))) - {"weight", "bias"})
+        if extra:  # e.g. timm's ScaledStdConv2d 'gain': torch-pruning would leave it at the old width
+            return (f"{type(module).__name__} '{name}' carries per-channel parameters torch-pruning does not "
+                    f"prune ({', '.join(extra)})")
         return _add_layer(group, graph, module, handler, name, idx_t, chan_t)
     if isinstance(module, nn.Module) and isinstance(module, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose2d)):
         return f"{type(module).__name__} '{name}' is not supported"
@@ -349,6 +360,19 @@ def _check_coverage(group: ChannelGroup) -> list[str]:
         counts = torch.bincount(m.channels, minlength=group.size)
         if counts.min() != counts.max():
             reasons.append(f"'{m.name}' reads only part of its channels (split/slice)")
+    return reasons
+
+
+def _check_split_producers(group: ChannelGroup) -> list[str]:
+    """A layer whose outputs the group holds only in part feeds a channel split (``torch.split``, ``chunk``,
+    slicing): the model's code fixes the split points, so removing channels on one side would shift them."""
+    reasons = []
+    for m in group.producers:
+        width = m.module.out_channels if isinstance(m.module, nn.Conv2d) else getattr(m.module, "out_features", None)
+        if width is not None and len(m.idxs) < width:
+            reasons.append(f"'{m.name}' feeds a channel split (torch.split / chunk / slicing): only {len(m.idxs)} "
+                           f"of its {width} outputs are in this group, and the split points are fixed in the "
+                           f"model's code")
     return reasons
 
 
