@@ -30,7 +30,8 @@ def test_demo_quick(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "wgates-demo"  # the default --out, relative to the working directory
-    assert {p.name for p in out.iterdir()} == {WEIGHTS_FILE, RECIPE_FILE, "report.json"}
+    assert {p.name for p in out.iterdir()} == {WEIGHTS_FILE, RECIPE_FILE, "report.json", "summary.md",
+                                               "kept_channels.png"}
     report = json.loads((out / "report.json").read_text())
 
     # the printed table carries the report's numbers

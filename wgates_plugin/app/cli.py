@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ..errors import WGatesError
@@ -28,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if os.getcwd() not in sys.path:  # as with `python -m`: --model mymodels:build finds ./mymodels.py
+        sys.path.insert(0, os.getcwd())
     command = " ".join(c for c in (args.command, getattr(args, "lpnet_command", None)) if c)
     try:
         return int(args.func(args) or 0)

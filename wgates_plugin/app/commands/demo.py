@@ -48,4 +48,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"W-Gates demo: resnet18 (10 classes) on the bundled digits at 32x32, FLOPs budget 50 %\n"
           f"baseline {full.train_steps} steps, gate training {full.steps} steps, fine-tuning "
           f"{full.finetune_steps} steps (batch 64)", flush=True)
-    return prune.run(full, "the pruned model (model.safetensors, pruning.json) and report.json")
+    return prune.run(full, "the pruned model (model.safetensors, pruning.json), report.json, summary.md and "
+                                 "kept_channels.png")

@@ -31,7 +31,7 @@ from ...profiling.lpnet_fit import evaluate_predictor, train_predictor
 from ...profiling.profiler import collect_latency
 from ...profiling.samples import load_samples
 from ...utils import check_number
-from ..models import Architecture, build_model
+from ..models import model_from_spec
 
 __all__ = ["register"]
 
@@ -47,7 +47,10 @@ def register(subparsers: Any) -> None:
 
 def _collect_parser(sub: Any) -> None:
     p = sub.add_parser("collect", help="measure the latency of pruned candidates of a model on this device")
-    p.add_argument("--model", required=True, help="torchvision classification model name, e.g. resnet18")
+    p.add_argument("--model", required=True,
+                   help="a torchvision classification model (resnet18, torchvision:resnet18), a timm model "
+                        "(timm:convnext_atto; the timm extra), or your builder module:function (imported from "
+                        "the current folder or an installed package; called with num_classes= if it takes it)")
     p.add_argument("--num-classes", type=int, default=10, help="classifier width (default 10)")
     p.add_argument("--input-size", type=int, default=64, help="input height and width (default 64)")
     p.add_argument("--batch", type=int, default=8, help="batch size of the timed forward (default 8)")
@@ -102,7 +105,7 @@ def _collect(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out '{args.out}' is a folder; name the samples file to write (or to resume)")
     check_writable(Path(args.out).parent, "the folder of --out")
     shape = (2, 3, args.input_size, args.input_size)
-    model = build_model(Architecture(args.model, {"num_classes": args.num_classes}, shape)).eval()
+    model = model_from_spec(args.model, args.num_classes, shape)[0].eval()
     config = WGatesConfig(mode=BudgetMode.NONE, prune_shortcuts=args.prune_shortcuts, bounds=LayerBounds(args.min_keep))
     samples = collect_latency(
         model, torch.zeros(shape), args.out, args.samples, device=args.device, batch=args.batch,

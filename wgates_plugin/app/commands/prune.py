@@ -22,13 +22,11 @@ from ...files import check_writable, read_json, read_tensors, save_tensors, writ
 from ...pruner import WGates
 from ...utils import check_number
 from ..data import folder_splits, load_digits, loaders
-from ..models import Architecture, build_model, check_model_name
+from ..models import Architecture, model_from_spec, parse_model_spec
 from ..serialization import RECIPE_FILE, WEIGHTS_FILE, load_pruned, load_weights, read_recipe, save_pruned
+from ..summary import PLOT_FILE, SUMMARY_FILE, write_summary
 from ..training import Recipe, Stage, finetune_phase, fit, prune_phase
 from .lpnet import add_latency_arguments, format_latency, latency_efficiency, latency_report
-
-# Models whose auxiliary classifiers change the training output to a tuple: turned off.
-_NO_AUX = {"googlenet", "inception_v3"}
 
 
 def register(subparsers: Any) -> None:
@@ -44,7 +42,10 @@ def register(subparsers: Any) -> None:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="torchvision classification model name, e.g. resnet18")
+    parser.add_argument("--model", required=True,
+                        help="a torchvision classification model (resnet18, torchvision:resnet18), a timm model "
+                             "(timm:convnext_atto; the timm extra), or your builder module:function (imported from "
+                             "the current folder or an installed package; called with num_classes= if it takes it)")
     parser.add_argument("--data", default="digits",
                         help="'digits' (bundled, default) or an image directory: <dir>/<class>/<img>, or "
                              "<dir>/train and <dir>/val")
@@ -125,12 +126,8 @@ def load_data(args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
 def make_model(args: argparse.Namespace, num_classes: int) -> tuple[nn.Module, Any]:
     """A freshly initialized model and its :class:`~wgates_plugin.app.models.Architecture`."""
 
-    kwargs: dict[str, Any] = {"num_classes": num_classes}
-    if args.model in _NO_AUX:
-        kwargs["aux_logits"] = False
-    arch = Architecture(args.model, kwargs, input_shape=(1, 3, args.size, args.size))
     torch.manual_seed(args.seed)
-    model = build_model(arch)
+    model, arch = model_from_spec(args.model, num_classes, (1, 3, args.size, args.size))
     check_input_size(model, arch)
     if args.weights is not None:
         load_baseline_weights(model, args.weights, f"'{args.model}' (num_classes={num_classes})")
@@ -168,7 +165,7 @@ def load_baseline_weights(model: nn.Module, path: Path, what: str) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    check_model_name(args.model)
+    parse_model_spec(args.model)
     check_number("--flops-target", args.flops_target, "(0, 1]", what="", type_error=ConfigError)
     for name in ("train_steps", "threads", "latency_batch"):
         check_number(f"--{name.replace('_', '-')}", getattr(args, name), ">= 0" if name == "train_steps" else ">= 1",
@@ -220,6 +217,7 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
               "baseline_train_steps": args.train_steps, "seed": args.seed, "threads": args.threads,
               "latency_batch": args.latency_batch, "resumed_from": done, **result}
     write_text(out / "report.json", json.dumps(report, indent=1))
+    write_summary(out, report, format_latency(report))
     ckpt.clear()
     return report
 
@@ -293,7 +291,7 @@ class Checkpoint:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-OUTPUTS = (WEIGHTS_FILE, RECIPE_FILE, "report.json")
+OUTPUTS = (WEIGHTS_FILE, RECIPE_FILE, "report.json", SUMMARY_FILE, PLOT_FILE)
 
 
 def check_out_folder(out: Path, force: bool, resume: bool = False) -> None:
@@ -347,7 +345,7 @@ def _pct(fraction: float | None) -> float | None:
     return None if fraction is None else fraction * 100
 
 
-def run(args: argparse.Namespace, saved: str = "the pruned model and report.json") -> int:
+def run(args: argparse.Namespace, saved: str = "the pruned model, report.json and summary.md") -> int:
     """Entry point of ``wgates prune`` (and ``demo``); a user error reaches :func:`~wgates_plugin.app.cli.main`,
     which prints it as one line with exit status 2."""
     report = execute(args)
