@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (or $VENV) and install wgates_plugin with every extra (NNI, Lightning, timm, tests, benchmarks).
+# Create .venv (or $VENV) and install wgates_plugin with every extra (NNI, Lightning, timm, ONNX, tests, benchmarks).
 # torch and torchvision are resolved together from the package index (never pin torch alone: a
 # locally offered CPU-only torch wheel does not match the index's torchvision).
 # $CONSTRAINTS, if set, is a pip constraints file (scripts/test-oldest.sh passes constraints/oldest.txt).
@@ -9,7 +9,7 @@ PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[nni,lightning,timm,test,bench]"
+"$VENV/bin/python" -m pip install -q ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[nni,lightning,timm,onnx,test,bench]"
 # Fashion-MNIST (the benchmark's data; tests read it where installed) from Debian's package, where this
 # machine can install packages; elsewhere pass its IDX folder to load_fashion_mnist(root=...).
 if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1 && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

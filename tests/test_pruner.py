@@ -22,6 +22,7 @@ from wgates_plugin import (
     WGatesConfig,
     count_macs,
 )
+from wgates_plugin.budget import UnitBounds
 
 
 class SmallCNN(nn.Module):
@@ -312,3 +313,33 @@ def test_sigmoid_freeze_without_projection_keeps_the_nonnegative_scores():
 def test_bad_activation_options_are_rejected(field, value, message):
     with pytest.raises(ConfigError, match=message):
         WGatesConfig(**{field: value})
+
+
+def test_unit_bounds_with_a_step_allow_multiples_of_it_or_all_units():
+    b = UnitBounds(low=3, high=20, tie=1, step=8)
+    assert b.least == 8 and [b.snap(u) for u in (0, 3.9, 4, 11, 12.1, 19, 30)] == [8, 8, 8, 8, 16, 20, 20]
+    assert [b.next_up(u) for u in (8, 15, 16, 19)] == [16, 16, 20, 20]
+    assert UnitBounds(low=1, high=4, tie=1, step=8).least == 4  # a group smaller than the step stays whole
+    assert UnitBounds.step_for(tie=32, round_to=8) == 1 and UnitBounds.step_for(tie=2, round_to=8) == 4
+    assert UnitBounds.step_for(tie=1, round_to=1) == 1
+
+
+@pytest.mark.parametrize(("name", "round_to"), [("mobilenet_v2", 8), ("mobilenet_v2", 16), ("resnext50_32x4d", 8),
+                                                ("resnet18", 16)])
+def test_round_to_keeps_multiples_at_the_target_and_exports_exactly(name, round_to):
+    torch.manual_seed(0)
+    model = randomize_bn(torchvision.models.get_model(name, num_classes=10)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    wg = WGates(model, x, target=0.5, round_to=round_to)
+    with torch.no_grad():  # move the scores so the freeze has a learned shape to round
+        for g in wg.gates:
+            g.fc.add_(0.01 * torch.randn_like(g.fc))
+    wg.freeze()
+    kept = wg.kept()
+    assert all(k % round_to == 0 or k == n for k, n in kept.values()), kept
+    assert any(k < n for k, n in kept.values())
+    small = wg.export()
+    ratio = count_macs(small, x) / count_macs(model, x)
+    assert 0.5 * 0.9 < ratio <= 0.5 * (1 + wg.config.tolerance)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-5)

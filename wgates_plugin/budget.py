@@ -24,11 +24,38 @@ __all__ = ["UnitBounds", "Budget", "land", "units_cost", "minimum_cost", "projec
 
 @dataclass(frozen=True)
 class UnitBounds:
-    """Kept-unit bounds of one group; a unit is ``tie`` channels that are kept or removed together."""
+    """Kept-unit bounds of one group; a unit is ``tie`` channels that are kept or removed together.
+
+    With ``step > 1`` the kept units are a multiple of ``step`` or all ``high`` of them (a channel
+    count rounded for the hardware, ``round_to``); :attr:`least`, :meth:`snap` and :meth:`next_up`
+    are the allowed values.
+    """
 
     low: int
     high: int
     tie: int
+    step: int = 1
+
+    @property
+    def least(self) -> int:
+        """The fewest units allowed: ``low`` rounded up to a multiple of ``step`` (at most ``high``)."""
+        return min(self.high, -(-self.low // self.step) * self.step)
+
+    def snap(self, units: float) -> int:
+        """The allowed value nearest ``units`` (a multiple of ``step`` in ``[least, high]``, or ``high``)."""
+        below = int(units // self.step) * self.step
+        above = min(self.high, below + self.step)
+        v = below if units - below <= above - units else above
+        return min(max(v, self.least), self.high)
+
+    def next_up(self, units: int) -> int:
+        """The smallest allowed value above ``units`` (``high`` at most)."""
+        return min(self.high, (units // self.step + 1) * self.step)
+
+    @staticmethod
+    def step_for(tie: int, round_to: int) -> int:
+        """Units per step so that kept channels (``units * tie``) are multiples of ``round_to``."""
+        return math.lcm(tie, round_to) // tie
 
     @classmethod
     def of(cls, group: ChannelGroup, min_keep: float = 0.0, max_keep: float = 1.0, min_channels: int = 1) -> UnitBounds:
@@ -46,11 +73,11 @@ def units_cost(model: EfficiencyModel, units: Sequence[int], bounds: Sequence[Un
 
 
 def _scaled(start: Sequence[int], bounds: Sequence[UnitBounds], t: float) -> list[int]:
-    return [min(max(round(t * s), b.low), b.high) for s, b in zip(start, bounds)]
+    return [b.snap(t * s) for s, b in zip(start, bounds)]
 
 
 def minimum_cost(model: EfficiencyModel, bounds: Sequence[UnitBounds]) -> float:
-    return units_cost(model, [b.low for b in bounds], bounds)
+    return units_cost(model, [b.least for b in bounds], bounds)
 
 
 def project_counts(
@@ -86,17 +113,18 @@ def project_counts(
 
 
 def _top_up(model, units, start, bounds, budget) -> list[int]:
-    """Add single units, to the group furthest below its learned share first, while within budget."""
+    """Add single steps, to the group furthest below its learned share first, while within budget."""
     units = list(units)
     while True:
         order = sorted(range(len(units)), key=lambda i: units[i] / start[i])
         for i in order:
             if units[i] >= bounds[i].high:
                 continue
-            units[i] += 1
+            before = units[i]
+            units[i] = bounds[i].next_up(before)
             if units_cost(model, units, bounds) <= budget:
                 break
-            units[i] -= 1
+            units[i] = before
         else:
             return units
 

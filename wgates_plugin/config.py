@@ -100,6 +100,10 @@ class WGatesConfig:
         anneal_steps: with ``activation='sigmoid'``, ``k`` rises geometrically from ``sigmoid_k`` to
             :data:`ANNEALED_K` over this many training steps (soft-to-hard annealing: the gates become
             binary before the freeze instead of at it); 0: ``k`` stays fixed.
+        round_to: kept channel counts are multiples of this (a group keeps all its channels, or a
+            multiple of ``round_to`` of them): hardware-friendly widths, as torch-pruning's
+            ``round_to`` (SIMD / NCHWc blocks of 8 or 16 channels keep fast kernels; see RESULTS.md,
+            "Deployment"). Applied at every freeze; the warm start aims at the rounded widths.
         bounds: default kept-fraction bounds of every group.
         layer_bounds: per-layer overrides, keyed by a producer layer's qualified name.
         exclude: qualified layer names never to prune (any group containing one stays intact).
@@ -121,6 +125,7 @@ class WGatesConfig:
     activation: GateActivation = GateActivation.BINARY
     sigmoid_k: float = 4.0
     anneal_steps: int = 0
+    round_to: int = 1
     bounds: LayerBounds = field(default_factory=LayerBounds)
     layer_bounds: Mapping[str, LayerBounds] = field(default_factory=dict)
     exclude: tuple[str, ...] = ()
@@ -147,6 +152,7 @@ class WGatesConfig:
         check_number("init_score", self.init_score, "(0, 0.5)", what="", type_error=ConfigError)  # open, |s| < 1/2
         check_number("ramp_steps", self.ramp_steps, ">= 0", integer=True, type_error=ConfigError)
         check_number("anneal_steps", self.anneal_steps, ">= 0", integer=True, type_error=ConfigError)
+        check_number("round_to", self.round_to, ">= 1", integer=True, type_error=ConfigError)
         if self.anneal_steps and self.activation is not GateActivation.SIGMOID:
             raise ConfigError(f"anneal_steps={self.anneal_steps} anneals the sigmoid's scale: it needs "
                               "activation='sigmoid' (binary gates are hard already)")

@@ -124,24 +124,26 @@ def _prune(model: nn.Module, example_inputs: Any, plan: Mapping[str, torch.Tenso
     return history
 
 
+_PRUNED = "the pruned model does not reproduce the gated model's outputs"
+_PRUNED_HINT = ("Some channel leaves its group through an operation torch-pruning does not model; exclude the layers "
+                "around it.")
+
+
 def check_outputs(model: nn.Module, example_inputs: Any, expected: Any, rtol: float = 1e-4,
-                  atol: float = 1e-5) -> None:
+                  atol: float = 1e-5, subject: str = _PRUNED, hint: str = _PRUNED_HINT) -> None:
     """Raise :class:`ExportError` unless ``model``'s eval outputs on ``example_inputs`` equal ``expected``.
 
     The rule: ``|actual - expected| <= atol * max(1, max |expected|) + rtol * |expected|``. ``atol`` is
     relative to the output scale because summing the same products in another order (fewer channels,
-    another kernel) differs by float rounding proportional to the magnitudes involved.
+    another kernel) differs by float rounding proportional to the magnitudes involved. The message is
+    ``subject`` (what differs), the tolerances and the differences, then ``hint`` (what to do).
     """
     actual = eval_outputs(model, example_inputs)
     scale = max([1.0] + [float(t.float().abs().max()) for t in tensors_in(expected) if t.numel()])
     try:
         torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol * scale)
     except AssertionError as exc:
-        raise ExportError(
-            f"the pruned model does not reproduce the gated model's outputs (rtol={rtol}, atol={atol}): {exc}. "
-            "Some channel leaves its group through an operation torch-pruning does not model; exclude the layers "
-            "around it."
-        ) from None
+        raise ExportError(f"{subject} (rtol={rtol}, atol={atol}): {exc}. {hint}") from None
 
 
 def verify_outputs(reference: nn.Module, pruned: nn.Module, example_inputs: Any,

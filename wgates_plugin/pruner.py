@@ -115,7 +115,8 @@ class WGates(ChannelGating):
             gate.warm_start(k)
 
     def unit_bounds(self) -> list[UnitBounds]:
-        return [UnitBounds(g.min_units, g.max_units, g.tie) for g in self.gates]
+        r = self.config.round_to
+        return [UnitBounds(g.min_units, g.max_units, g.tie, UnitBounds.step_for(g.tie, r)) for g in self.gates]
 
     # ------------------------------------------------------------------ hooks
     def _method_hooks(self) -> list[torch.utils.hooks.RemovableHandle]:
@@ -205,8 +206,11 @@ class WGates(ChannelGating):
                     raise BudgetError("freeze(project=True) needs a target")
                 budgets = [Budget.fraction(self.efficiency, self.config.target)]
         units = [g.kept_units() for g in self.gates]
+        bounds = self.unit_bounds()
         if budgets:
-            units = land(units, self.unit_bounds(), budgets)
+            units = land(units, bounds, budgets)
+        else:  # no budget to land on: the learned counts, at hardware-friendly widths when round_to asks
+            units = [b.snap(u) for u, b in zip(units, bounds)]
         for gate, k in zip(self.gates, units):
             gate.freeze_top(k)
         self._current = None

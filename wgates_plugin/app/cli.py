@@ -15,7 +15,7 @@ import sys
 
 from ..errors import WGatesError
 
-COMMANDS = ("demo", "prune", "lpnet")
+COMMANDS = ("demo", "prune", "lpnet", "export_onnx")
 
 
 def build_parser() -> argparse.ArgumentParser:

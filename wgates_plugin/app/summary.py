@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_path, write_text
+from .onnx_runtime import format_deployment
 
 __all__ = ["SUMMARY_FILE", "PLOT_FILE", "summary_markdown", "write_summary"]
 
@@ -72,6 +73,8 @@ def summary_markdown(report: dict[str, Any], plot: str | None = None, latency: s
                   f"{_fmt(t.get('finetuned'), 100, 2)} %.", ""]
     if latency:
         lines += ["## Latency", "", *[f"{line}  " for line in latency.splitlines()], ""]
+    if report.get("deployment"):
+        lines += ["## Deployment (ONNX)", "", "```text", format_deployment(report["deployment"]), "```", ""]
     if plot:
         lines += [f"![kept channels per layer and the gate trace]({plot})", ""]
     kept = report.get("kept", {})

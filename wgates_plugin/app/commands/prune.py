@@ -23,9 +23,11 @@ from ...pruner import WGates
 from ...utils import check_number
 from ..data import folder_splits, load_digits, loaders
 from ..models import Architecture, model_from_spec, parse_model_spec
+from ..onnx_runtime import format_deployment, require_onnx
 from ..serialization import RECIPE_FILE, WEIGHTS_FILE, load_pruned, load_weights, read_recipe, save_pruned
 from ..summary import PLOT_FILE, SUMMARY_FILE, write_summary
 from ..training import Recipe, Stage, finetune_phase, fit, prune_phase
+from .export_onnx import DEPLOYMENT_FILE, add_deployment_arguments, deploy, timing_of
 from .lpnet import add_latency_arguments, format_latency, latency_efficiency, latency_report
 
 
@@ -38,6 +40,10 @@ def register(subparsers: Any) -> None:
     add_recipe_arguments(parser)
     add_latency_arguments(parser)
     add_run_arguments(parser, default_out=None)
+    parser.add_argument("--onnx", action="store_true",
+                        help="also export the pruned model to ONNX (model.onnx), check its outputs in onnxruntime and "
+                             "time the unpruned and pruned model in PyTorch and onnxruntime (the onnx extra)")
+    add_deployment_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -66,6 +72,9 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-steps", type=int, default=r.finetune_steps,
                         help=f"fine-tuning steps of the pruned model (default {r.finetune_steps})")
     parser.add_argument("--gate-lr", type=float, default=r.gate_lr, help=f"Adam lr of the gates (default {r.gate_lr})")
+    parser.add_argument("--round-to", type=int, default=1, metavar="N",
+                        help="kept channel counts a multiple of N (or all of a layer's): 8 or 16 keep onnxruntime's "
+                             "and SIMD kernels fast (default 1: any count)")
     parser.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                         help="start with every gate open (the paper) instead of at the target's magnitude ranking")
     parser.add_argument("--weight-lr", type=float, default=r.weight_lr,
@@ -104,8 +113,9 @@ def build_wgates(args: argparse.Namespace, model: nn.Module, example_inputs: tor
     latency = latency_efficiency(args, model, example_inputs)
     if latency is not None:
         return WGates(model, example_inputs, target=args.latency_target, efficiency=latency,
-                      warm_start=args.warm_start)
-    return WGates(model, example_inputs, target=args.flops_target, warm_start=args.warm_start)
+                      warm_start=args.warm_start, round_to=getattr(args, "round_to", 1))
+    return WGates(model, example_inputs, target=args.flops_target, warm_start=args.warm_start,
+                  round_to=getattr(args, "round_to", 1))
 
 
 def build_recipe(args: argparse.Namespace) -> Any:
@@ -166,6 +176,9 @@ def load_baseline_weights(model: nn.Module, path: Path, what: str) -> None:
 
 def _check_args(args: argparse.Namespace) -> None:
     parse_model_spec(args.model)
+    if getattr(args, "onnx", False):  # a missing extra or a bad number fails before any training
+        require_onnx()
+        timing_of(args)
     check_number("--flops-target", args.flops_target, "(0, 1]", what="", type_error=ConfigError)
     for name in ("train_steps", "threads", "latency_batch"):
         check_number(f"--{name.replace('_', '-')}", getattr(args, name), ">= 0" if name == "train_steps" else ">= 1",
@@ -197,6 +210,7 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
         train_loader, _ = _phase(args, train, test, 0)
         fit(model, train_loader, args.train_steps, lr=args.train_lr, progress=args.progress, desc="baseline")
         ckpt.save_baseline(model)
+    unpruned = copy.deepcopy(model).eval() if getattr(args, "onnx", False) else None  # the baseline, hook-free
     example = arch.example_input()
     timed = torch.randn((args.latency_batch, *arch.input_shape[1:]), generator=torch.Generator().manual_seed(0))
     recipe = build_recipe(args)
@@ -213,9 +227,11 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
     train_loader, test_loader = _phase(args, train, test, 2)
     result = finetune_phase(stage, example, train_loader, test_loader, recipe, timed, args.threads, args.progress)
     save_pruned(out, stage.model, stage.history, arch)
+    deployment = deploy(out, stage.model, unpruned, arch.input_shape, args) if unpruned is not None else None
     report = {"model": args.model, "data": str(args.data), "input_shape": list(arch.input_shape),
               "baseline_train_steps": args.train_steps, "seed": args.seed, "threads": args.threads,
-              "latency_batch": args.latency_batch, "resumed_from": done, **result}
+              "latency_batch": args.latency_batch, "resumed_from": done, **result,
+              **({"deployment": deployment} if deployment else {})}
     write_text(out / "report.json", json.dumps(report, indent=1))
     write_summary(out, report, format_latency(report))
     ckpt.clear()
@@ -291,7 +307,7 @@ class Checkpoint:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-OUTPUTS = (WEIGHTS_FILE, RECIPE_FILE, "report.json", SUMMARY_FILE, PLOT_FILE)
+OUTPUTS = (WEIGHTS_FILE, RECIPE_FILE, "report.json", SUMMARY_FILE, PLOT_FILE, "model.onnx", DEPLOYMENT_FILE)
 
 
 def check_out_folder(out: Path, force: bool, resume: bool = False) -> None:
@@ -334,6 +350,8 @@ def format_table(report: dict[str, Any]) -> str:
     budget = " (latency target, see below)" if "lpnet" in report else f" (target {report['target']})"
     lines.append(f"FLOPs: {report['flops_ratio']:.4f} of the original{budget}")
     lines += [line for line in [format_latency(report)] if line]
+    if report.get("deployment"):
+        lines.append(format_deployment(report["deployment"]))
     return "\n".join(lines)
 
 
