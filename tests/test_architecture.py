@@ -30,6 +30,8 @@ LAYERS = [
                                  "wgates_plugin.integrations", "wgates_plugin.app")),
     ("wgates_plugin.integrations", ("wgates_plugin.app", "wgates_plugin.profiling")),
     ("wgates_plugin.latency_landing", ("wgates_plugin.integrations", "wgates_plugin.app", "wgates_plugin.profiling")),
+    ("wgates_plugin.detection", ("wgates_plugin.integrations", "wgates_plugin.app", "wgates_plugin.profiling",
+                                 "wgates_plugin.gate_decorator")),
 ]
 
 

@@ -17,6 +17,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -27,7 +28,7 @@ from torch_pruning import ops
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, TracingError, WGatesError
-from .utils import check_example, check_names, check_number, kept_modes
+from .utils import check_example, check_names, check_number, eval_outputs, kept_modes, tensors_in
 
 __all__ = ["Role", "Member", "ChannelGroup", "GroupGraph", "TraceLimits", "LIMITS", "trace_limits", "trace_groups",
            "is_depthwise",
@@ -226,6 +227,7 @@ def trace_groups(
         raise TracingError(f"tracing {type(model).__name__} took {built:.0f} s, over the {limits.seconds:g} s limit "
                            f"(torch-pruning's graph building). {_WAYS_OUT}")
     names = {m: n for n, m in model.named_modules()}
+    outputs = output_modules(model, example_inputs)
     visited: set[nn.Module] = set()
     groups = []
     roots = [m for m in graph.module2node if isinstance(m, root_types)]
@@ -234,7 +236,7 @@ def trace_groups(
         if module in visited:
             continue
         before = limits.clock()
-        group = _group_of(graph, module, names)
+        group = _group_of(graph, module, names, outputs)
         took = limits.clock() - before
         slowest = max(slowest, (group.name, took), key=lambda s: s[1])
         visited.update(m.module for m in group.members if m.role is not Role.CONSUMER)
@@ -248,7 +250,33 @@ def trace_groups(
     return GroupGraph(graph, groups)
 
 
-def _group_of(graph: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module, str]) -> ChannelGroup:
+def output_modules(model: nn.Module, example_inputs: object) -> set[nn.Module]:
+    """The leaf modules whose output tensor *is* one of the model's outputs (one eval forward, no grad).
+
+    torch-pruning marks an output only where the output's last operation is not a module, or where a
+    module's result feeds nothing else; a feature-pyramid level that is both returned and read by the
+    next level (RetinaNet's P5 and P6) would look internal, and pruning it would change the output.
+    """
+    produced: dict[int, list[nn.Module]] = {}
+    kept: list[torch.Tensor] = []  # hold every tensor, so no id() is reused during the forward
+
+    def record(module: nn.Module, _args: object, out: object) -> None:
+        if torch.is_tensor(out):
+            kept.append(out)
+            produced.setdefault(id(out), []).append(module)
+
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(record) for m in leaves]
+    try:
+        result = eval_outputs(model, example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return {m for t in tensors_in(result) for m in produced.get(id(t), [])}
+
+
+def _group_of(graph: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module, str],
+              outputs: AbstractSet[nn.Module] = frozenset()) -> ChannelGroup:
     pruner = graph.get_pruner_of_module(root)
     size = int(pruner.get_out_channels(root))
     group = ChannelGroup(names.get(root, type(root).__name__), root, size)
@@ -264,7 +292,8 @@ def _group_of(graph: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module,
         reason = _add_item(group, graph, item, names)
         if reason:
             reasons.append(reason)
-    if _reaches_output(graph, group):
+    if _reaches_output(graph, group) or any(m.module in outputs for m in group.members
+                                            if m.role is not Role.CONSUMER and isinstance(m.module, nn.Module)):
         reasons.append("it produces the model's output")
     reasons += _check_coverage(group)
     reasons += _check_split_producers(group)
