@@ -15,7 +15,7 @@ pl = pytest.importorskip("lightning.pytorch", reason="the lightning2 extra is no
 
 from integration_tests.lightning2_app import Classifier, cnn, data, trainer  # noqa: E402
 from wgates_plugin import ConfigError, count_macs  # noqa: E402
-from wgates_plugin.integrations.lightning import WGatesCallback  # noqa: E402
+from wgates_plugin.integrations.lightning import GateDecoratorCallback, WGatesCallback  # noqa: E402
 
 X = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(7))
 
@@ -90,6 +90,10 @@ def test_bad_arguments_are_named():
         WGatesCallback(target=1.5)
     with pytest.raises(ConfigError, match=r"module='model\.net' must be the name of the LightningModule's attribute"):
         WGatesCallback(target=0.5, module="model.net")
+    with pytest.raises(ConfigError, match=r"start_step=9 must be in \[1, end_step=4\]"):
+        GateDecoratorCallback(target=0.5, end_step=4, start_step=9)
+    with pytest.raises(ConfigError, match=r"prune_every=0 must be an int >= 1"):
+        GateDecoratorCallback(target=0.5, end_step=4, prune_every=0)
     gates = WGatesCallback(target=0.5, module="backbone")
     with pytest.raises(ConfigError, match=r"module='backbone': Classifier has no sub-module of that name "
                                           r"\(its children: \['model'\]\)"):
@@ -107,3 +111,41 @@ def test_ddp_on_two_processes_keeps_the_gates_identical(tmp_path):
     r0, r1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
     assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)
     assert any(v.abs().sum() > 0 for k, v in r0.items() if k.endswith("fc"))  # the gates trained
+
+
+def test_gate_decorator_prunes_on_schedule_and_exports_exactly():
+    gd = GateDecoratorCallback(target=0.5, end_step=6, prune_every=2, replace=False)
+    module = Classifier()
+    ratios = []
+
+    class Watch(pl.Callback):
+        def on_train_batch_end(self, trainer, *_):
+            ratios.append(round(gd.gate_decorator.cost_ratio(), 3))
+
+    trainer(max_steps=9, callbacks=[gd, Watch()]).fit(module, data())
+    assert gd._budget_at(2) == pytest.approx(5 / 6) and gd._budget_at(4) == pytest.approx(4 / 6)
+    assert gd._budget_at(6) == 0.5 and gd._budget_at(3) is None and gd._budget_at(8) is None
+    assert ratios[0] == 1.0 and ratios[-1] <= 0.5 * (1 + 1e-9) and ratios == sorted(ratios, reverse=True)
+    assert ratios[1] <= 5 / 6 + 1e-9 and ratios[3] <= 4 / 6 + 1e-9  # each removal met its step of the schedule
+    small = gd.pruned
+    ratio = count_macs(small, X[:1]) / count_macs(cnn(), X[:1])
+    assert ratio <= 0.5 * (1 + 1e-6) and ratio == pytest.approx(0.5, abs=0.05)
+    module.model.eval()
+    small.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(X), module.model(X), rtol=1e-4, atol=1e-5)
+
+
+def _fit_gd(epochs: int, tmp: Path, ckpt: Path | None = None) -> GateDecoratorCallback:
+    gd = GateDecoratorCallback(target=0.5, end_step=8, prune_every=2, replace=False)
+    save = pl.callbacks.ModelCheckpoint(dirpath=tmp, save_last=True, every_n_epochs=1, save_top_k=-1)
+    t = trainer(max_epochs=epochs, callbacks=[gd, save], enable_checkpointing=True)
+    t.fit(Classifier(), data(), ckpt_path=ckpt)
+    return gd
+
+
+def test_gate_decorator_resumes_to_the_same_network(tmp_path):
+    straight = _fit_gd(2, tmp_path / "a")
+    _fit_gd(1, tmp_path / "b")
+    resumed = _fit_gd(2, tmp_path / "c", ckpt=tmp_path / "b" / "last.ckpt")
+    assert _same(straight.pruned.state_dict(), resumed.pruned.state_dict())
