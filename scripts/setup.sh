@@ -9,7 +9,7 @@ PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[nni,lightning,lightning2,timm,onnx,test,bench]"
+"$VENV/bin/python" -m pip install -q ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[nni,lightning,lightning2,timm,onnx,yolo,test,bench]"
 # Fashion-MNIST (the benchmark's data; tests read it where installed) from Debian's package, where this
 # machine can install packages; elsewhere pass its IDX folder to load_fashion_mnist(root=...).
 if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1 && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

@@ -251,7 +251,8 @@ def trace_groups(
 
 
 def output_modules(model: nn.Module, example_inputs: object) -> set[nn.Module]:
-    """The leaf modules whose output tensor *is* one of the model's outputs (one eval forward, no grad).
+    """The leaf modules whose output tensor *is* one of the model's outputs (one eval forward, no grad),
+    and, through parameter-free shape-keeping modules (activations, dropout), the ones that fed them.
 
     torch-pruning marks an output only where the output's last operation is not a module, or where a
     module's result feeds nothing else; a feature-pyramid level that is both returned and read by the
@@ -260,10 +261,14 @@ def output_modules(model: nn.Module, example_inputs: object) -> set[nn.Module]:
     produced: dict[int, list[nn.Module]] = {}
     kept: list[torch.Tensor] = []  # hold every tensor, so no id() is reused during the forward
 
-    def record(module: nn.Module, _args: object, out: object) -> None:
+    def record(module: nn.Module, args: tuple, out: object) -> None:
         if torch.is_tensor(out):
             kept.append(out)
-            produced.setdefault(id(out), []).append(module)
+            found = produced.setdefault(id(out), [])
+            found.append(module)
+            shape_kept = len(args) == 1 and torch.is_tensor(args[0]) and args[0].shape == out.shape
+            if shape_kept and next(module.parameters(recurse=False), None) is None:  # an activation, dropout: the
+                found += produced.get(id(args[0]), [])                               # returned channels are its input's
 
     leaves = [m for m in model.modules() if not any(True for _ in m.children())]
     handles = [m.register_forward_hook(record) for m in leaves]
@@ -292,8 +297,8 @@ def _group_of(graph: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module,
         reason = _add_item(group, graph, item, names)
         if reason:
             reasons.append(reason)
-    if _reaches_output(graph, group) or any(m.module in outputs for m in group.members
-                                            if m.role is not Role.CONSUMER and isinstance(m.module, nn.Module)):
+    returned = any(m.module in outputs for m in group.members if m.role is not Role.CONSUMER)
+    if returned or _reaches_output(graph, group, outputs):
         reasons.append("it produces the model's output")
     reasons += _check_coverage(group)
     reasons += _check_split_producers(group)
@@ -364,8 +369,10 @@ def _is_channelwise_groupnorm(module: nn.Module) -> bool:
     return isinstance(module, nn.GroupNorm) and module.num_groups == module.num_channels
 
 
-def _reaches_output(graph: tp.DependencyGraph, group: ChannelGroup) -> bool:
-    """True when the group's channels reach the model output without passing a consumer layer."""
+def _reaches_output(graph: tp.DependencyGraph, group: ChannelGroup,
+                    outputs: AbstractSet[nn.Module] = frozenset()) -> bool:
+    """True when the group's channels reach the model output without passing a consumer layer (an output
+    node, a node nothing reads, or a module whose result the model returns: ``outputs``)."""
     consumers = {m.module for m in group.consumers}
     stack = [graph.module2node[m.module] for m in group.producers if m.module in graph.module2node]
     seen = set()
@@ -374,7 +381,7 @@ def _reaches_output(graph: tp.DependencyGraph, group: ChannelGroup) -> bool:
         if node in seen:
             continue
         seen.add(node)
-        if node.type == ops.OPTYPE.OUTPUT or not node.outputs:
+        if node.type == ops.OPTYPE.OUTPUT or not node.outputs or node.module in outputs:
             return True
         stack += [n for n in node.outputs if n.module not in consumers]
     return False
