@@ -17,7 +17,7 @@ from tests.helpers import calibrate
 from wgates_plugin import ConfigTypeError, WGates, count_macs
 from wgates_plugin.detection import backbone_batch, detector_wgates, export_detector
 
-pytestmark = pytest.mark.zoo
+pytestmark = [pytest.mark.zoo, pytest.mark.usefixtures("one_thread")]
 
 SIDE = 128
 # name -> (constructor arguments, attribute holding the score threshold, FLOPs target of the whole network)
@@ -33,14 +33,6 @@ DETECTORS = {
 }
 SEGMENTERS = {"deeplabv3_mobilenet_v3_large": 0.5, "fcn_resnet50": 0.5, "lraspp_mobilenet_v3_large": 0.5}
 HEAVY = {"maskrcnn_resnet50_fpn", "fcn_resnet50"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _params(names):

@@ -18,14 +18,7 @@ from wgates_plugin import ConfigError, count_macs  # noqa: E402
 from wgates_plugin.integrations.lightning import GateDecoratorCallback, WGatesCallback  # noqa: E402
 
 X = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(7))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_fit_trains_the_gates_freezes_at_the_step_and_exports_exactly():

@@ -24,7 +24,7 @@ from wgates_plugin.groups import trace_groups
 
 timm = pytest.importorskip("timm", reason="the timm extra is not installed: pip install 'wgates-plugin[timm]'")
 
-pytestmark = pytest.mark.zoo
+pytestmark = [pytest.mark.zoo, pytest.mark.usefixtures("one_thread")]
 
 SIDE = 64
 # family -> (timm model name, FLOPs target, extra WGates options)
@@ -50,14 +50,6 @@ FAMILIES: dict[str, tuple[str, float, dict]] = {
     "res2net": ("res2net50_14w_8s", 0.9, {}),  # the scale branches split the channels (refused groups)
     "mixnet": ("mixnet_s", 0.95, {}),  # mixed kernels split the channels (refused groups)
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:

@@ -14,15 +14,7 @@ from wgates_plugin.utils import tensors_in
 pytest.importorskip("ultralytics", reason="the yolo extra is not installed: pip install 'wgates-plugin[yolo]'")
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
 
-pytestmark = pytest.mark.zoo
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.zoo, pytest.mark.usefixtures("one_thread")]
 
 
 def test_yolov8n_prunes_and_exports_exactly():

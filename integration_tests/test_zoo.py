@@ -25,7 +25,7 @@ from tests.helpers import calibrated_model
 from wgates_plugin import TracingError, WGates, count_macs
 from wgates_plugin.groups import ChannelGroup, Role
 
-pytestmark = pytest.mark.zoo
+pytestmark = [pytest.mark.zoo, pytest.mark.usefixtures("one_thread")]
 
 TARGET = 0.5
 STEPS = 3
@@ -51,15 +51,6 @@ ZOO: dict[str, tuple[dict, int]] = {
 }
 # vgg11_bn carries a 25088x4096 classifier: its training steps and deep copy dominate the file.
 HEAVY = {"vgg11_bn"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread per test process: the suite runs two processes on two cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _params(names: list[str]) -> list:

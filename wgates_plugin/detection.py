@@ -83,17 +83,9 @@ def detector_wgates(detector: nn.Module, images: list[torch.Tensor], target: flo
         shapes = record_layer_shapes(detector.eval(), (list(images),))  # one argument: the list
 
     def whole_network_flops(groups: list[ChannelGroup]) -> FlopsModel:
-        return _NamedFlops(shapes, [_prefixed(g, backbone + ".") for g in groups], [g.name for g in groups])
+        return FlopsModel(shapes, [_prefixed(g, backbone + ".") for g in groups])
 
     return WGates(inner, batch, target=target, efficiency=whole_network_flops, **options)
-
-
-class _NamedFlops(FlopsModel):
-    """The whole detector's FLOPs, encoded by the backbone's gated groups (named as the gates know them)."""
-
-    def __init__(self, shapes: Any, groups: list[ChannelGroup], names: list[str]) -> None:
-        super().__init__(shapes, groups)
-        self.group_names = tuple(names)
 
 
 def export_detector(detector: nn.Module, wg: WGates, images: list[torch.Tensor], backbone: str = "backbone",

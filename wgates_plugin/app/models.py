@@ -97,6 +97,7 @@ def classification_models() -> tuple[str, ...]:
     return tuple(sorted(torchvision.models.list_models(module=torchvision.models)))
 
 
+@functools.lru_cache(maxsize=1)
 def timm_models() -> tuple[str, ...]:
     """Names of timm's models (needs the ``timm`` extra)."""
     return tuple(_timm().list_models())

@@ -32,6 +32,7 @@ Needs the ``lightning2`` extra (``lightning>=2.1``). NNI users keep
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import lightning.pytorch as pl
@@ -48,7 +49,7 @@ from ..utils import check_number
 __all__ = ["WGatesCallback", "GateDecoratorCallback"]
 
 
-class _GatingCallback(pl.Callback):
+class _GatingCallback(pl.Callback, abc.ABC):
     """What both callbacks share: the network, tracing at fit start, the gate optimizer stepped with
     Lightning's, export at fit end, checkpoints. Subclasses build the core and say what a step does."""
 
@@ -87,8 +88,9 @@ class _GatingCallback(pl.Callback):
                               "or set example_input_array on the LightningModule")
         return example
 
+    @abc.abstractmethod
     def _build(self, net: nn.Module, example: Any) -> ChannelGating:
-        raise NotImplementedError
+        """The method's core on ``net``, traced with ``example``."""
 
     def _optimizer(self, core: ChannelGating) -> torch.optim.Optimizer:
         return torch.optim.Adam(core.parameters(), lr=self.lr)
@@ -107,8 +109,9 @@ class _GatingCallback(pl.Callback):
         if trainer.world_size > 1:
             self._distribute()
 
+    @abc.abstractmethod
     def _distribute(self) -> None:
-        raise NotImplementedError
+        """Keep the core identical on every rank (called under DDP)."""
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -120,11 +123,13 @@ class _GatingCallback(pl.Callback):
             return  # no optimizer step this batch (gradient accumulation): the gates wait too
         self._after_step(trainer, pl_module)
 
+    @abc.abstractmethod
     def _after_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        raise NotImplementedError
+        """What the method does once Lightning's optimizer stepped."""
 
+    @abc.abstractmethod
     def _finish(self) -> None:
-        raise NotImplementedError
+        """Bring the core to its final architecture before the export."""
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         core = self.core

@@ -113,9 +113,9 @@ def build_wgates(args: argparse.Namespace, model: nn.Module, example_inputs: tor
     latency = latency_efficiency(args, model, example_inputs)
     if latency is not None:
         return WGates(model, example_inputs, target=args.latency_target, efficiency=latency,
-                      warm_start=args.warm_start, round_to=getattr(args, "round_to", 1))
+                      warm_start=args.warm_start, round_to=args.round_to)
     return WGates(model, example_inputs, target=args.flops_target, warm_start=args.warm_start,
-                  round_to=getattr(args, "round_to", 1))
+                  round_to=args.round_to)
 
 
 def build_recipe(args: argparse.Namespace) -> Any:
@@ -176,7 +176,7 @@ def load_baseline_weights(model: nn.Module, path: Path, what: str) -> None:
 
 def _check_args(args: argparse.Namespace) -> None:
     parse_model_spec(args.model)
-    if getattr(args, "onnx", False):  # a missing extra or a bad number fails before any training
+    if args.onnx:  # a missing extra or a bad number fails before any training
         require_onnx()
         timing_of(args)
     check_number("--flops-target", args.flops_target, "(0, 1]", what="", type_error=ConfigError)
@@ -210,7 +210,7 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
         train_loader, _ = _phase(args, train, test, 0)
         fit(model, train_loader, args.train_steps, lr=args.train_lr, progress=args.progress, desc="baseline")
         ckpt.save_baseline(model)
-    unpruned = copy.deepcopy(model).eval() if getattr(args, "onnx", False) else None  # the baseline, hook-free
+    unpruned = copy.deepcopy(model).eval() if args.onnx else None  # the baseline, hook-free
     example = arch.example_input()
     timed = torch.randn((args.latency_batch, *arch.input_shape[1:]), generator=torch.Generator().manual_seed(0))
     recipe = build_recipe(args)
