@@ -42,7 +42,7 @@ def test_collect_train_eval_prune_to_a_latency_budget(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "latency (LPNet device and batch): predicted" in printed and "landed on the measured latency" in printed
     report = json.loads((out / "report.json").read_text())
-    lat, landing = report["lpnet"], report["latency_landing"]
+    lat, landing = report["latency"], report["latency_landing"]
     assert lat["predicted_ms"] == pytest.approx(lat["cost_ratio"] * lat["reference_ms"], rel=1e-5)
     assert lat["error_pct"] == pytest.approx(100 * (lat["predicted_ms"] / lat["measured_ms"] - 1))
     # the *measured* latency lands on the budget (closed loop on the simulated device), whatever LPNet's error

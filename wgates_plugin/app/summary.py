@@ -52,7 +52,7 @@ def summary_markdown(report: dict[str, Any], plot: str | None = None, latency: s
         latency: the latency-mode lines (LPNet prediction vs measurement, landing), if latency mode ran.
     """
     b, a = report["before"], report["after"]
-    latency_mode = "lpnet" in report
+    latency_mode = "latency" in report
     goal = "latency target" if latency_mode else "target"
     lines = [f"# {report.get('model', 'model')} pruned to {report['flops_ratio']:.3f} of its FLOPs "
              f"({goal} {report['target']:g})", ""]

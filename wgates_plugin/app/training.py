@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..efficiency import Timing, count_macs, measure_ms
-from ..efficiency.latency import LatencyModel
+from ..efficiency.latency import MeasuredLatency
 from ..errors import ConfigError
 from ..latency_landing import land_on_latency
 from ..pruner import WGates
@@ -484,8 +484,8 @@ def prune_phase(model: nn.Module, example_inputs: Any, train_loader: Iterable, t
     top1 = {"baseline": before["top1"], "gated": _maybe_eval(model, test_loader)}
     clock.lap("gates")
     landing = None
-    if isinstance(wg.efficiency, LatencyModel) and wg.config.target is not None:  # land on the measured latency
-        landing = land_on_latency(wg, wg.config.target, wg.efficiency.predictor.measure_times,
+    if isinstance(wg.efficiency, MeasuredLatency) and wg.config.target is not None:  # land on the measured latency
+        landing = land_on_latency(wg, wg.config.target, wg.efficiency.measure_times,
                                   tolerance=recipe.latency_tolerance)
         pruned = landing.model
     else:

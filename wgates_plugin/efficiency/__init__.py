@@ -1,4 +1,5 @@
-"""Cost models: map a channel-count encoding to a cost (FLOPs, LPNet-predicted latency).
+"""Cost models: map a channel-count encoding to a cost (FLOPs, latency predicted by an LPNet or a per-layer
+lookup table).
 
 They depend on the channel groups only; the tooling that measures latencies and trains LPNets is
 :mod:`wgates_plugin.profiling`.
@@ -8,8 +9,9 @@ from ..errors import LatencyContextError
 from .base import EfficiencyModel
 from .blocks import BlockEncoder, find_blocks
 from .flops import FlopsModel, LayerShape, count_macs, record_layer_shapes
-from .latency import LatencyModel, LatencyPredictor, architecture_hash
+from .latency import LatencyModel, LatencyPredictor, MeasuredLatency, architecture_hash
 from .lpnet import FitConfig, LatencyErrors, LPNet, latency_errors, split_indices
+from .table import LatencyTable, TableModel, collect_table
 from .timing import SimulatedClock, Timing, device_name, measure_ms, use_clock
 
 __all__ = [
@@ -17,5 +19,5 @@ __all__ = [
     "Timing", "measure_ms", "device_name", "use_clock", "SimulatedClock", "LatencyContextError",
     "BlockEncoder", "find_blocks", "architecture_hash",
     "LPNet", "FitConfig", "LatencyErrors", "latency_errors", "split_indices",
-    "LatencyPredictor", "LatencyModel",
+    "LatencyPredictor", "LatencyModel", "MeasuredLatency", "LatencyTable", "TableModel", "collect_table",
 ]

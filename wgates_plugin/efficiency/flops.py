@@ -24,7 +24,7 @@ from ..groups import ChannelGroup, Role, is_depthwise
 from ..utils import call_model, kept_modes
 from .base import EfficiencyModel
 
-__all__ = ["LayerShape", "record_layer_shapes", "FlopsModel", "count_macs"]
+__all__ = ["LayerShape", "record_layer_shapes", "FlopsModel", "ChannelMap", "count_macs"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class LayerShape:
     groups: int
     bias: bool
     depthwise: bool
+    in_size: tuple[int, ...] = ()  # the input's spatial size (H, W) for a conv, its token dims for a linear
 
 
 def record_layer_shapes(model: nn.Module, example_inputs: object) -> list[LayerShape]:
@@ -46,11 +47,14 @@ def record_layer_shapes(model: nn.Module, example_inputs: object) -> list[LayerS
     shapes: list[LayerShape] = []
     names = {m: n for n, m in model.named_modules()}
 
-    def hook(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-        batch = output.shape[0] if isinstance(module, nn.Conv2d) or output.dim() > 1 else 1
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        conv = isinstance(module, nn.Conv2d)
+        batch = output.shape[0] if conv or output.dim() > 1 else 1
         per_sample = output.numel() // max(batch, 1)
-        out_ch = output.shape[1] if isinstance(module, nn.Conv2d) else output.shape[-1]
-        shapes.append(_shape(names[module], module, per_sample // out_ch))
+        out_ch = output.shape[1] if conv else output.shape[-1]
+        x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else output
+        in_size = tuple(x.shape[-2:]) if conv else tuple(x.shape[1:-1])
+        shapes.append(_shape(names[module], module, per_sample // out_ch, tuple(int(d) for d in in_size)))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
@@ -62,14 +66,14 @@ def record_layer_shapes(model: nn.Module, example_inputs: object) -> list[LayerS
     return shapes
 
 
-def _shape(name: str, module: nn.Module, positions: int) -> LayerShape:
+def _shape(name: str, module: nn.Module, positions: int, in_size: tuple[int, ...] = ()) -> LayerShape:
     if isinstance(module, nn.Conv2d):
         k = module.kernel_size[0] * module.kernel_size[1]
         return LayerShape(name, positions, k, module.in_channels, module.out_channels, module.groups,
-                          module.bias is not None, is_depthwise(module))
+                          module.bias is not None, is_depthwise(module), in_size)
     linear = cast(nn.Linear, module)
     return LayerShape(name, positions, 1, linear.in_features, linear.out_features, 1,
-                      linear.bias is not None, False)
+                      linear.bias is not None, False, in_size)
 
 
 def layer_macs(shape: LayerShape, c_in: torch.Tensor, c_out: torch.Tensor) -> torch.Tensor:
@@ -129,20 +133,15 @@ class FlopsModel(EfficiencyModel):
                 terms += [(li, gi, mult) for li, s in enumerate(self.shapes) if s.name == m.name]
         self._static = tuple(torch.tensor([float(getattr(s, f)) for s in self.shapes])
                              for f in ("positions", "kernel", "groups", "bias", "depthwise"))
-        self._in = _term_tensors(in_terms)
-        self._out = _term_tensors(out_terms)
+        self.channels = ChannelMap([s.in_channels for s in self.shapes], [s.out_channels for s in self.shapes],
+                                   [int(v) for v in self.sizes.tolist()], in_terms, out_terms)
 
     def full_counts(self) -> torch.Tensor:
         return self.sizes.clone()
 
     def live_channels(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Live input and output channels of every recorded layer, each shape ``(L,)``."""
-        closed = self.sizes.to(counts) - counts  # (G,)
-        c_in = counts.new_tensor([float(s.in_channels) for s in self.shapes])
-        c_out = counts.new_tensor([float(s.out_channels) for s in self.shapes])
-        c_in = c_in.index_add(0, self._in[0], -closed[self._in[1]] * self._in[2].to(counts))
-        c_out = c_out.index_add(0, self._out[0], -closed[self._out[1]] * self._out[2].to(counts))
-        return c_in, c_out
+        return self.channels.live(counts)
 
     def per_layer(self, counts: torch.Tensor) -> torch.Tensor:
         """MACs of every recorded layer, shape ``(L,)`` (vectorized :func:`layer_macs`)."""
@@ -155,7 +154,56 @@ class FlopsModel(EfficiencyModel):
         return self.per_layer(counts).sum()
 
 
-def _term_tensors(terms: list[tuple[int, int, float]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+Term = tuple[int, int, float]  # (layer, group, multiplicity)
+
+
+class ChannelMap:
+    """Live input and output channels of layers as a differentiable function of the group counts.
+
+    Each closed channel of group ``g`` removes ``multiplicity`` inputs (``in_terms``) or outputs
+    (``out_terms``) of a layer; ``multiplicity`` is the member's share of the group (1 for a plain
+    conv, more when a layer holds a group several times, e.g. after a concatenation).
+    """
+
+    def __init__(self, in_full: Sequence[int], out_full: Sequence[int], sizes: Sequence[int],
+                 in_terms: Sequence[Term], out_terms: Sequence[Term]) -> None:
+        self.in_full, self.out_full = [int(v) for v in in_full], [int(v) for v in out_full]
+        self.group_sizes = [int(v) for v in sizes]
+        self.in_terms = [(int(a), int(b), float(c)) for a, b, c in in_terms]
+        self.out_terms = [(int(a), int(b), float(c)) for a, b, c in out_terms]
+        self._in, self._out = _term_tensors(self.in_terms), _term_tensors(self.out_terms)
+        self._full = torch.tensor(self.in_full, dtype=torch.float32), torch.tensor(self.out_full, dtype=torch.float32)
+        self._sizes = torch.tensor(self.group_sizes, dtype=torch.float32)
+
+    def live(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(c_in, c_out)`` of every layer, each shape ``(L,)``, for group counts ``(G,)``."""
+        closed = self._sizes.to(counts) - counts  # (G,)
+        c_in = self._full[0].to(counts).index_add(0, self._in[0], -closed[self._in[1]] * self._in[2].to(counts))
+        c_out = self._full[1].to(counts).index_add(0, self._out[0], -closed[self._out[1]] * self._out[2].to(counts))
+        return c_in, c_out
+
+    def varying(self) -> tuple[list[bool], list[bool]]:
+        """Per layer: whether its input / output channels follow a gated group."""
+        ins, outs = {t[0] for t in self.in_terms}, {t[0] for t in self.out_terms}
+        return [i in ins for i in range(len(self.in_full))], [i in outs for i in range(len(self.out_full))]
+
+    def subset(self, layers: Sequence[int]) -> ChannelMap:
+        """The map of ``layers`` only, renumbered ``0 .. len(layers) - 1`` in that order."""
+        new = {old: i for i, old in enumerate(layers)}
+        return ChannelMap([self.in_full[i] for i in layers], [self.out_full[i] for i in layers], self.group_sizes,
+                          [(new[a], b, c) for a, b, c in self.in_terms if a in new],
+                          [(new[a], b, c) for a, b, c in self.out_terms if a in new])
+
+    def to_json(self) -> dict[str, list]:
+        return {"in_full": self.in_full, "out_full": self.out_full, "sizes": self.group_sizes,
+                "in_terms": [list(t) for t in self.in_terms], "out_terms": [list(t) for t in self.out_terms]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, list]) -> ChannelMap:
+        return cls(data["in_full"], data["out_full"], data["sizes"], data["in_terms"], data["out_terms"])
+
+
+def _term_tensors(terms: Sequence[Term]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     layer = torch.tensor([t[0] for t in terms], dtype=torch.long)
     group = torch.tensor([t[1] for t in terms], dtype=torch.long)
     mult = torch.tensor([t[2] for t in terms], dtype=torch.float32)

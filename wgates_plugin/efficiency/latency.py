@@ -30,6 +30,7 @@ import math
 import os
 import statistics
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -46,7 +47,7 @@ from .timing import Timing, device_name, measure_times
 if TYPE_CHECKING:
     from ..config import WGatesConfig
 
-__all__ = ["KINDS", "LatencyPredictor", "LatencyModel"]
+__all__ = ["KINDS", "LatencyPredictor", "MeasuredLatency", "LatencyModel", "measurement_context", "measure_in_context"]
 
 KINDS = ("network", "block")
 LPNET_FORMAT = "wgates-lpnet/1"
@@ -140,7 +141,7 @@ class LatencyPredictor(nn.Module):
         """
         if groups is None:
             groups = gated_groups(model, example_inputs, **(config.selection() if config is not None else {}))[1]
-        self._check_run(model, example_inputs, device, batch)
+        check_measurement_use(self.context, example_inputs, device, batch, "LPNet")
         if self.kind == "network":
             self._check_network(model, groups)
             return LatencyModel(self, groups, float(self.info["reference"]["ms"]))
@@ -166,17 +167,6 @@ class LatencyPredictor(nn.Module):
         """A factory for ``WGates(..., efficiency=...)``: binds this LPNet to the groups WGates gates."""
         return lambda groups: self.for_model(model, example_inputs, groups, **kwargs)
 
-    def _check_run(self, model, example_inputs, device, batch) -> None:
-        ctx = self.context
-        now = {"device": device_name(device or ctx["device"].split(":")[0]),
-               "input_shape": list(example_inputs.shape[1:]), "batch": batch if batch is not None else ctx["batch"]}
-        diff = context_diff(ctx, now, tuple(now))
-        if diff:
-            raise LatencyContextError(
-                f"the LPNet was trained for model {ctx['model']!r} on '{ctx['device']}', input {ctx['input_shape']}, "
-                f"batch {ctx['batch']}; this use differs: {'; '.join(diff)}. HINT: collect latency samples and "
-                "train an LPNet on this device and input size (wgates lpnet collect / train)")
-
     def _check_network(self, model: nn.Module, groups: Sequence[ChannelGroup]) -> None:
         now = {"model_hash": architecture_hash(model), "groups": [g.name for g in groups]}
         diff = context_diff(self.context, now, tuple(now))
@@ -192,9 +182,7 @@ class LatencyPredictor(nn.Module):
 
     def measure_times(self, model: nn.Module, timing: Timing | None = None) -> list[float]:
         """Every timed forward (ms) of :meth:`measure`."""
-        ctx = self.context
-        x = torch.randn(ctx["batch"], *ctx["input_shape"], device=ctx["device"].split(":")[0])
-        return measure_times(copy.deepcopy(model), x, timing or Timing(**ctx["timing"]))
+        return measure_in_context(model, self.context, timing)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
@@ -297,6 +285,44 @@ def architecture_hash(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def measurement_context(model: nn.Module, example_inputs: torch.Tensor, timing: Timing,
+                        device: str | torch.device, batch: int, model_name: str | None = None) -> dict[str, Any]:
+    """Where and how latencies are measured: the part of a context every latency cost model stores and
+    checks (device, batch, input shape, threads, clock, timing) plus the model and its architecture hash."""
+    return {
+        "model": model_name or type(model).__name__,
+        "model_hash": architecture_hash(model),
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "threads": timing.resolved_threads(),
+        "clock": timing.clock,
+        "batch": batch,
+        "input_shape": list(example_inputs.shape[1:]),
+        "timing": asdict(timing) | {"threads": timing.resolved_threads()},
+    }
+
+
+def check_measurement_use(context: Mapping[str, Any], example_inputs: torch.Tensor, device: str | torch.device | None,
+                          batch: int | None, what: str) -> None:
+    """Raise :class:`LatencyContextError` unless running on ``device`` at ``batch`` with inputs like
+    ``example_inputs`` is the setting the latencies behind a cost model (``what``) were measured in."""
+    now = {"device": device_name(device or context["device"].split(":")[0]),
+           "input_shape": list(example_inputs.shape[1:]), "batch": batch if batch is not None else context["batch"]}
+    diff = context_diff(context, now, tuple(now))
+    if diff:
+        raise LatencyContextError(
+            f"the {what} was measured for model {context['model']!r} on '{context['device']}', input "
+            f"{context['input_shape']}, batch {context['batch']}; this use differs: {'; '.join(diff)}. HINT: measure "
+            "latencies on this device and input size (wgates lpnet collect / train, or wgates lpnet table)")
+
+
+def measure_in_context(model: nn.Module, context: Mapping[str, Any], timing: Timing | None = None) -> list[float]:
+    """Every timed forward (ms) of ``model`` (a copy) as ``context`` measured: its device, batch, input
+    shape and (by default) timing, on a random batch."""
+    x = torch.randn(context["batch"], *context["input_shape"], device=context["device"].split(":")[0])
+    return measure_times(copy.deepcopy(model), x, timing or Timing(**context["timing"]))
+
+
 def context_diff(saved: Mapping[str, Any], current: Mapping[str, Any],
                  keys: tuple[str, ...] | None = None) -> list[str]:
     """Human-readable differences between two contexts, restricted to ``keys`` (default: all)."""
@@ -304,7 +330,84 @@ def context_diff(saved: Mapping[str, Any], current: Mapping[str, Any],
     return [f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
 
 
-class LatencyModel(EfficiencyModel):
+class MeasuredLatency(EfficiencyModel):
+    """The efficiency model of a latency cost model fitted to measurements (LPNet, lookup table).
+
+    :meth:`reference` is the unpruned model's *measured* latency, so a budget is a fraction of what the
+    device measured; :meth:`measure_times` times an exported network as the cost model's
+    measurements were taken, for the closed-loop landing (:mod:`~wgates_plugin.latency_landing`).
+    Subclasses set ``source`` (what holds the measurement context) and implement :meth:`cost`.
+    """
+
+    unit = "ms"
+    sizes: torch.Tensor
+    source_label = "the latency model"
+
+    def __init__(self, groups: Sequence[ChannelGroup], reference_ms: float, context: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.group_names = tuple(g.name for g in groups)
+        self.register_buffer("sizes", torch.tensor([float(g.size) for g in groups]))
+        self.context = dict(context)
+        self.reference_ms = float(reference_ms)
+        if not (math.isfinite(self.reference_ms) and self.reference_ms > 0):
+            raise MeasurementError(f"reference_ms={reference_ms!r}: the unpruned model's latency must be a finite "
+                                   "number of milliseconds > 0")
+
+    def full_counts(self) -> torch.Tensor:
+        return self.sizes.clone()
+
+    def reference(self) -> float:
+        """The unpruned model's *measured* latency (ms): the budget is a fraction of it."""
+        return self.reference_ms
+
+    def measure_times(self, model: nn.Module, timing: Timing | None = None) -> list[float]:
+        """Every timed forward (ms) of ``model`` on the cost model's device, batch, input shape and timing."""
+        return measure_in_context(model, self.context, timing)
+
+    def budget_of(self, counts: torch.Tensor | Sequence[float], what: str = "this network") -> float:
+        """The predicted latency of ``counts`` as a budget: a fraction of the measured reference in (0, 1].
+
+        A network with fewer channels is predicted slower than the unpruned one only when the
+        measurements behind the cost model or the reference were disturbed (other jobs on the cores,
+        too few repeats), so a ratio outside (0, 1] is refused here, where it is derived.
+
+        Raises:
+            MeasurementError: the ratio is not in (0, 1]; the message names both latencies.
+        """
+        predicted = self.predicted_ms(counts)
+        ratio = predicted / self.reference_ms
+        if not 0 < ratio <= 1:
+            ctx = self.context
+            raise MeasurementError(
+                f"{self.source_label} predicts {what} at {predicted:.4g} ms, {ratio:.4f} of the unpruned model's "
+                f"measured {self.reference_ms:.4g} ms, so it is no latency budget (allowed: (0, 1]). The latency "
+                f"measurements ({ctx.get('model')!r} on '{ctx.get('device')}', clock {ctx.get('clock', 'wall')!r}, "
+                f"timing {ctx.get('timing')}) or the reference were disturbed. HINT: collect them again with more "
+                "repeats and no other jobs on the cores (or clock='cpu' with threads=1 on a shared machine)")
+        return ratio
+
+    def predicted_ms(self, counts: torch.Tensor | Sequence[float]) -> float:
+        """The predicted latency (ms) of the candidate keeping ``counts (G,)`` channels, as a number."""
+        counts = torch.as_tensor(counts, dtype=torch.float32).detach().to(self.sizes)  # (G,)
+        with torch.no_grad():
+            return float(self.cost(counts))
+
+    def predicted_reference(self) -> float:
+        return self.predicted_ms(self.full_counts())
+
+    def compare(self, pruned: nn.Module, counts: torch.Tensor, timing: Timing | None = None) -> dict[str, float]:
+        """Predicted vs measured latency of an exported model whose encoding is ``counts``.
+
+        Measured on the cost model's device with its batch, input shape and (by default) timing.
+        Returns ``{'predicted_ms', 'measured_ms', 'error_pct', 'reference_ms'}``.
+        """
+        measured = statistics.median(self.measure_times(pruned, timing))
+        predicted = self.predicted_ms(counts)
+        return {"predicted_ms": predicted, "measured_ms": measured,
+                "error_pct": 100 * (predicted - measured) / measured, "reference_ms": self.reference_ms}
+
+
+class LatencyModel(MeasuredLatency):
     """Predicted latency (ms) of a model as a differentiable function of its gated groups' counts.
 
     Build with :meth:`LatencyPredictor.for_model` or pass :meth:`LatencyPredictor.efficiency` to
@@ -312,20 +415,13 @@ class LatencyModel(EfficiencyModel):
     fixed (``requires_grad=False``): the efficiency loss moves the gates, never the predictor.
     """
 
-    unit = "ms"
-    sizes: torch.Tensor
+    source_label = "the LPNet"
 
     def __init__(self, predictor: LatencyPredictor, groups: Sequence[ChannelGroup], reference_ms: float,
                  encoder: BlockEncoder | None = None) -> None:
-        super().__init__()
+        super().__init__(groups, reference_ms, predictor.context)
         self.predictor = predictor.requires_grad_(False)  # fixed during pruning (paper Sec. III-C)
         self.encoder = encoder
-        self.group_names = tuple(g.name for g in groups)
-        self.register_buffer("sizes", torch.tensor([float(g.size) for g in groups]))
-        self.reference_ms = float(reference_ms)
-        if not (math.isfinite(self.reference_ms) and self.reference_ms > 0):
-            raise MeasurementError(f"reference_ms={reference_ms!r}: the unpruned model's latency must be a finite "
-                                   "number of milliseconds > 0")
         bad = [n for n, p in predictor.named_parameters() if not bool(torch.isfinite(p).all())]
         if bad:
             raise ConfigError(f"the LPNet holds NaN or inf weights ({bad[:3]}): it cannot predict a latency; "
@@ -349,52 +445,3 @@ class LatencyModel(EfficiencyModel):
         if self.encoder is None:
             return self.predictor.predict_counts(counts.unsqueeze(0))[0]
         return self._blocks(self.encoder, counts) + self.remainder
-
-    def full_counts(self) -> torch.Tensor:
-        return self.sizes.clone()
-
-    def reference(self) -> float:
-        """The unpruned model's *measured* latency (ms): the budget is a fraction of it."""
-        return self.reference_ms
-
-    def budget_of(self, counts: torch.Tensor | Sequence[float], what: str = "this network") -> float:
-        """The predicted latency of ``counts`` as a budget: a fraction of the measured reference in (0, 1].
-
-        A network with fewer channels is predicted slower than the unpruned one only when the
-        measurements behind the LPNet or the reference were disturbed (other jobs on the cores, too
-        few repeats), so a ratio outside (0, 1] is refused here, where it is derived.
-
-        Raises:
-            MeasurementError: the ratio is not in (0, 1]; the message names both latencies.
-        """
-        predicted = self.predicted_ms(counts)
-        ratio = predicted / self.reference_ms
-        if not 0 < ratio <= 1:
-            ctx = self.predictor.context
-            raise MeasurementError(
-                f"the LPNet predicts {what} at {predicted:.4g} ms, {ratio:.4f} of the unpruned model's measured "
-                f"{self.reference_ms:.4g} ms, so it is no latency budget (allowed: (0, 1]). The latency samples "
-                f"({ctx.get('model')!r} on '{ctx.get('device')}', clock {ctx.get('clock', 'wall')!r}, timing "
-                f"{ctx.get('timing')}) or the reference were disturbed. HINT: collect them again with more repeats "
-                "and no other jobs on the cores (or clock='cpu' with threads=1 on a shared machine)")
-        return ratio
-
-    def predicted_ms(self, counts: torch.Tensor | Sequence[float]) -> float:
-        """The predicted latency (ms) of the candidate keeping ``counts (G,)`` channels, as a number."""
-        counts = torch.as_tensor(counts, dtype=torch.float32).detach().to(self.sizes)  # (G,)
-        with torch.no_grad():
-            return float(self.cost(counts))
-
-    def predicted_reference(self) -> float:
-        return self.predicted_ms(self.full_counts())
-
-    def compare(self, pruned: nn.Module, counts: torch.Tensor, timing: Timing | None = None) -> dict[str, float]:
-        """Predicted vs measured latency of an exported model whose encoding is ``counts``.
-
-        Measured on the LPNet's device with its batch, input shape and (by default) timing settings.
-        Returns ``{'predicted_ms', 'measured_ms', 'error_pct', 'reference_ms'}``.
-        """
-        measured = self.predictor.measure(pruned, timing)
-        predicted = self.predicted_ms(counts)
-        return {"predicted_ms": predicted, "measured_ms": measured,
-                "error_pct": 100 * (predicted - measured) / measured, "reference_ms": self.reference_ms}

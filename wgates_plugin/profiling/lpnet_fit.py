@@ -14,10 +14,11 @@ import torch
 
 from ..efficiency.latency import KINDS, LatencyPredictor
 from ..efficiency.lpnet import FitConfig, LatencyErrors, LPNet, fit_lpnet, latency_errors, split_indices
+from ..efficiency.table import LatencyTable
 from ..errors import ConfigError
 from .samples import LatencySamples
 
-__all__ = ["train_predictor", "evaluate_predictor"]
+__all__ = ["train_predictor", "evaluate_predictor", "evaluate_table"]
 
 
 def train_predictor(
@@ -126,3 +127,19 @@ def evaluate_predictor(predictor: LatencyPredictor, samples: LatencySamples) -> 
     if predictor.kind == "block" and not samples.context.get("blocks"):
         raise ConfigError("a block LPNet needs samples collected with blocks=True (--blocks)")
     return _report(predictor, reference, samples.records) | {"n_test": len(samples.records)}
+
+
+def evaluate_table(table: LatencyTable, samples: LatencySamples) -> dict[str, Any]:
+    """Score a latency table on every candidate of ``samples`` measured on its own model and setting.
+
+    Raises:
+        LatencyContextError: the samples were measured on another model, device, batch, input or clock.
+        ConfigError: the samples have fewer than 2 candidates.
+    """
+    table.check_samples(samples.context)
+    if len(samples.records) < 2:
+        raise ConfigError("evaluation needs >= 2 measured candidates")
+    own = table.own_model()
+    predicted = [own.predicted_ms(r["counts"]) for r in samples.records]
+    errors = latency_errors(predicted, [r["ms"] for r in samples.records])
+    return {"network": errors.asdict(), "n_test": len(samples.records)}

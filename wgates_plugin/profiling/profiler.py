@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 
 from ..config import WGatesConfig
 from ..efficiency.blocks import BlockEncoder, BlockInfo, find_blocks, layout_of
-from ..efficiency.latency import architecture_hash
-from ..efficiency.timing import Timing, device_name, fixed_threads, measure_ms
+from ..efficiency.latency import measurement_context
+from ..efficiency.timing import Timing, fixed_threads, measure_ms
 from ..errors import ConfigError, ConfigTypeError
 from ..utils import call_model, check_number, device_of
 from .candidates import CandidateSpace
@@ -179,20 +179,10 @@ def _encoder(space: CandidateSpace, blocks: bool | Sequence[str], block_types) -
 
 def _context(model, example_inputs, job: _Job, device, batch: int, model_name: str | None) -> dict[str, Any]:
     space, enc = job.space, job.encoder
-    return {
-        "format": FORMAT,
-        "model": model_name or type(model).__name__,
-        "model_hash": architecture_hash(model),
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "threads": job.timing.resolved_threads(),
-        "clock": job.timing.clock,
-        "batch": batch,
-        "input_shape": list(example_inputs.shape[1:]),
+    return {"format": FORMAT} | measurement_context(model, example_inputs, job.timing, device, batch, model_name) | {
         "groups": [g.name for g in space.groups],
         "sizes": space.sizes,
         "bounds": [[b.low, b.high, b.tie] for b in space.bounds],
-        "timing": asdict(job.timing) | {"threads": job.timing.resolved_threads()},
         "sampling": {"seed": job.seed, "spread": job.spread},
         "blocks": None if enc is None else {"layout": layout_of(enc.blocks),
                                             "features": {t: enc.feature_names(t) for t in enc.types}},

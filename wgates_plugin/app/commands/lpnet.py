@@ -1,4 +1,5 @@
-"""``wgates lpnet collect | train | eval``: measure latencies on this device, fit an LPNet, score it.
+"""``wgates lpnet collect | table | train | eval``: measure latencies on this device, fit an LPNet or
+tabulate every layer, score them.
 
 Example::
 
@@ -10,6 +11,10 @@ Example::
     wgates lpnet train --samples r50.jsonl --kind block --out bottleneck.lpnet.safetensors
     wgates lpnet collect --model resnet101 --input-size 64 --samples 30 --blocks --out r101.jsonl
     wgates lpnet eval --lpnet bottleneck.lpnet.safetensors --samples r101.jsonl
+
+    wgates lpnet table --model resnet18 --input-size 64 --batch 8 --threads 1 --out r18.table.json
+    wgates lpnet eval --table r18.table.json --samples r18.jsonl
+    wgates prune --model resnet18 --latency-table r18.table.json --latency-target 0.6 ...
 """
 
 from __future__ import annotations
@@ -22,12 +27,13 @@ from typing import Any
 import torch
 
 from ...config import BudgetMode, LayerBounds, WGatesConfig
-from ...efficiency.latency import LatencyModel, LatencyPredictor
+from ...efficiency.latency import LatencyModel, LatencyPredictor, MeasuredLatency
+from ...efficiency.table import LatencyTable, collect_table
 from ...efficiency.lpnet import FitConfig, LatencyErrors
 from ...efficiency.timing import Timing
 from ...errors import ConfigError, MissingFileError
 from ...files import check_writable, write_text
-from ...profiling.lpnet_fit import evaluate_predictor, train_predictor
+from ...profiling.lpnet_fit import evaluate_predictor, evaluate_table, train_predictor
 from ...profiling.profiler import collect_latency
 from ...profiling.samples import load_samples
 from ...utils import check_number
@@ -41,12 +47,13 @@ def register(subparsers: Any) -> None:
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="lpnet_command", required=True)
     _collect_parser(sub)
+    _table_parser(sub)
     _train_parser(sub)
     _eval_parser(sub)
 
 
-def _collect_parser(sub: Any) -> None:
-    p = sub.add_parser("collect", help="measure the latency of pruned candidates of a model on this device")
+def _measurement_arguments(p: argparse.ArgumentParser) -> None:
+    """The model and the measurement setting, shared by ``collect`` and ``table``."""
     p.add_argument("--model", required=True,
                    help="a torchvision classification model (resnet18, torchvision:resnet18), a timm model "
                         "(timm:convnext_atto; the timm extra), or your builder module:function (imported from "
@@ -56,22 +63,40 @@ def _collect_parser(sub: Any) -> None:
     p.add_argument("--batch", type=int, default=8, help="batch size of the timed forward (default 8)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads while measuring (default 1)")
-    p.add_argument("--samples", type=int, required=True, help="number of pruned candidates to measure")
-    p.add_argument("--out", required=True, help="samples file (JSON lines); an existing one is resumed")
-    p.add_argument("--blocks", action="store_true", help="also time every residual block (for --kind block)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall: real latency; cpu: CPU time of the forward, stable on a busy shared machine "
                         "(needs --threads 1) (default wall)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed forwards per candidate (default 3)")
-    p.add_argument("--repeats", type=int, default=15, help="timed forwards per candidate; median (default 15)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed forwards per measurement (default 3)")
+    p.add_argument("--repeats", type=int, default=15, help="timed forwards per measurement; median (default 15)")
+    p.add_argument("--prune-shortcuts", action="store_true", help="also vary residual-coupled groups")
+
+
+def _collect_parser(sub: Any) -> None:
+    p = sub.add_parser("collect", help="measure the latency of pruned candidates of a model on this device")
+    _measurement_arguments(p)
+    p.add_argument("--samples", type=int, required=True, help="number of pruned candidates to measure")
+    p.add_argument("--out", required=True, help="samples file (JSON lines); an existing one is resumed")
+    p.add_argument("--blocks", action="store_true", help="also time every residual block (for --kind block)")
     p.add_argument("--seed", type=int, default=0, help="candidate sampler seed (default 0)")
     p.add_argument("--spread", type=float, default=0.5, help="per-group spread around a common ratio (0.5)")
     p.add_argument("--reference-every", type=int, default=100,
                    help="re-measure the unpruned model before every N candidates; the reference latency is "
                         "the median (default 100)")
     p.add_argument("--min-keep", type=float, default=0.0, help="smallest kept fraction per group (default 0)")
-    p.add_argument("--prune-shortcuts", action="store_true", help="also vary residual-coupled groups")
     p.set_defaults(func=_collect)
+
+
+def _table_parser(sub: Any) -> None:
+    p = sub.add_parser("table", help="time every layer a gate moves over a grid of channel counts (a per-layer "
+                                     "latency lookup table, the alternative to an LPNet)")
+    _measurement_arguments(p)
+    p.add_argument("--points", type=int, default=6,
+                   help="grid points per varying channel axis, kept fractions 0..1 (default 6)")
+    p.add_argument("--round-to", type=int, default=1,
+                   help="grid channel counts are multiples of it, as pruning with --round-to (default 1)")
+    p.add_argument("--out", required=True, help="latency table file to write (JSON)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    p.set_defaults(func=_table)
 
 
 def _train_parser(sub: Any) -> None:
@@ -92,29 +117,51 @@ def _train_parser(sub: Any) -> None:
 
 
 def _eval_parser(sub: Any) -> None:
-    p = sub.add_parser("eval", help="score an LPNet on a samples file (e.g. another model of the same blocks)")
-    p.add_argument("--lpnet", required=True, help="LPNet file from 'wgates lpnet train'")
+    p = sub.add_parser("eval", help="score an LPNet or a latency table on a samples file (e.g. another model of "
+                                    "the same blocks)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--lpnet", help="LPNet file from 'wgates lpnet train'")
+    which.add_argument("--table", help="latency table from 'wgates lpnet table' (scored on samples of its model)")
     p.add_argument("--samples", required=True, help="samples file measured in the same context")
     p.add_argument("--report", help="also write the report to this JSON file")
     p.add_argument("--force", action="store_true", help="overwrite an existing --report")
     p.set_defaults(func=_eval)
 
 
+def _measured_model(args: argparse.Namespace) -> tuple[Any, tuple[int, ...], Timing]:
+    shape = (2, 3, args.input_size, args.input_size)
+    model = model_from_spec(args.model, args.num_classes, shape)[0].eval()
+    return model, shape, Timing(args.warmup, args.repeats, args.threads, args.clock)
+
+
 def _collect(args: argparse.Namespace) -> int:
     if Path(args.out).is_dir():
         raise ConfigError(f"--out '{args.out}' is a folder; name the samples file to write (or to resume)")
     check_writable(Path(args.out).parent, "the folder of --out")
-    shape = (2, 3, args.input_size, args.input_size)
-    model = model_from_spec(args.model, args.num_classes, shape)[0].eval()
+    model, shape, timing = _measured_model(args)
     config = WGatesConfig(mode=BudgetMode.NONE, prune_shortcuts=args.prune_shortcuts, bounds=LayerBounds(args.min_keep))
     samples = collect_latency(
         model, torch.zeros(shape), args.out, args.samples, device=args.device, batch=args.batch,
-        timing=Timing(args.warmup, args.repeats, args.threads, args.clock), seed=args.seed, spread=args.spread,
+        timing=timing, seed=args.seed, spread=args.spread,
         reference_every=args.reference_every, config=config, blocks=args.blocks, model_name=args.model)
     ctx, reference = samples.context, samples.reference or {}
     print(f"{len(samples)} candidates + reference ({reference['ms']:.3f} ms) of {ctx['model']} on "
           f"'{ctx['device']}', input {ctx['input_shape']}, batch {ctx['batch']}, {ctx['threads']} threads "
           f"-> {args.out}")
+    return 0
+
+
+def _table(args: argparse.Namespace) -> int:
+    _check_outputs(args, "out")
+    model, shape, timing = _measured_model(args)
+    config = WGatesConfig(mode=BudgetMode.NONE, prune_shortcuts=args.prune_shortcuts)
+    table = collect_table(model, torch.zeros(shape), config=config, device=args.device, batch=args.batch,
+                          timing=timing, points=args.points, round_to=args.round_to, model_name=args.model)
+    table.save(args.out)
+    info, ctx = table.info, table.context
+    print(f"latency table of {ctx['model']} on '{ctx['device']}', input {ctx['input_shape']}, batch {ctx['batch']}: "
+          f"{info['layers']} varying layers in {info['tables']} tables, {info['measurements']} measurements in "
+          f"{info['seconds']:.1f} s; unpruned {table.reference['ms']:.3f} ms -> {args.out}")
     return 0
 
 
@@ -147,11 +194,16 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     _check_outputs(args, "report")
-    predictor = LatencyPredictor.load(args.lpnet)
-    samples = load_samples(args.samples)
-    report = evaluate_predictor(predictor, samples)
-    _print_report(report, f"{predictor.kind} LPNet ({predictor.context['model']}) on "
-                          f"{report['n_test']} candidates of {samples.context['model']}")
+    if args.table:
+        table = LatencyTable.load(args.table)
+        report = evaluate_table(table, load_samples(args.samples))
+        _print_report(report, f"latency table ({table.context['model']}) on {report['n_test']} candidates")
+    else:
+        predictor = LatencyPredictor.load(args.lpnet)
+        samples = load_samples(args.samples)
+        report = evaluate_predictor(predictor, samples)
+        _print_report(report, f"{predictor.kind} LPNet ({predictor.context['model']}) on "
+                              f"{report['n_test']} candidates of {samples.context['model']}")
     _write(args.report, report)
     return 0
 
@@ -170,47 +222,59 @@ def _write(path: str | None, report: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------------- latency mode of `wgates prune`
 def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--lpnet`` / ``--latency-target``: prune to a latency budget predicted by a trained LPNet."""
+    """``--lpnet`` or ``--latency-table``, and ``--latency-target``: prune to a measured-latency budget."""
     parser.add_argument("--lpnet", type=Path, default=None,
                         help="LPNet file from 'wgates lpnet train': prune to a latency budget instead of FLOPs")
+    parser.add_argument("--latency-table", type=Path, default=None,
+                        help="per-layer latency table from 'wgates lpnet table': prune to a latency budget it "
+                             "predicts (instead of an LPNet)")
     parser.add_argument("--latency-target", type=float, default=None, metavar="FRACTION",
                         help="latency budget as a fraction of the original model's measured latency, in (0, 1] "
-                             "(needs --lpnet; replaces --flops-target)")
+                             "(needs --lpnet or --latency-table; replaces --flops-target)")
 
 
 def latency_efficiency(args: argparse.Namespace, model: Any, example_inputs: Any) -> Any:
-    """The efficiency factory for ``WGates`` when ``--lpnet`` is given, else None.
+    """The efficiency factory for ``WGates`` when ``--lpnet`` or ``--latency-table`` is given, else None.
 
     Raises:
-        ConfigError: only one of ``--lpnet`` / ``--latency-target``, or a target outside (0, 1].
+        ConfigError: both cost models, or a cost model without ``--latency-target`` (or the reverse), or a
+            target outside (0, 1].
+        MissingFileError: the cost model's file does not exist.
     """
 
-    lpnet, target = getattr(args, "lpnet", None), getattr(args, "latency_target", None)
-    if (lpnet is None) != (target is None):
-        raise ConfigError("--lpnet and --latency-target go together: the LPNet predicts latency, the target "
-                          f"sets the budget (got --lpnet={lpnet}, --latency-target={target})")
-    if lpnet is None or target is None:
+    lpnet, table = getattr(args, "lpnet", None), getattr(args, "latency_table", None)
+    target = getattr(args, "latency_target", None)
+    if lpnet is not None and table is not None:
+        raise ConfigError(f"--lpnet ({lpnet}) and --latency-table ({table}) are two latency models; pass one")
+    source, flag = (lpnet, "--lpnet") if table is None else (table, "--latency-table")
+    if (source is None) != (target is None):
+        raise ConfigError("--latency-target goes with --lpnet or --latency-table: the latency model predicts "
+                          f"latency, the target sets the budget (got {flag}={source}, --latency-target={target})")
+    if source is None or target is None:
         return None
     check_number("--latency-target", target, "(0, 1]", what="", type_error=ConfigError)
-    if not Path(lpnet).is_file():
-        raise MissingFileError(f"--lpnet file '{lpnet}' does not exist")
-    return LatencyPredictor.load(lpnet).efficiency(model, example_inputs)
+    if not Path(source).is_file():
+        raise MissingFileError(f"{flag} file '{source}' does not exist")
+    loaded = LatencyPredictor.load(source) if table is None else LatencyTable.load(source)
+    return loaded.efficiency(model, example_inputs)
 
 
 def latency_report(wg: Any, pruned: Any) -> dict[str, Any]:
-    """``{'lpnet': predicted vs measured latency of the exported model}`` in latency mode, else ``{}``."""
+    """``{'latency': predicted vs measured latency of the exported model}`` in latency mode, else ``{}``."""
 
-    if not isinstance(wg.efficiency, LatencyModel):
+    if not isinstance(wg.efficiency, MeasuredLatency):
         return {}
-    return {"lpnet": wg.efficiency.compare(pruned, wg.counts()) | {"cost_ratio": wg.cost_ratio()}}
+    model = "LPNet" if isinstance(wg.efficiency, LatencyModel) else "latency table"
+    return {"latency": wg.efficiency.compare(pruned, wg.counts()) | {"cost_ratio": wg.cost_ratio(),
+                                                                     "cost_model": model}}
 
 
 def format_latency(report: dict[str, Any]) -> str | None:
-    """One line for the prune table: the LPNet's prediction against the measurement."""
-    lat = report.get("lpnet")
+    """One line for the prune table: the latency model's prediction against the measurement."""
+    lat = report.get("latency")
     if not lat:
         return None
-    line = (f"latency (LPNet device and batch): predicted {lat['predicted_ms']:.3f} ms, measured "
+    line = (f"latency ({lat['cost_model']} device and batch): predicted {lat['predicted_ms']:.3f} ms, measured "
             f"{lat['measured_ms']:.3f} ms ({lat['error_pct']:+.1f}%), original {lat['reference_ms']:.3f} ms; "
             f"predicted {lat['cost_ratio']:.4f} of the original (target {report['target']})")
     landing = report.get("latency_landing")

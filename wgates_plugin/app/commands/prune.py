@@ -347,7 +347,7 @@ def format_table(report: dict[str, Any]) -> str:
     if t.get("pruned") is not None:
         lines.append(f"top-1 right after pruning {_pct(t['pruned']):.1f}%, after BN re-calibration "
                      f"{_pct(t['recalibrated']):.1f}%, after fine-tuning {_pct(t['finetuned']):.1f}%")
-    budget = " (latency target, see below)" if "lpnet" in report else f" (target {report['target']})"
+    budget = " (latency target, see below)" if "latency" in report else f" (target {report['target']})"
     lines.append(f"FLOPs: {report['flops_ratio']:.4f} of the original{budget}")
     lines += [line for line in [format_latency(report)] if line]
     if report.get("deployment"):

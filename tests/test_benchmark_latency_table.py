@@ -1,0 +1,30 @@
+"""benchmarks.latency_table end to end on the deterministic simulated device: there the per-layer table is
+exact (a conv's simulated latency is bilinear in its channels), so its held-out error is zero, the
+noise floor is zero, and each latency-mode network measures what its cost model predicted."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from benchmarks import latency_table
+from wgates_plugin.efficiency.timing import SimulatedClock
+
+
+def test_the_quick_run_scores_both_cost_models_on_the_same_candidates(tmp_path):
+    setup = replace(latency_table.QUICK, work=str(tmp_path))
+    with SimulatedClock(seconds_per_mac=1e-9, seconds_per_layer=2e-5):
+        result = latency_table.run(setup)
+    m = result["models"]["resnet18"]
+    assert m["table"]["n"] == m["lpnet"]["n"] == m["n_test"] == 2  # 20 % of 12 candidates, the same ones
+    assert m["table"]["mape"] == pytest.approx(0.0, abs=1e-3) and m["noise"]["mape"] == pytest.approx(0.0, abs=1e-9)
+    assert m["lpnet"]["mape"] > 0  # 10 networks and 30 epochs: an LPNet is no exact model
+    rows = {r["method"]: r for r in result["networks"]}
+    table = rows["latency mode (table)"]
+    assert table["predicted_ms"] == pytest.approx(table["ms"], rel=1e-5)
+    assert table["latency_ratio"] == pytest.approx(table["cost_ratio"], rel=1e-5) and table["cost_ratio"] <= 0.5
+    for label in ("latency mode (LPNet)", "latency mode (table)"):
+        assert rows[f"FLOPs mode at {label}'s FLOPs"]["flops_ratio"] <= rows[label]["flops_ratio"] + 1e-6
+    text = latency_table.markdown(result)
+    assert "| resnet18 | per-layer table | 2 | 0.00 |" in text and "single-layer timings" in text

@@ -1,0 +1,233 @@
+"""The per-layer latency lookup table, against a deterministic simulated device.
+
+On :class:`SimulatedClock` a conv's latency is ``a * c_in * c_out + b`` (bilinear in its channels, linear
+for a depthwise conv), which bilinear interpolation between grid points reproduces exactly; every layer
+no gate touches costs the same in every candidate. So the table's prediction of an exported candidate
+must *equal* its measured latency, for any candidate — the invariant these tests check.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from wgates_plugin import WGates
+from wgates_plugin.app.cli import main
+from wgates_plugin.config import WGatesConfig
+from wgates_plugin.efficiency import LatencyTable, TableModel, collect_table
+from wgates_plugin.efficiency.table import grid
+from wgates_plugin.efficiency.timing import SimulatedClock, Timing
+from wgates_plugin.errors import ConfigError, ConfigTypeError, FileFormatError, LatencyContextError
+from wgates_plugin.latency_landing import land_on_latency
+from wgates_plugin.profiling.candidates import CandidateSpace
+
+X = torch.zeros(1, 3, 32, 32)
+TIMING = Timing(warmup=0, repeats=1)
+
+
+def clock():
+    return SimulatedClock(seconds_per_mac=1e-9, seconds_per_layer=2e-5)
+
+
+def table_of(model, x=X, **kwargs):
+    with clock():
+        return collect_table(model, x, batch=2, timing=TIMING, points=3, progress=False, **kwargs)
+
+
+def measured(latency: TableModel, model: nn.Module) -> float:
+    with clock():
+        return statistics.median(latency.measure_times(model))
+
+
+class ConvLinear(nn.Module):
+    """A conv whose channels feed a Linear through a flatten: the Linear's input varies by H * W per channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 12, 3, stride=2, padding=1)
+        self.fc = nn.Linear(12 * 4 * 4, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+@pytest.mark.parametrize(("name", "build", "config", "x"), [
+    ("resnet18", lambda: torchvision.models.resnet18(num_classes=10), None, X),  # 1-D tables (conv1 out, conv2 in)
+    ("resnet18 with shortcuts", lambda: torchvision.models.resnet18(num_classes=10),
+     WGatesConfig(prune_shortcuts=True), X),  # in and out both vary: 2-D tables
+    ("mobilenet_v2", lambda: torchvision.models.mobilenet_v2(num_classes=10), None, X),  # depthwise: one axis
+    ("conv into linear", ConvLinear, None, torch.zeros(1, 3, 8, 8)),
+])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_prediction_of_every_candidate_equals_its_measured_latency(name, build, config, x, seed):
+    torch.manual_seed(seed)
+    model = build().eval()
+    table = table_of(model, x, config=config)
+    latency = table.for_model(model, x, config=config)
+    assert latency.predicted_reference() == pytest.approx(latency.reference(), rel=1e-5)
+    space = CandidateSpace(model, x, config)
+    for i in range(3):
+        counts = space.sample(i, seed, 0.5)
+        assert latency.predicted_ms(counts) == pytest.approx(measured(latency, space.build(counts)), rel=1e-5)
+
+
+def test_tables_are_shared_by_equal_layers_and_grids_follow_the_points():
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    table = table_of(model)
+    assert (table.info["layers"], table.info["tables"]) == (16, 11)  # the repeated blocks share tables
+    assert table.info["measurements"] == sum(len(t.c_in) * len(t.c_out) for t in table.tables.values())
+    for t in table.tables.values():
+        varying = t.c_out if t.spec.vary_out else t.c_in
+        assert len(varying) == 3 and varying[-1] == max(t.spec.in_channels, t.spec.out_channels)
+        assert (len(t.c_in) == 1) != (len(t.c_out) == 1)  # plain groups: one axis per conv
+
+
+@pytest.mark.parametrize(("full", "points", "step", "expected"), [
+    (64, 5, 1, [1, 16, 32, 48, 64]),
+    (16, 4, 4, [4, 12, 16]),
+    (3, 6, 1, [1, 2, 3]),
+    (10, 2, 1, [1, 10]),
+    (20, 3, 8, [8, 20]),  # full width kept even when it is no multiple of the step
+])
+def test_grid(full, points, step, expected):
+    assert grid(full, points, step) == expected
+
+
+def test_round_to_puts_the_grid_on_multiples():
+    model = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    table = table_of(model, round_to=8)
+    for t in table.tables.values():
+        for axis, full in ((t.c_in, t.spec.in_channels), (t.c_out, t.spec.out_channels)):
+            assert all(c % 8 == 0 or c == full for c in axis)
+
+
+def test_the_cost_is_differentiable_in_the_counts():
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    latency = table_of(model).for_model(model, X)
+    counts = (latency.full_counts() * 0.4).requires_grad_(True)
+    latency.cost(counts).backward()
+    assert counts.grad is not None and bool((counts.grad > 0).all())  # every kept channel costs time
+
+
+def test_wgates_meets_a_latency_budget_of_the_table_on_the_measured_network():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    table = table_of(model)
+    wg = WGates(model, X, target=0.5, efficiency=table.efficiency(model, X))
+    try:
+        wg.freeze()
+        assert wg.cost_ratio() <= 0.5 + 1e-6
+        pruned = wg.export()
+        latency = wg.efficiency
+        assert isinstance(latency, TableModel)
+        ratio = measured(latency, pruned) / latency.reference()
+        assert ratio == pytest.approx(wg.cost_ratio(), rel=1e-5)  # what the table predicted is what it measures
+        with clock():
+            landing = land_on_latency(wg, 0.5, latency.measure_times)
+        assert landing.within and len(landing.rounds) == 1  # an exact cost model lands in one round
+    finally:
+        wg.remove()
+
+
+def test_a_table_serves_another_model_of_the_same_layers():
+    small = torchvision.models.resnet18(num_classes=10).eval()
+    table = table_of(small)
+    big = torchvision.models.resnet34(num_classes=10).eval()
+    with clock():
+        latency = table.for_model(big, X)  # measures resnet34's unpruned latency for the remainder
+    space = CandidateSpace(big, X)
+    counts = space.sample(0, 0, 0.5)
+    assert latency.predicted_ms(counts) == pytest.approx(measured(latency, space.build(counts)), rel=1e-5)
+    with pytest.raises(LatencyContextError, match=r"holds no table for .* layer\(s\) of ResNet.*layer1.0.conv1"):
+        table.for_model(torchvision.models.resnet50(num_classes=10).eval(), X)
+
+
+def test_another_batch_or_input_size_is_refused():
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    table = table_of(model)
+    with pytest.raises(LatencyContextError, match=r"input_shape: saved \[3, 32, 32\], now \[3, 16, 16\]"):
+        table.for_model(model, torch.zeros(1, 3, 16, 16))
+    with pytest.raises(LatencyContextError, match="batch: saved 2, now 8"):
+        table.for_model(model, X, batch=8)
+
+
+def test_save_and_load_give_the_same_predictions(tmp_path):
+    model = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    table = table_of(model)
+    path = tmp_path / "t.json"
+    table.save(path)
+    loaded = LatencyTable.load(path)
+    counts = CandidateSpace(model, X).sample(0, 0, 0.5)
+    assert loaded.own_model().predicted_ms(counts) == table.for_model(model, X).predicted_ms(counts)
+    assert loaded.for_model(model, X).predicted_ms(counts) == table.own_model().predicted_ms(counts)
+
+
+def _corrupt(tmp_path, table, edit):
+    data = table.to_json()
+    edit(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda d: d.update(format="other"), "is not a W-Gates latency table"),
+    (lambda d: d["tables"][0]["ms"][0].__setitem__(0, -1.0), "table 0 needs ms as .* finite numbers > 0"),
+    (lambda d: d["tables"][0]["ms"].pop(), "table 0 needs ms as"),
+    (lambda d: d["tables"][0].__setitem__("c_out", [1, 1]) if len(d["tables"][0]["c_out"]) > 1
+     else d["tables"][0].__setitem__("c_in", [1, 1]), "grid that is not increasing"),
+    (lambda d: d["tables"][0]["spec"].update(kind="exec"), "kind is not conv/linear"),
+    (lambda d: d["tables"][0]["spec"].update(evil="__import__('os')"), "exactly the fields"),
+    (lambda d: d["reference"].update(ms=float("nan")), "reference latency is nan ms"),
+    (lambda d: d["channels"]["in_terms"].append([999, 0, 1.0]), "in_terms as \\[layer < "),
+    (lambda d: d["layers"].append(["x", "no such key"]), "name no table"),
+    (lambda d: d.pop("context"), "context"),
+])
+def test_a_malformed_file_is_refused_with_the_reason(tmp_path, edit, match):
+    table = table_of(torchvision.models.resnet18(num_classes=10).eval())
+    with pytest.raises(FileFormatError, match=match):
+        LatencyTable.load(_corrupt(tmp_path, table, edit))
+
+
+def test_bad_arguments_are_refused():
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    with pytest.raises(ConfigError, match="points=1 must be an integer >= 2"):
+        collect_table(model, X, points=1, progress=False)
+    with pytest.raises(ConfigError, match="round_to=0 must be an integer >= 1"):
+        collect_table(model, X, round_to=0, progress=False)
+    with pytest.raises(ConfigTypeError, match="image tensor"):
+        collect_table(model, torch.zeros(3, 32, 32), progress=False)
+
+
+def test_cli_table_eval_and_prune(tmp_path, capsys):
+    table, samples, out = tmp_path / "t.json", tmp_path / "s.jsonl", tmp_path / "pruned"
+    common = ["--model", "resnet18", "--input-size", "32", "--batch", "2", "--warmup", "0", "--repeats", "1"]
+    with clock():
+        assert main(["lpnet", "table", *common, "--points", "3", "--out", str(table)]) == 0
+        assert main(["lpnet", "collect", *common, "--samples", "4", "--out", str(samples)]) == 0
+        assert main(["lpnet", "eval", "--table", str(table), "--samples", str(samples),
+                     "--report", str(tmp_path / "r.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "16 varying layers in 11 tables" in printed and "latency table (resnet18) on 4 candidates" in printed
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["n_test"] == 4 and report["network"]["mape"] == pytest.approx(0.0, abs=1e-3)  # exact device
+    assert main(["lpnet", "table", *common, "--out", str(table)]) == 2  # exists: needs --force
+    assert "exists; pass --force" in capsys.readouterr().err
+    with clock():
+        assert main(["prune", "--model", "resnet18", "--size", "32", "--latency-table", str(table),
+                     "--latency-target", "0.5", "--latency-batch", "2", "--train-steps", "2", "--steps", "3",
+                     "--finetune-steps", "1", "--bn-batches", "1", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "latency (latency table device and batch): predicted" in printed
+    result = json.loads((out / "report.json").read_text())
+    lat, landing = result["latency"], result["latency_landing"]
+    assert lat["cost_model"] == "latency table" and landing["within"]
+    assert lat["measured_ms"] / lat["reference_ms"] == pytest.approx(0.5, rel=0.03)
+    assert main(["prune", "--model", "resnet18", "--latency-table", str(table), "--lpnet", str(table),
+                 "--latency-target", "0.5", "--out", str(tmp_path / "x")]) == 2
+    assert "two latency models; pass one" in capsys.readouterr().err

@@ -1,0 +1,504 @@
+"""A per-layer latency lookup table: the network's latency as the sum of its layers' measured latencies,
+each a function of the layer's live input and output channels (HALP, Shen et al., NeurIPS 2022: a
+latency table per layer over its channel counts; MDP, Sun et al., CVPR 2025: over input *and* output
+channels).
+
+Collection (:func:`collect_table`) times every Conv2d / Linear layer whose channels follow a gated
+group *alone*, as a fresh layer with the same kernel, stride, padding, dilation, grouping and bias, fed
+a random input of the size it receives inside the network, at a grid of channel counts: the kept
+fraction ``0, 1/(P-1), ..., 1`` of each varying axis (snapped to what the layer allows; ``P`` =
+``points``). A depthwise conv has one axis (its channels); a layer whose input and output both vary
+has a ``P x P`` table. Layers of equal settings and input size share one table, so a ResNet's repeated
+blocks are measured once.
+
+Prediction (:class:`TableModel`) maps the gate counts to every layer's live channels (the same
+:class:`~wgates_plugin.efficiency.flops.ChannelMap` the FLOPs model uses), reads each table by bilinear
+interpolation — piecewise linear in the counts, so differentiable in the gates — and adds a constant
+*remainder*: the unpruned network's measured latency minus the tables' sum at full width (what the
+tables do not see: layers no gate touches, normalisation and activations, framework overhead). The
+prediction for the unpruned network is its measurement.
+
+What a table cannot see: the cost of per-channel layers (BN, activations) between the tabulated
+convs changes with the channels too but sits in the constant remainder, and a layer timed alone
+misses cache effects between neighbours. :mod:`benchmarks.latency_table` measures the resulting error
+beside the LPNet's on the same held-out networks.
+
+A table is tied to a device, batch, input size and timing (checked when binding), not to one
+architecture: :meth:`LatencyTable.for_model` binds it to any model whose varying layers it holds
+(resnet18's table serves a resnet34 at the same input size), measuring that model's unpruned latency
+for the remainder.
+
+Files are JSON (``wgates-latency-table/1``): every number is checked finite and positive and every
+table's shape against its grids when loading; nothing in a file is executed.
+
+Example (a deterministic clock stands in for the device; a conv's latency is then bilinear in its
+channels, which the table's interpolation reproduces exactly):
+    >>> import torch, torchvision
+    >>> from wgates_plugin.efficiency.timing import SimulatedClock, Timing
+    >>> model = torchvision.models.resnet18(num_classes=10).eval()
+    >>> x = torch.zeros(1, 3, 32, 32)
+    >>> with SimulatedClock(seconds_per_mac=1e-9, seconds_per_layer=1e-5):
+    ...     table = collect_table(model, x, batch=2, timing=Timing(warmup=0, repeats=1), points=3,
+    ...                           progress=False)
+    >>> table.info["layers"], table.info["tables"]  # resnet18's 16 varying convs share 11 tables
+    (16, 11)
+    >>> latency = table.for_model(model, x)  # an EfficiencyModel: WGates(..., efficiency=latency)
+    >>> abs(latency.predicted_reference() - latency.reference()) < 1e-4  # the remainder calibrates it
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError, ConfigTypeError, FileFormatError, LatencyContextError
+from ..files import read_json, require, write_text
+from ..groups import ChannelGroup, gated_groups
+from ..utils import check_number
+from .flops import ChannelMap, FlopsModel, LayerShape, record_layer_shapes
+from .latency import (MeasuredLatency, architecture_hash, check_measurement_use, context_diff,
+                      measure_in_context, measurement_context)
+from .timing import Timing, fixed_threads, measure_times
+
+if TYPE_CHECKING:
+    from ..config import WGatesConfig
+
+__all__ = ["TABLE_FORMAT", "LayerSpec", "LayerTable", "LatencyTable", "TableModel", "collect_table", "grid"]
+
+TABLE_FORMAT = "wgates-latency-table/1"
+_MEASUREMENT_KEYS = ("device", "input_shape", "batch", "threads", "clock")
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (int(value[0]), int(value[1])) if isinstance(value, (tuple, list)) else (int(value), int(value))
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What a layer is, for timing it alone: its settings, full widths, input size and varying axes."""
+
+    kind: str  # "conv" or "linear"
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] | str
+    dilation: tuple[int, int]
+    groups: int
+    bias: bool
+    padding_mode: str
+    in_size: tuple[int, ...]
+    vary_in: bool
+    vary_out: bool
+
+    @classmethod
+    def of(cls, module: nn.Module, shape: LayerShape, vary_in: bool, vary_out: bool) -> LayerSpec:
+        if isinstance(module, nn.Conv2d):
+            padding = module.padding if isinstance(module.padding, str) else _pair(module.padding)
+            return cls("conv", module.in_channels, module.out_channels, _pair(module.kernel_size),
+                       _pair(module.stride), padding, _pair(module.dilation), module.groups,
+                       module.bias is not None, module.padding_mode, tuple(shape.in_size), vary_in, vary_out)
+        if isinstance(module, nn.Linear):
+            return cls("linear", module.in_features, module.out_features, (1, 1), (1, 1), (0, 0), (1, 1), 1,
+                       module.bias is not None, "zeros", tuple(shape.in_size), vary_in, vary_out)
+        raise ConfigTypeError(f"a latency table times Conv2d and Linear layers, not {type(module).__name__}")
+
+    @property
+    def depthwise(self) -> bool:
+        return self.kind == "conv" and self.groups == self.in_channels == self.out_channels > 1
+
+    @property
+    def axes(self) -> tuple[bool, bool]:
+        """Whether the table varies along (input, output) channels; a depthwise conv's one axis is its output."""
+        if self.depthwise:
+            return False, self.vary_in or self.vary_out
+        return self.vary_in, self.vary_out
+
+    @property
+    def step(self) -> int:
+        """Channel counts a grouped (not depthwise) conv accepts are multiples of its groups."""
+        return 1 if self.depthwise else self.groups
+
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    def build(self, c_in: int, c_out: int) -> nn.Module:
+        """A fresh layer of these settings with ``c_in`` inputs and ``c_out`` outputs (eval mode)."""
+        if self.kind == "linear":
+            return nn.Linear(c_in, c_out, bias=self.bias).eval()
+        groups = c_out if self.depthwise else self.groups
+        return nn.Conv2d(c_out if self.depthwise else c_in, c_out, self.kernel, self.stride, self.padding,
+                         self.dilation, groups, self.bias, self.padding_mode).eval()
+
+    def example(self, c_in: int, batch: int, device: str | torch.device) -> torch.Tensor:
+        if self.kind == "linear":
+            return torch.randn(batch, *self.in_size, c_in, device=device)
+        return torch.randn(batch, c_in, *self.in_size, device=device)
+
+
+def grid(full: int, points: int, step: int = 1) -> list[int]:
+    """The channel counts a varying axis is timed at: ``points`` kept fractions ``0 .. 1`` snapped to
+    multiples of ``step`` (at least ``step``), the full width always included.
+
+    Example:
+        >>> grid(64, 5), grid(16, 4, step=4), grid(3, 6)
+        ([1, 16, 32, 48, 64], [4, 12, 16], [1, 2, 3])
+    """
+    values = {full}
+    for i in range(points - 1):
+        values.add(max(step, min(full, step * round(full * i / (points - 1) / step))))
+    return sorted(values)
+
+
+@dataclass
+class LayerTable:
+    """Measured latencies (ms) of one layer spec over its grid: ``ms[i][j]`` at ``(c_in[i], c_out[j])``."""
+
+    spec: LayerSpec
+    c_in: list[int]
+    c_out: list[int]
+    ms: list[list[float]]
+
+    def full_ms(self) -> float:
+        return self.ms[-1][-1]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"spec": asdict(self.spec), "c_in": self.c_in, "c_out": self.c_out, "ms": self.ms}
+
+
+class LatencyTable:
+    """Per-layer latency tables measured on a device, with the model they were collected on bound.
+
+    Build with :func:`collect_table` or :meth:`load`; :meth:`for_model` / :meth:`efficiency` give the
+    :class:`TableModel` that ``WGates(..., efficiency=...)`` uses.
+
+    Attributes:
+        tables: ``{spec key: LayerTable}``.
+        layers: the collection model's tabulated layers, ``[(layer name, spec key)]``, in call order.
+        channels: their live channels as a function of the collection model's group counts.
+        context: the measurement context (device, batch, input shape, threads, clock, timing, model,
+            architecture hash, gated groups and their sizes).
+        reference: ``{'ms': the unpruned model's measured latency, 'times': its timed forwards}``.
+        info: collection settings and cost (``points``, ``round_to``, ``measurements``, ``seconds``).
+    """
+
+    def __init__(self, tables: Mapping[str, LayerTable], layers: Sequence[tuple[str, str]], channels: ChannelMap,
+                 context: dict[str, Any], reference: dict[str, Any], info: dict[str, Any]) -> None:
+        self.tables, self.layers, self.channels = dict(tables), [tuple(x) for x in layers], channels
+        self.context, self.reference, self.info = context, reference, info
+
+    # ------------------------------------------------------------------ binding
+    def for_model(self, model: nn.Module, example_inputs: torch.Tensor, groups: Sequence[ChannelGroup] | None = None,
+                  *, config: WGatesConfig | None = None, device: str | torch.device | None = None,
+                  batch: int | None = None, reference_ms: float | None = None) -> TableModel:
+        """The efficiency model of ``model``'s gated ``groups`` (default: those ``config`` gates).
+
+        The collection model is bound without measuring anything; another model needs every varying
+        layer's spec in the tables, and its unpruned latency is measured here for the remainder
+        (unless ``reference_ms`` is given).
+
+        Raises:
+            LatencyContextError: other device, input shape or batch than the table's, or a varying layer
+                of ``model`` that no table holds.
+        """
+        if groups is None:
+            groups = gated_groups(model, example_inputs, **(config.selection() if config is not None else {}))[1]
+        check_measurement_use(self.context, example_inputs, device, batch, "latency table")
+        same = (architecture_hash(model) == self.context["model_hash"]
+                and [g.name for g in groups] == self.context["groups"])
+        if same:
+            keys, channels = [k for _, k in self.layers], self.channels
+        else:
+            specs, channels = _varying_layers(model, example_inputs, groups)
+            missing = [f"{name} ({s.kind} {s.in_channels}->{s.out_channels}, kernel {s.kernel}, stride {s.stride}, "
+                       f"input {s.in_size})" for name, s in specs if s.key() not in self.tables]
+            if missing:
+                raise LatencyContextError(
+                    f"the latency table of {self.context['model']!r} holds no table for {len(missing)} varying "
+                    f"layer(s) of {type(model).__name__}: {missing[:3]}. HINT: collect a table for this model "
+                    "(wgates lpnet table)")
+            keys = [s.key() for _, s in specs]
+        if reference_ms is None:
+            reference_ms = float(self.reference["ms"]) if same else statistics.median(
+                measure_in_context(model, self.context))
+        return TableModel(self, groups, channels, keys, reference_ms)
+
+    def efficiency(self, model: nn.Module, example_inputs: torch.Tensor,
+                   **kwargs: Any) -> Callable[[list[ChannelGroup]], TableModel]:
+        """A factory for ``WGates(..., efficiency=...)``: binds this table to the groups WGates gates."""
+        return lambda groups: self.for_model(model, example_inputs, groups, **kwargs)
+
+    def own_model(self) -> TableModel:
+        """The table bound to the model it was collected on, without the model (e.g. to score samples)."""
+        groups = [_Named(n, s) for n, s in zip(self.context["groups"], self.context["sizes"])]
+        return TableModel(self, groups, self.channels, [k for _, k in self.layers], float(self.reference["ms"]))
+
+    def check_samples(self, context: Mapping[str, Any]) -> None:
+        """Raise :class:`LatencyContextError` unless latency samples of ``context`` are this table's setting."""
+        diff = context_diff(self.context, context, _MEASUREMENT_KEYS + ("model_hash", "groups"))
+        if diff:
+            raise LatencyContextError(f"the latency table was measured in another context: {'; '.join(diff)}. "
+                                      "HINT: collect the table and the samples on one device, batch and model")
+
+    # ------------------------------------------------------------------ persistence
+    def to_json(self) -> dict[str, Any]:
+        return {"format": TABLE_FORMAT, "context": self.context, "reference": self.reference, "info": self.info,
+                "layers": [list(x) for x in self.layers], "channels": self.channels.to_json(),
+                "tables": [t.to_json() for t in self.tables.values()]}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the JSON file atomically (a crash leaves the previous file or none)."""
+        write_text(path, json.dumps(self.to_json()))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LatencyTable:
+        """Read a file written by :meth:`save` (size-limited JSON; nothing is executed).
+
+        Raises:
+            MissingFileError: no such file.
+            FileFormatError: not a W-Gates latency table, or a field is missing, malformed, not finite,
+                not positive, or does not fit its grids.
+        """
+        data = read_json(path, "W-Gates latency table")
+        return cls.from_json(data, path)
+
+    @classmethod
+    def from_json(cls, data: Any, path: str | os.PathLike = "<table>") -> LatencyTable:
+        if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
+            raise FileFormatError(f"'{path}' is not a W-Gates latency table (no format {TABLE_FORMAT!r})")
+        require(data, {"context": dict, "reference": dict, "info": dict, "layers": list, "channels": dict,
+                       "tables": list}, path, "a latency table")
+        context = require(data["context"], {"model": str, "model_hash": str, "device": str, "batch": int,
+                                            "input_shape": list, "timing": dict, "groups": list, "sizes": list},
+                          path, "the latency table's context")
+        ms = require(data["reference"], {"ms": (int, float)}, path, "the latency table's reference")["ms"]
+        if not _positive(ms):
+            raise FileFormatError(f"'{path}': the reference latency is {ms!r} ms, not a finite number > 0")
+        tables = {}
+        for i, raw in enumerate(data["tables"]):
+            table = _checked_table(path, i, raw)
+            tables[table.spec.key()] = table
+        layers = data["layers"]
+        if not all(isinstance(x, list) and len(x) == 2 and all(isinstance(v, str) for v in x) for x in layers):
+            raise FileFormatError(f"'{path}': 'layers' must be [name, spec key] pairs")
+        unknown = [name for name, key in layers if key not in tables]
+        if unknown:
+            raise FileFormatError(f"'{path}': layers {unknown[:3]} name no table of the file")
+        channels = _checked_channels(path, data["channels"], len(layers), len(context["sizes"]))
+        return cls(tables, [tuple(x) for x in layers], channels, context, data["reference"], data["info"])
+
+
+class _Named:
+    """A group's name and size: what an efficiency model needs of a ChannelGroup."""
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name, self.size = name, size
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _checked_table(path: str | os.PathLike, i: int, raw: Any) -> LayerTable:
+    def bad(what: str) -> FileFormatError:
+        return FileFormatError(f"'{path}': table {i} {what}; refused")
+
+    if not isinstance(raw, dict):
+        raise bad("is not an object")
+    spec_raw = raw.get("spec")
+    fields = LayerSpec.__dataclass_fields__
+    if not isinstance(spec_raw, dict) or set(spec_raw) != set(fields):
+        raise bad(f"needs a spec with exactly the fields {sorted(fields)}")
+    try:
+        spec = LayerSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec_raw.items()})
+    except TypeError as exc:
+        raise bad(f"has a malformed spec ({exc})") from None
+    if spec.kind not in ("conv", "linear") or not all(
+            isinstance(getattr(spec, f), int) and not isinstance(getattr(spec, f), bool) and getattr(spec, f) >= 1
+            for f in ("in_channels", "out_channels", "groups")):
+        raise bad("has a spec whose kind is not conv/linear or whose widths/groups are not ints >= 1")
+    c_in, c_out, ms = raw.get("c_in"), raw.get("c_out"), raw.get("ms")
+    for name, axis, full in (("c_in", c_in, spec.in_channels), ("c_out", c_out, spec.out_channels)):
+        if not (isinstance(axis, list) and axis and all(isinstance(v, int) and not isinstance(v, bool) for v in axis)
+                and all(1 <= v <= full for v in axis) and axis == sorted(set(axis)) and axis[-1] == full):
+            raise bad(f"has a {name} grid that is not increasing ints in [1, {full}] ending at the full width")
+    if not (isinstance(ms, list) and len(ms) == len(c_in)
+            and all(isinstance(row, list) and len(row) == len(c_out) and all(_positive(v) for v in row)
+                    for row in ms)):
+        raise bad(f"needs ms as {len(c_in)} rows of {len(c_out)} finite numbers > 0")
+    return LayerTable(spec, c_in, c_out, [[float(v) for v in row] for row in ms])
+
+
+def _checked_channels(path: str | os.PathLike, raw: dict, layers: int, groups: int) -> ChannelMap:
+    def bad(what: str) -> FileFormatError:
+        return FileFormatError(f"'{path}': the channel map {what}; refused")
+
+    for name in ("in_full", "out_full"):
+        values = raw.get(name)
+        if not (isinstance(values, list) and len(values) == layers and all(isinstance(v, int) and v >= 1
+                                                                            for v in values)):
+            raise bad(f"needs {name} as {layers} ints >= 1")
+    sizes = raw.get("sizes")
+    if not (isinstance(sizes, list) and len(sizes) == groups and all(isinstance(v, int) and v >= 1 for v in sizes)):
+        raise bad(f"needs sizes as {groups} ints >= 1")
+    for name in ("in_terms", "out_terms"):
+        terms = raw.get(name)
+        if not (isinstance(terms, list) and all(
+                isinstance(t, list) and len(t) == 3 and isinstance(t[0], int) and 0 <= t[0] < layers
+                and isinstance(t[1], int) and 0 <= t[1] < groups and _positive(t[2]) for t in terms)):
+            raise bad(f"needs {name} as [layer < {layers}, group < {groups}, multiplicity > 0] triples")
+    return ChannelMap.from_json(raw)
+
+
+def _varying_layers(model: nn.Module, example_inputs: Any,
+                    groups: Sequence[ChannelGroup]) -> tuple[list[tuple[str, LayerSpec]], ChannelMap]:
+    """The Conv2d / Linear calls whose channels follow a gated group, their specs and their channel map."""
+    shapes = record_layer_shapes(model, example_inputs)
+    channels = FlopsModel(shapes, groups).channels
+    vary_in, vary_out = channels.varying()
+    modules = dict(model.named_modules())
+    rows = [i for i in range(len(shapes)) if vary_in[i] or vary_out[i]]
+    specs = [(shapes[i].name, LayerSpec.of(modules[shapes[i].name], shapes[i], vary_in[i], vary_out[i]))
+             for i in rows]
+    return specs, channels.subset(rows)
+
+
+def collect_table(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    *,
+    config: WGatesConfig | None = None,
+    device: str | torch.device = "cpu",
+    batch: int = 8,
+    timing: Timing | None = None,
+    points: int = 6,
+    round_to: int = 1,
+    model_name: str | None = None,
+    progress: bool = True,
+) -> LatencyTable:
+    """Time every layer whose channels a gate moves, alone, over a grid of channel counts; and the unpruned model.
+
+    Args:
+        model: the unpruned model (not modified).
+        example_inputs: an image batch ``(N, C, H, W)`` for tracing; the unpruned model is timed on a
+            random batch of shape ``(batch, C, H, W)`` and each layer on its own input at that batch.
+        config: selects the gated groups, as for ``WGates``.
+        device / batch / timing: where and how every latency is measured (default :class:`Timing`).
+        points: grid points per varying axis (>= 2): kept fractions ``0, 1/(points-1), ..., 1``.
+        round_to: grid counts are multiples of it (with the full width), to match ``WGates(round_to=...)``.
+        model_name: stored in the context (default the model's class name).
+        progress: show a progress bar.
+
+    Raises:
+        ConfigTypeError: ``example_inputs`` is not a 4-D tensor.
+        ConfigError: ``points`` or ``round_to`` out of range.
+    """
+    if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() != 4:
+        raise ConfigTypeError("example_inputs must be an image tensor (N, C, H, W) for a latency table")
+    check_number("points", points, ">= 2", integer=True, what="an integer", type_error=ConfigError)
+    check_number("round_to", round_to, ">= 1", integer=True, what="an integer", type_error=ConfigError)
+    check_number("batch", batch, ">= 1", integer=True, what="an integer", type_error=ConfigError)
+    timing = timing or Timing()
+    start = time.perf_counter()
+    model = model.eval()
+    groups = gated_groups(model, example_inputs, **(config.selection() if config is not None else {}))[1]
+    specs, channels = _varying_layers(model, example_inputs, groups)
+    context = measurement_context(model, example_inputs, timing, device, batch, model_name) | {
+        "groups": [g.name for g in groups], "sizes": [int(g.size) for g in groups]}
+    unique = {s.key(): s for _, s in specs}
+    tables: dict[str, LayerTable] = {}
+    with fixed_threads(timing.resolved_threads()):
+        bar = tqdm(unique.items(), desc="latency table", unit="layer", disable=not progress)
+        for key, spec in bar:
+            tables[key] = _measure_spec(spec, points, round_to, batch, device, timing)
+        reference = measure_in_context(model, context)
+    measurements = sum(len(t.c_in) * len(t.c_out) for t in tables.values())
+    info = {"points": points, "round_to": round_to, "measurements": measurements, "layers": len(specs),
+            "tables": len(tables), "seconds": round(time.perf_counter() - start, 3)}
+    return LatencyTable(tables, [(n, s.key()) for n, s in specs], channels, context,
+                        {"ms": statistics.median(reference), "times": reference}, info)
+
+
+def _measure_spec(spec: LayerSpec, points: int, round_to: int, batch: int, device: str | torch.device,
+                  timing: Timing) -> LayerTable:
+    vary_in, vary_out = spec.axes
+    step = math.lcm(spec.step, round_to)
+    c_in = grid(spec.in_channels, points, step) if vary_in else [spec.in_channels]
+    c_out = grid(spec.out_channels, points, step) if vary_out else [spec.out_channels]
+    ms = []
+    for ci in c_in:
+        row = []
+        for co in c_out:
+            layer = spec.build(co if spec.depthwise else ci, co)
+            x = spec.example(co if spec.depthwise else ci, batch, device)
+            row.append(statistics.median(measure_times(layer, x, timing, device)))
+        ms.append(row)
+    return LayerTable(spec, c_in, c_out, ms)
+
+
+class TableModel(MeasuredLatency):
+    """Predicted latency (ms): the sum of the layers' interpolated table latencies plus a constant remainder.
+
+    Build with :meth:`LatencyTable.for_model` or pass :meth:`LatencyTable.efficiency` to ``WGates``.
+    Differentiable in the counts (piecewise bilinear); beyond a grid's ends it extrapolates linearly.
+    """
+
+    source_label = "the latency table"
+
+    def __init__(self, table: LatencyTable, groups: Sequence[Any], channels: ChannelMap, keys: Sequence[str],
+                 reference_ms: float) -> None:
+        super().__init__(groups, reference_ms, table.context)
+        if channels.group_sizes != [int(s) for s in self.sizes.tolist()]:
+            raise ConfigError(f"the channel map is for groups of sizes {channels.group_sizes[:6]}..., not "
+                              f"{[int(s) for s in self.sizes.tolist()][:6]}...")
+        self.channels = channels
+        self._parts = []  # (layer rows, c_in grid, c_out grid, ms table, depthwise) per spec key
+        for key in dict.fromkeys(keys):
+            t = table.tables[key]
+            rows = torch.tensor([i for i, k in enumerate(keys) if k == key], dtype=torch.long)
+            self._parts.append((rows, torch.tensor(t.c_in, dtype=torch.float32),
+                                torch.tensor(t.c_out, dtype=torch.float32), torch.tensor(t.ms, dtype=torch.float32),
+                                t.spec.depthwise))
+        self.layers = len(keys)
+        with torch.no_grad():
+            self.remainder = self.reference_ms - float(self._tables(self.sizes))
+
+    def _tables(self, counts: torch.Tensor) -> torch.Tensor:
+        c_in, c_out = self.channels.live(counts)
+        total = counts.new_zeros(())
+        for rows, g_in, g_out, ms, depthwise in self._parts:
+            x_out = c_out[rows]
+            x_in = x_out if depthwise else c_in[rows]
+            i0, i1, wi = _bracket(g_in.to(counts), x_in)
+            o0, o1, wo = _bracket(g_out.to(counts), x_out)
+            ms = ms.to(counts)
+            total = total + ((1 - wi) * (1 - wo) * ms[i0, o0] + (1 - wi) * wo * ms[i0, o1]
+                             + wi * (1 - wo) * ms[i1, o0] + wi * wo * ms[i1, o1]).sum()
+        return total
+
+    def cost(self, counts: torch.Tensor) -> torch.Tensor:
+        """Predicted latency in ms of the candidate keeping ``counts (G,)`` channels; a scalar."""
+        return self._tables(counts) + self.remainder
+
+
+def _bracket(grid_: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Indices of the grid points around ``x`` and ``x``'s weight toward the upper one (a one-point
+    grid: weight 0; beyond the ends: the end segment, extrapolating)."""
+    if grid_.numel() == 1:
+        zero = torch.zeros_like(x, dtype=torch.long)
+        return zero, zero, torch.zeros_like(x)
+    i1 = torch.searchsorted(grid_, x.detach().contiguous()).clamp(1, grid_.numel() - 1)
+    i0 = i1 - 1
+    return i0, i1, (x - grid_[i0]) / (grid_[i1] - grid_[i0])
+
