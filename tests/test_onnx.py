@@ -147,3 +147,69 @@ def test_pruned_torchvision_models_run_the_same_in_onnxruntime(tmp_path, name):
     fresh = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ort(fresh), small(fresh), rtol=1e-4, atol=1e-4)
+
+
+class CountingNet(nn.Module):
+    """Counts its PyTorch forwards: onnxruntime runs the exported graph, never this Python code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.calls = nn.Conv2d(3, 4, 3), 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.conv(x)
+
+
+@pytest.mark.parametrize(("runtime", "pytorch_forwards"), [("pytorch", 2 + 3), ("onnxruntime", 1)])
+def test_timing_in_onnxruntime_runs_the_exported_graph(runtime, pytorch_forwards):
+    from wgates_plugin.efficiency.timing import measure_times
+
+    net, x = CountingNet().eval(), torch.randn(2, 3, 8, 8)
+    with use_clock(Durations([0.001, 0.002, 0.003])):
+        times = measure_times(net, x, Timing(warmup=2, repeats=3, threads=1, runtime=runtime))
+    assert times == pytest.approx([1.0, 2.0, 3.0])
+    assert net.calls == pytorch_forwards  # onnxruntime: the one traced forward of the export
+
+
+def test_onnxruntime_is_another_device_for_a_latency_table():
+    from wgates_plugin.efficiency import collect_table
+    from wgates_plugin.efficiency.timing import device_name
+
+    model, x = torchvision.models.resnet18(num_classes=10).eval(), torch.zeros(1, 3, 16, 16)
+    timing = Timing(warmup=0, repeats=1, threads=1, runtime="onnxruntime")
+    ticks = iter(range(10_000))
+    with use_clock(lambda: next(ticks) * 1e-3):  # every timed forward lasts exactly 1 ms
+        table = collect_table(model, x, batch=1, timing=timing, points=2, progress=False)
+    import onnxruntime
+
+    assert table.context["device"] == device_name("cpu") + f" (onnxruntime {onnxruntime.__version__})"
+    assert table.context["timing"]["runtime"] == "onnxruntime"
+    assert all(v == pytest.approx(1.0) for t in table.tables.values() for row in t.ms for v in row)
+    latency = table.for_model(model, x)  # the same runtime: accepted
+    assert latency.reference() == pytest.approx(1.0)
+
+
+def test_onnxruntime_timing_refuses_what_it_cannot_do():
+    from wgates_plugin.efficiency.timing import measure_times
+
+    with pytest.raises(ConfigError, match="runtime='tvm' is not one of \\('pytorch', 'onnxruntime'\\)"):
+        Timing(runtime="tvm")
+    with pytest.raises(ConfigError, match="onnxruntime's CPU execution; got device cuda"):
+        measure_times(nn.Identity(), torch.ones(1), Timing(runtime="onnxruntime"), device="cuda")
+
+
+def test_lpnet_collect_and_table_time_in_onnxruntime_from_the_command_line(tmp_path, capsys):
+    from wgates_plugin.app.cli import main
+    from wgates_plugin.efficiency import LatencyTable
+    from wgates_plugin.profiling import load_samples
+
+    common = ["--model", "resnet18", "--input-size", "16", "--batch", "1", "--warmup", "0", "--repeats", "1",
+              "--runtime", "onnxruntime"]
+    ticks = iter(range(100_000))
+    with use_clock(lambda: next(ticks) * 1e-3):
+        assert main(["lpnet", "table", *common, "--points", "2", "--out", str(tmp_path / "t.json")]) == 0
+        assert main(["lpnet", "collect", *common, "--samples", "2", "--out", str(tmp_path / "s.jsonl")]) == 0
+    table, samples = LatencyTable.load(tmp_path / "t.json"), load_samples(tmp_path / "s.jsonl")
+    assert "(onnxruntime " in table.context["device"] and samples.context["device"] == table.context["device"]
+    table.check_samples(samples.context)  # one device: the table can be scored on these samples

@@ -292,7 +292,7 @@ def measurement_context(model: nn.Module, example_inputs: torch.Tensor, timing: 
     return {
         "model": model_name or type(model).__name__,
         "model_hash": architecture_hash(model),
-        "device": device_name(device),
+        "device": device_name(device, timing.runtime),
         "torch": torch.__version__,
         "threads": timing.resolved_threads(),
         "clock": timing.clock,
@@ -306,7 +306,8 @@ def check_measurement_use(context: Mapping[str, Any], example_inputs: torch.Tens
                           batch: int | None, what: str) -> None:
     """Raise :class:`LatencyContextError` unless running on ``device`` at ``batch`` with inputs like
     ``example_inputs`` is the setting the latencies behind a cost model (``what``) were measured in."""
-    now = {"device": device_name(device or context["device"].split(":")[0]),
+    runtime = context["timing"].get("runtime", "pytorch")
+    now = {"device": device_name(device or context["device"].split(":")[0], runtime),
            "input_shape": list(example_inputs.shape[1:]), "batch": batch if batch is not None else context["batch"]}
     diff = context_diff(context, now, tuple(now))
     if diff:

@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import ConfigError, ConfigTypeError
 from ..utils import call_model, check_number, device_of, kept_modes
 
-__all__ = ["Timing", "CLOCKS", "fixed_threads", "measure_ms", "measure_times", "device_name", "use_clock",
+__all__ = ["Timing", "CLOCKS", "RUNTIMES", "fixed_threads", "measure_ms", "measure_times", "device_name", "use_clock",
            "SimulatedClock"]
 
 
@@ -42,12 +42,17 @@ class Timing:
             what the latency would be on an idle core (waiting for the core is not counted; cache
             sharing still is). Only for ``threads=1`` on a CPU device, where the two agree when the
             machine is idle.
+        runtime: ``'pytorch'`` times the module in eager PyTorch; ``'onnxruntime'`` exports it to ONNX
+            once and times onnxruntime running it on the CPU (``threads`` = its intra-op threads): the
+            latency a deployment in onnxruntime sees, which can differ from PyTorch's (see
+            ``benchmarks/RESULTS.md``, "Deployment"). Needs the ``onnx`` extra.
     """
 
     warmup: int = 3
     repeats: int = 15
     threads: int | None = None
     clock: str = "wall"
+    runtime: str = "pytorch"
 
     def __post_init__(self) -> None:
         for name, low in (("warmup", 0), ("repeats", 1)):
@@ -58,6 +63,8 @@ class Timing:
                          type_error=ConfigError)
         if self.clock not in CLOCKS:
             raise ConfigError(f"clock={self.clock!r} is not one of {tuple(CLOCKS)}")
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"runtime={self.runtime!r} is not one of {RUNTIMES}")
         if self.clock == "cpu" and self.threads != 1:
             raise ConfigError(f"clock='cpu' needs threads=1 (got {self.threads!r}): with more threads CPU time "
                               "adds up the threads' work and is not a latency")
@@ -83,6 +90,7 @@ def _sync(device: torch.device) -> None:
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+RUNTIMES = ("pytorch", "onnxruntime")
 _INJECTED: list[Callable[[], float]] = []  # innermost use_clock() last
 
 
@@ -176,6 +184,8 @@ def measure_times(module: nn.Module, inputs: Any, timing: Timing = Timing(),
     device = torch.device(device) if device is not None else device_of(inputs)
     if timing.clock == "cpu" and device.type != "cpu":
         raise ConfigError(f"clock='cpu' times CPU work; on {device} use clock='wall'")
+    if timing.runtime == "onnxruntime":
+        module, inputs = _in_onnxruntime(module, inputs, device, timing)
     clock = _INJECTED[-1] if _INJECTED else CLOCKS[timing.clock]
     times = []
     with kept_modes(module):
@@ -192,14 +202,30 @@ def measure_times(module: nn.Module, inputs: Any, timing: Timing = Timing(),
     return times
 
 
-def device_name(device: str | torch.device) -> str:
-    """``'<type>: <model name>'`` of a device, e.g. ``'cuda: NVIDIA H100'`` or ``'cpu: Intel(R) Xeon(R) ...'``."""
+def _in_onnxruntime(module: nn.Module, inputs: Any, device: torch.device, timing: Timing) -> tuple[nn.Module, Any]:
+    """``module`` exported to ONNX and loaded in onnxruntime (CPU, ``timing``'s threads), and its one input."""
+    from ..app.onnx_runtime import OnnxRuntimeModule, onnx_bytes  # the onnx extra, only when asked for
+
+    if device.type != "cpu":
+        raise ConfigError(f"runtime='onnxruntime' times onnxruntime's CPU execution; got device {device}")
+    x = inputs[0] if isinstance(inputs, (tuple, list)) and len(inputs) == 1 else inputs
+    return OnnxRuntimeModule(onnx_bytes(module, x), timing.resolved_threads()), x
+
+
+def device_name(device: str | torch.device, runtime: str = "pytorch") -> str:
+    """``'<type>: <model name>'`` of a device, e.g. ``'cuda: NVIDIA H100'`` or ``'cpu: Intel(R) Xeon(R) ...'``;
+    with ``runtime='onnxruntime'``, ``' (onnxruntime <version>)'`` is appended: another runtime is
+    another device for a latency model."""
     device = torch.device(device)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            return "cuda: unavailable"
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"{device.type}: {_cpu_model()}"
+        name = f"cuda: {torch.cuda.get_device_name(device)}" if torch.cuda.is_available() else "cuda: unavailable"
+    else:
+        name = f"{device.type}: {_cpu_model()}"
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        name += f" (onnxruntime {onnxruntime.__version__})"
+    return name
 
 
 def _cpu_model() -> str:

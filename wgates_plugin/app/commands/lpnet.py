@@ -66,6 +66,10 @@ def _measurement_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall: real latency; cpu: CPU time of the forward, stable on a busy shared machine "
                         "(needs --threads 1) (default wall)")
+    p.add_argument("--runtime", choices=("pytorch", "onnxruntime"), default="pytorch",
+                   help="pytorch: time eager PyTorch; onnxruntime: export each network (or layer) to ONNX and "
+                        "time it in onnxruntime on the CPU, the deployment's latency (the onnx extra) "
+                        "(default pytorch)")
     p.add_argument("--warmup", type=int, default=3, help="untimed forwards per measurement (default 3)")
     p.add_argument("--repeats", type=int, default=15, help="timed forwards per measurement; median (default 15)")
     p.add_argument("--prune-shortcuts", action="store_true", help="also vary residual-coupled groups")
@@ -131,7 +135,7 @@ def _eval_parser(sub: Any) -> None:
 def _measured_model(args: argparse.Namespace) -> tuple[Any, tuple[int, ...], Timing]:
     shape = (2, 3, args.input_size, args.input_size)
     model = model_from_spec(args.model, args.num_classes, shape)[0].eval()
-    return model, shape, Timing(args.warmup, args.repeats, args.threads, args.clock)
+    return model, shape, Timing(args.warmup, args.repeats, args.threads, args.clock, args.runtime)
 
 
 def _collect(args: argparse.Namespace) -> int:
