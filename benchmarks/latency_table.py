@@ -7,7 +7,7 @@ For each model, on one device and protocol:
 2. **LPNet**: a network LPNet trained on 80 % of the candidates (the default split), scored on the
    held-out 20 %.
 3. **Table**: every layer a gate moves, timed alone over ``points`` channel counts per varying axis
-   (:func:`~wgates_plugin.efficiency.collect_table`), scored on *the same* held-out candidates.
+   (:func:`~wgates_plugin.profiling.collect_table`), scored on *the same* held-out candidates.
 4. **Noise floor**: held-out candidates measured a second time, scored against their first
    measurement: no predictor can beat it on these labels.
 5. **Networks**: W-Gates (warm start, no training: latency depends on the counts, not the weights)
@@ -31,9 +31,9 @@ from typing import Any
 import torch
 
 from wgates_plugin import WGates, count_macs
-from wgates_plugin.efficiency import FitConfig, LatencyTable, Timing, collect_table, device_name, latency_errors
+from wgates_plugin.efficiency import FitConfig, LatencyTable, Timing, device_name, latency_errors
 from wgates_plugin.efficiency.lpnet import split_indices
-from wgates_plugin.profiling import train_predictor
+from wgates_plugin.profiling import collect_table, train_predictor
 
 from . import latency_mode
 from .latency_mode import _collect, _model, noise_floor, side_by_side

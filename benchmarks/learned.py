@@ -24,6 +24,7 @@ from wgates_plugin.budget import Budget, land
 from wgates_plugin.efficiency import FitConfig, LatencyPredictor, Timing
 from wgates_plugin.errors import BudgetError
 from wgates_plugin.gate_decorator import GateDecorator, TickTock
+from wgates_plugin.latency_landing import land_on_latency
 from wgates_plugin.profiling import collect_latency, train_predictor
 
 from .methods import PruneContext, Pruned
@@ -35,7 +36,7 @@ TraceEval = Callable[[nn.Module], float]  # calibrated top-1 of the (gated) mode
 
 def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float, weight_decay: float,
            predictor: LatencyPredictor | None = None, trace_eval: TraceEval | None = None, eval_every: int = 8,
-           freeze_stable: int = 0, **options: Any) -> Pruned:
+           freeze_stable: int = 0, cost_model: Any = None, **options: Any) -> Pruned:
     """W-Gates in target mode: gates and weights trained jointly for ``ctx.steps``, then frozen on budget.
 
     FLOPs mode (``predictor=None``) lands the FLOPs budget exactly. Latency mode trains against an
@@ -47,7 +48,10 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
         ctx: the pruning context (``ctx.model`` is trained in place and keeps no hooks afterwards).
         gate_lr: Adam learning rate of the gates.
         weight_lr / momentum / weight_decay: SGD on the weights during gate training.
-        predictor: an LPNet of ``ctx.model``'s architecture (latency mode).
+        predictor: an LPNet of ``ctx.model``'s architecture (latency mode at equal FLOPs).
+        cost_model: a measured-latency model source (``LatencyTable`` or ``LatencyPredictor``): latency
+            mode *at the latency budget* — ``ctx.budget`` is then a fraction of the measured latency, and
+            the gates are frozen by the closed-loop landing on the device's measurement.
         trace_eval: if given, the gated model's calibrated top-1 is recorded every ``eval_every`` steps.
         options: further :class:`~wgates_plugin.WGatesConfig` fields (the ablations use them).
     """
@@ -57,6 +61,8 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
     if predictor is not None:
         efficiency = predictor.efficiency(model, x)
         target = _uniform_latency(predictor, model, x, ctx.budget)
+    elif cost_model is not None:
+        efficiency = cost_model.efficiency(model, x)
     if options.get("mode") == "paper":  # alpha alone decides the widths (the Table VI sweep): no target
         target = None
     wg = WGates(model, x, target=target, efficiency=efficiency, **options)
@@ -68,7 +74,10 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
     trace = train_wgates(model, wg, ctx, recipe, trace_eval, eval_every)
     gated, timed = _timed_eval(trace_eval, model, "top1_before_freeze")
     landed = wg.config.target
-    if predictor is None:
+    if cost_model is not None:
+        landing = land_on_latency(wg, ctx.budget, wg.efficiency.measure_times)
+        gated["landing"] = landing.report()
+    elif predictor is None:
         wg.freeze()
     else:
         gated["freeze"], landed = _freeze_at_flops(wg, ctx.budget, ctx.tolerance / 4, ctx.tolerance / 2)

@@ -13,6 +13,9 @@
   variant.
 - ``resnet18``: torchvision's ``resnet18`` with ``conv1`` a 3x3 stride-1 conv and ``maxpool`` an
   identity, the usual CIFAR adaptation (the stages then see 32/16/8/4 pixel maps).
+- ``mobilenet_v2``: torchvision's ``mobilenet_v2`` (width 1.0) with the stem conv at stride 1, the
+  usual CIFAR adaptation (the inverted-residual stages then see 32/16/8/4/2 pixel maps): a depthwise
+  network, where latency follows FLOPs least (24.46 M MACs at 32x32).
 
 Every conv is initialized Kaiming-normal (fan-out, ReLU gain), every BatchNorm with weight 1 and bias
 0, every linear layer with PyTorch's default (Kaiming-uniform). No pretrained weight is loaded.
@@ -36,7 +39,7 @@ from wgates_plugin.errors import ConfigError
 
 __all__ = ["MODELS", "build", "CifarResNet", "BasicBlock", "Vgg32", "init_weights", "option_b_extra_params"]
 
-MODELS = ("resnet20", "resnet56", "vgg16_bn", "resnet18")
+MODELS = ("resnet20", "resnet56", "vgg16_bn", "resnet18", "mobilenet_v2")
 
 # torchvision's vgg configuration "D" (vgg16): conv widths, "M" = 2x2 max-pool.
 VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
@@ -127,11 +130,18 @@ def _resnet18(num_classes: int) -> nn.Module:
     return model
 
 
+def _mobilenet_v2(num_classes: int) -> nn.Module:
+    model = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes)
+    model.features[0][0].stride = (1, 1)
+    return model
+
+
 _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     "resnet20": lambda classes: CifarResNet(3, classes),
     "resnet56": lambda classes: CifarResNet(9, classes),
     "vgg16_bn": lambda classes: Vgg32(VGG16_CFG, classes),
     "resnet18": _resnet18,
+    "mobilenet_v2": _mobilenet_v2,
 }
 
 

@@ -19,11 +19,12 @@ from torch import nn
 from wgates_plugin import WGates
 from wgates_plugin.app.cli import main
 from wgates_plugin.config import WGatesConfig
-from wgates_plugin.efficiency import LatencyTable, TableModel, collect_table
+from wgates_plugin.efficiency import LatencyTable, TableModel
 from wgates_plugin.efficiency.table import grid
 from wgates_plugin.efficiency.timing import SimulatedClock, Timing
-from wgates_plugin.errors import ConfigError, ConfigTypeError, FileFormatError, LatencyContextError
+from wgates_plugin.errors import ConfigError, ConfigTypeError, FileFormatError, LatencyContextError, MeasurementError
 from wgates_plugin.latency_landing import land_on_latency
+from wgates_plugin.profiling import collect_table
 from wgates_plugin.profiling.candidates import CandidateSpace
 
 X = torch.zeros(1, 3, 32, 32)
@@ -187,6 +188,7 @@ def _corrupt(tmp_path, table, edit):
     (lambda d: d["channels"]["in_terms"].append([999, 0, 1.0]), "in_terms as \\[layer < "),
     (lambda d: d["layers"].append(["x", "no such key"]), "name no table"),
     (lambda d: d.pop("context"), "context"),
+    (lambda d: d["calibration"].update(scale=0), "calibration scale is 0, not a finite number > 0"),
 ])
 def test_a_malformed_file_is_refused_with_the_reason(tmp_path, edit, match):
     table = table_of(torchvision.models.resnet18(num_classes=10).eval())
@@ -231,3 +233,57 @@ def test_cli_table_eval_and_prune(tmp_path, capsys):
     assert main(["prune", "--model", "resnet18", "--latency-table", str(table), "--lpnet", str(table),
                  "--latency-target", "0.5", "--out", str(tmp_path / "x")]) == 2
     assert "two latency models; pass one" in capsys.readouterr().err
+
+
+class BatchNormClock(SimulatedClock):
+    """The simulated device, where BatchNorm layers cost ``seconds_per_bn`` per element too: a cost that
+    grows with the channels but lies outside the conv tables (what the calibration's scale is for)."""
+
+    def __init__(self, seconds_per_bn: float) -> None:
+        super().__init__(seconds_per_mac=1e-9, seconds_per_layer=2e-5)
+        self.seconds_per_bn = seconds_per_bn
+
+    def cost(self, module, output):
+        if isinstance(module, nn.BatchNorm2d):
+            return self.seconds_per_bn * output.numel()
+        return super().cost(module, output)
+
+
+def _mape(latency, space, clock_, seeds=range(4)):
+    errors = []
+    for i in seeds:
+        counts = space.sample(i, 0, 0.5)
+        with clock_:
+            ms = statistics.median(latency.measure_times(space.build(counts)))
+        errors.append(abs(latency.predicted_ms(counts) / ms - 1))
+    return sum(errors) / len(errors)
+
+
+def test_the_calibration_scale_absorbs_costs_outside_the_tables():
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    space = CandidateSpace(model, X)
+    scored = {}
+    for calibrate in (1, 3):
+        clock_ = BatchNormClock(seconds_per_bn=5e-8)
+        with clock_:
+            table = collect_table(model, X, batch=2, timing=TIMING, points=3, calibrate=calibrate, progress=False)
+        assert len(table.calibration["points"]) == calibrate and table.calibration["points"][0]["fraction"] == 1.0
+        scored[calibrate] = (table.scale, _mape(table.for_model(model, X), space, clock_))
+    assert scored[1][0] == 1.0 and scored[3][0] > 1.0  # BN time grows with the channels: the tables' sum scaled up
+    assert scored[3][1] < scored[1][1] / 2  # and the held-out error more than halves
+
+
+class SlowerWhenThinnerClock(SimulatedClock):
+    """The simulated device where a BatchNorm layer costs more the fewer elements it normalizes."""
+
+    def cost(self, module, output):
+        if isinstance(module, nn.BatchNorm2d):
+            return 50.0 / output.numel()
+        return super().cost(module, output)
+
+
+def test_a_device_whose_thinner_networks_are_not_faster_cannot_be_calibrated():
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    with pytest.raises(MeasurementError, match="thinner networks did not measure faster.*HINT"):
+        with SlowerWhenThinnerClock(seconds_per_mac=1e-9, seconds_per_layer=2e-5):
+            collect_table(model, X, batch=2, timing=TIMING, points=3, progress=False)

@@ -278,8 +278,11 @@ def test_paper_mode_loss_is_alpha_log_one_plus_relative_latency(collected, block
 
 
 @pytest.mark.parametrize("extra, match", [
-    (["--lpnet", "x.lpnet"], "--lpnet and --latency-target go together"),
-    (["--latency-target", "0.5"], "--lpnet and --latency-target go together"),
+    (["--lpnet", "x.lpnet"], "--latency-target goes with --lpnet or --latency-table.*--lpnet=x.lpnet"),
+    (["--latency-target", "0.5"], "--latency-target goes with --lpnet or --latency-table"),
+    (["--latency-table", "x.lpnet"], "--latency-target goes with.*--latency-table=x.lpnet, --latency-target=None"),
+    (["--latency-table", "missing.json", "--latency-target", "0.5"],
+     "--latency-table file 'missing.json' does not exist"),
     (["--lpnet", "missing.lpnet", "--latency-target", "0.5"], "--lpnet file 'missing.lpnet' does not exist"),
     (["--lpnet", "x.lpnet", "--latency-target", "1.5"], r"--latency-target=1.5 must be in \(0, 1\]"),
 ])

@@ -11,7 +11,7 @@ from .blocks import BlockEncoder, find_blocks
 from .flops import FlopsModel, LayerShape, count_macs, record_layer_shapes
 from .latency import LatencyModel, LatencyPredictor, MeasuredLatency, architecture_hash
 from .lpnet import FitConfig, LatencyErrors, LPNet, latency_errors, split_indices
-from .table import LatencyTable, TableModel, collect_table
+from .table import LatencyTable, TableModel
 from .timing import SimulatedClock, Timing, device_name, measure_ms, use_clock
 
 __all__ = [
@@ -19,5 +19,5 @@ __all__ = [
     "Timing", "measure_ms", "device_name", "use_clock", "SimulatedClock", "LatencyContextError",
     "BlockEncoder", "find_blocks", "architecture_hash",
     "LPNet", "FitConfig", "LatencyErrors", "latency_errors", "split_indices",
-    "LatencyPredictor", "LatencyModel", "MeasuredLatency", "LatencyTable", "TableModel", "collect_table",
+    "LatencyPredictor", "LatencyModel", "MeasuredLatency", "LatencyTable", "TableModel",
 ]

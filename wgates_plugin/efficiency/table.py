@@ -3,7 +3,7 @@ each a function of the layer's live input and output channels (HALP, Shen et al.
 latency table per layer over its channel counts; MDP, Sun et al., CVPR 2025: over input *and* output
 channels).
 
-Collection (:func:`collect_table`) times every Conv2d / Linear layer whose channels follow a gated
+Collection (:func:`~wgates_plugin.profiling.collect_table`) times every Conv2d / Linear layer whose channels follow a gated
 group *alone*, as a fresh layer with the same kernel, stride, padding, dilation, grouping and bias, fed
 a random input of the size it receives inside the network, at a grid of channel counts: the kept
 fraction ``0, 1/(P-1), ..., 1`` of each varying axis (snapped to what the layer allows; ``P`` =
@@ -13,14 +13,16 @@ blocks are measured once.
 
 Prediction (:class:`TableModel`) maps the gate counts to every layer's live channels (the same
 :class:`~wgates_plugin.efficiency.flops.ChannelMap` the FLOPs model uses), reads each table by bilinear
-interpolation — piecewise linear in the counts, so differentiable in the gates — and adds a constant
-*remainder*: the unpruned network's measured latency minus the tables' sum at full width (what the
-tables do not see: layers no gate touches, normalisation and activations, framework overhead). The
-prediction for the unpruned network is its measurement.
+interpolation — piecewise linear in the counts, so differentiable in the gates — and calibrates the
+sum to whole networks: ``latency = scale * sum + remainder``. The remainder makes the unpruned
+network predict its measurement (it holds what the tables do not see: layers no gate touches,
+framework overhead); the scale is fitted by least squares on a few uniformly thinned networks timed
+whole at collection (``calibrate``), and absorbs what grows with the tabulated convs but is not in
+them: the normalisation and activation layers between them, and the difference between a layer timed
+alone and inside the network.
 
-What a table cannot see: the cost of per-channel layers (BN, activations) between the tabulated
-convs changes with the channels too but sits in the constant remainder, and a layer timed alone
-misses cache effects between neighbours. :mod:`benchmarks.latency_table` measures the resulting error
+What a table cannot see: how these effects differ from layer to layer (the scale is one number for
+the network). :mod:`benchmarks.latency_table` measures the resulting error
 beside the LPNet's on the same held-out networks.
 
 A table is tied to a device, batch, input size and timing (checked when binding), not to one
@@ -35,6 +37,7 @@ Example (a deterministic clock stands in for the device; a conv's latency is the
 channels, which the table's interpolation reproduces exactly):
     >>> import torch, torchvision
     >>> from wgates_plugin.efficiency.timing import SimulatedClock, Timing
+    >>> from wgates_plugin.profiling import collect_table
     >>> model = torchvision.models.resnet18(num_classes=10).eval()
     >>> x = torch.zeros(1, 3, 32, 32)
     >>> with SimulatedClock(seconds_per_mac=1e-9, seconds_per_layer=1e-5):
@@ -53,28 +56,23 @@ import json
 import math
 import os
 import statistics
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError, ConfigTypeError, FileFormatError, LatencyContextError
 from ..files import read_json, require, write_text
 from ..groups import ChannelGroup, gated_groups
-from ..utils import check_number
 from .flops import ChannelMap, FlopsModel, LayerShape, record_layer_shapes
-from .latency import (MeasuredLatency, architecture_hash, check_measurement_use, context_diff,
-                      measure_in_context, measurement_context)
-from .timing import Timing, fixed_threads, measure_times
+from .latency import MeasuredLatency, architecture_hash, check_measurement_use, context_diff, measure_in_context
 
 if TYPE_CHECKING:
     from ..config import WGatesConfig
 
-__all__ = ["TABLE_FORMAT", "LayerSpec", "LayerTable", "LatencyTable", "TableModel", "collect_table", "grid"]
+__all__ = ["TABLE_FORMAT", "LayerSpec", "LayerTable", "LatencyTable", "TableModel", "grid", "varying_layers"]
 
 TABLE_FORMAT = "wgates-latency-table/1"
 _MEASUREMENT_KEYS = ("device", "input_shape", "batch", "threads", "clock")
@@ -180,7 +178,7 @@ class LayerTable:
 class LatencyTable:
     """Per-layer latency tables measured on a device, with the model they were collected on bound.
 
-    Build with :func:`collect_table` or :meth:`load`; :meth:`for_model` / :meth:`efficiency` give the
+    Build with :func:`~wgates_plugin.profiling.collect_table` or :meth:`load`; :meth:`for_model` / :meth:`efficiency` give the
     :class:`TableModel` that ``WGates(..., efficiency=...)`` uses.
 
     Attributes:
@@ -190,13 +188,21 @@ class LatencyTable:
         context: the measurement context (device, batch, input shape, threads, clock, timing, model,
             architecture hash, gated groups and their sizes).
         reference: ``{'ms': the unpruned model's measured latency, 'times': its timed forwards}``.
+        calibration: ``{'scale': the tables' factor, 'points': the whole networks it was fitted on,
+            each {'fraction', 'counts', 'ms', 'tables_ms'}}``.
         info: collection settings and cost (``points``, ``round_to``, ``measurements``, ``seconds``).
     """
 
     def __init__(self, tables: Mapping[str, LayerTable], layers: Sequence[tuple[str, str]], channels: ChannelMap,
-                 context: dict[str, Any], reference: dict[str, Any], info: dict[str, Any]) -> None:
+                 context: dict[str, Any], reference: dict[str, Any], info: dict[str, Any],
+                 calibration: dict[str, Any] | None = None) -> None:
         self.tables, self.layers, self.channels = dict(tables), [tuple(x) for x in layers], channels
         self.context, self.reference, self.info = context, reference, info
+        self.calibration = calibration or {"scale": 1.0, "points": []}
+
+    @property
+    def scale(self) -> float:
+        return float(self.calibration["scale"])
 
     # ------------------------------------------------------------------ binding
     def for_model(self, model: nn.Module, example_inputs: torch.Tensor, groups: Sequence[ChannelGroup] | None = None,
@@ -220,7 +226,7 @@ class LatencyTable:
         if same:
             keys, channels = [k for _, k in self.layers], self.channels
         else:
-            specs, channels = _varying_layers(model, example_inputs, groups)
+            specs, channels = varying_layers(model, example_inputs, groups)
             missing = [f"{name} ({s.kind} {s.in_channels}->{s.out_channels}, kernel {s.kernel}, stride {s.stride}, "
                        f"input {s.in_size})" for name, s in specs if s.key() not in self.tables]
             if missing:
@@ -254,6 +260,7 @@ class LatencyTable:
     # ------------------------------------------------------------------ persistence
     def to_json(self) -> dict[str, Any]:
         return {"format": TABLE_FORMAT, "context": self.context, "reference": self.reference, "info": self.info,
+                "calibration": self.calibration,
                 "layers": [list(x) for x in self.layers], "channels": self.channels.to_json(),
                 "tables": [t.to_json() for t in self.tables.values()]}
 
@@ -278,13 +285,16 @@ class LatencyTable:
         if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
             raise FileFormatError(f"'{path}' is not a W-Gates latency table (no format {TABLE_FORMAT!r})")
         require(data, {"context": dict, "reference": dict, "info": dict, "layers": list, "channels": dict,
-                       "tables": list}, path, "a latency table")
+                       "tables": list, "calibration": dict}, path, "a latency table")
         context = require(data["context"], {"model": str, "model_hash": str, "device": str, "batch": int,
                                             "input_shape": list, "timing": dict, "groups": list, "sizes": list},
                           path, "the latency table's context")
         ms = require(data["reference"], {"ms": (int, float)}, path, "the latency table's reference")["ms"]
         if not _positive(ms):
             raise FileFormatError(f"'{path}': the reference latency is {ms!r} ms, not a finite number > 0")
+        scale = require(data["calibration"], {"scale": (int, float)}, path, "the latency table's calibration")["scale"]
+        if not _positive(scale):
+            raise FileFormatError(f"'{path}': the calibration scale is {scale!r}, not a finite number > 0")
         tables = {}
         for i, raw in enumerate(data["tables"]):
             table = _checked_table(path, i, raw)
@@ -296,7 +306,8 @@ class LatencyTable:
         if unknown:
             raise FileFormatError(f"'{path}': layers {unknown[:3]} name no table of the file")
         channels = _checked_channels(path, data["channels"], len(layers), len(context["sizes"]))
-        return cls(tables, [tuple(x) for x in layers], channels, context, data["reference"], data["info"])
+        return cls(tables, [tuple(x) for x in layers], channels, context, data["reference"], data["info"],
+                   data["calibration"])
 
 
 class _Named:
@@ -361,7 +372,7 @@ def _checked_channels(path: str | os.PathLike, raw: dict, layers: int, groups: i
     return ChannelMap.from_json(raw)
 
 
-def _varying_layers(model: nn.Module, example_inputs: Any,
+def varying_layers(model: nn.Module, example_inputs: Any,
                     groups: Sequence[ChannelGroup]) -> tuple[list[tuple[str, LayerSpec]], ChannelMap]:
     """The Conv2d / Linear calls whose channels follow a gated group, their specs and their channel map."""
     shapes = record_layer_shapes(model, example_inputs)
@@ -374,81 +385,9 @@ def _varying_layers(model: nn.Module, example_inputs: Any,
     return specs, channels.subset(rows)
 
 
-def collect_table(
-    model: nn.Module,
-    example_inputs: torch.Tensor,
-    *,
-    config: WGatesConfig | None = None,
-    device: str | torch.device = "cpu",
-    batch: int = 8,
-    timing: Timing | None = None,
-    points: int = 6,
-    round_to: int = 1,
-    model_name: str | None = None,
-    progress: bool = True,
-) -> LatencyTable:
-    """Time every layer whose channels a gate moves, alone, over a grid of channel counts; and the unpruned model.
-
-    Args:
-        model: the unpruned model (not modified).
-        example_inputs: an image batch ``(N, C, H, W)`` for tracing; the unpruned model is timed on a
-            random batch of shape ``(batch, C, H, W)`` and each layer on its own input at that batch.
-        config: selects the gated groups, as for ``WGates``.
-        device / batch / timing: where and how every latency is measured (default :class:`Timing`).
-        points: grid points per varying axis (>= 2): kept fractions ``0, 1/(points-1), ..., 1``.
-        round_to: grid counts are multiples of it (with the full width), to match ``WGates(round_to=...)``.
-        model_name: stored in the context (default the model's class name).
-        progress: show a progress bar.
-
-    Raises:
-        ConfigTypeError: ``example_inputs`` is not a 4-D tensor.
-        ConfigError: ``points`` or ``round_to`` out of range.
-    """
-    if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() != 4:
-        raise ConfigTypeError("example_inputs must be an image tensor (N, C, H, W) for a latency table")
-    check_number("points", points, ">= 2", integer=True, what="an integer", type_error=ConfigError)
-    check_number("round_to", round_to, ">= 1", integer=True, what="an integer", type_error=ConfigError)
-    check_number("batch", batch, ">= 1", integer=True, what="an integer", type_error=ConfigError)
-    timing = timing or Timing()
-    start = time.perf_counter()
-    model = model.eval()
-    groups = gated_groups(model, example_inputs, **(config.selection() if config is not None else {}))[1]
-    specs, channels = _varying_layers(model, example_inputs, groups)
-    context = measurement_context(model, example_inputs, timing, device, batch, model_name) | {
-        "groups": [g.name for g in groups], "sizes": [int(g.size) for g in groups]}
-    unique = {s.key(): s for _, s in specs}
-    tables: dict[str, LayerTable] = {}
-    with fixed_threads(timing.resolved_threads()):
-        bar = tqdm(unique.items(), desc="latency table", unit="layer", disable=not progress)
-        for key, spec in bar:
-            tables[key] = _measure_spec(spec, points, round_to, batch, device, timing)
-        reference = measure_in_context(model, context)
-    measurements = sum(len(t.c_in) * len(t.c_out) for t in tables.values())
-    info = {"points": points, "round_to": round_to, "measurements": measurements, "layers": len(specs),
-            "tables": len(tables), "seconds": round(time.perf_counter() - start, 3)}
-    return LatencyTable(tables, [(n, s.key()) for n, s in specs], channels, context,
-                        {"ms": statistics.median(reference), "times": reference}, info)
-
-
-def _measure_spec(spec: LayerSpec, points: int, round_to: int, batch: int, device: str | torch.device,
-                  timing: Timing) -> LayerTable:
-    vary_in, vary_out = spec.axes
-    step = math.lcm(spec.step, round_to)
-    c_in = grid(spec.in_channels, points, step) if vary_in else [spec.in_channels]
-    c_out = grid(spec.out_channels, points, step) if vary_out else [spec.out_channels]
-    ms = []
-    for ci in c_in:
-        row = []
-        for co in c_out:
-            layer = spec.build(co if spec.depthwise else ci, co)
-            x = spec.example(co if spec.depthwise else ci, batch, device)
-            row.append(statistics.median(measure_times(layer, x, timing, device)))
-        ms.append(row)
-    return LayerTable(spec, c_in, c_out, ms)
-
-
 class TableModel(MeasuredLatency):
-    """Predicted latency (ms): the sum of the layers' interpolated table latencies plus a constant remainder.
+    """Predicted latency (ms): the calibrated sum of the layers' interpolated table latencies,
+    ``scale * sum + remainder``.
 
     Build with :meth:`LatencyTable.for_model` or pass :meth:`LatencyTable.efficiency` to ``WGates``.
     Differentiable in the counts (piecewise bilinear); beyond a grid's ends it extrapolates linearly.
@@ -471,8 +410,9 @@ class TableModel(MeasuredLatency):
                                 torch.tensor(t.c_out, dtype=torch.float32), torch.tensor(t.ms, dtype=torch.float32),
                                 t.spec.depthwise))
         self.layers = len(keys)
+        self.scale = table.scale
         with torch.no_grad():
-            self.remainder = self.reference_ms - float(self._tables(self.sizes))
+            self.remainder = self.reference_ms - self.scale * float(self._tables(self.sizes))
 
     def _tables(self, counts: torch.Tensor) -> torch.Tensor:
         c_in, c_out = self.channels.live(counts)
@@ -487,9 +427,14 @@ class TableModel(MeasuredLatency):
                              + wi * (1 - wo) * ms[i1, o0] + wi * wo * ms[i1, o1]).sum()
         return total
 
+    def tables_ms(self, counts: torch.Tensor | Sequence[float]) -> float:
+        """The tables' uncalibrated sum (ms) for ``counts (G,)``, as a number."""
+        with torch.no_grad():
+            return float(self._tables(torch.as_tensor(counts, dtype=torch.float32).to(self.sizes)))
+
     def cost(self, counts: torch.Tensor) -> torch.Tensor:
         """Predicted latency in ms of the candidate keeping ``counts (G,)`` channels; a scalar."""
-        return self._tables(counts) + self.remainder
+        return self.scale * self._tables(counts) + self.remainder
 
 
 def _bracket(grid_: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

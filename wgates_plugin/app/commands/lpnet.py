@@ -28,7 +28,7 @@ import torch
 
 from ...config import BudgetMode, LayerBounds, WGatesConfig
 from ...efficiency.latency import LatencyModel, LatencyPredictor, MeasuredLatency
-from ...efficiency.table import LatencyTable, collect_table
+from ...efficiency.table import LatencyTable
 from ...efficiency.lpnet import FitConfig, LatencyErrors
 from ...efficiency.timing import Timing
 from ...errors import ConfigError, MissingFileError
@@ -36,6 +36,7 @@ from ...files import check_writable, write_text
 from ...profiling.lpnet_fit import evaluate_predictor, evaluate_table, train_predictor
 from ...profiling.profiler import collect_latency
 from ...profiling.samples import load_samples
+from ...profiling.tables import collect_table
 from ...utils import check_number
 from ..models import model_from_spec
 

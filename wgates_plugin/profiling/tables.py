@@ -1,0 +1,156 @@
+"""Collecting a per-layer latency lookup table on this device (the cost model is
+:class:`~wgates_plugin.efficiency.table.TableModel`).
+
+Every Conv2d / Linear layer whose channels a gate moves is timed alone over a grid of channel counts;
+the unpruned network and a few uniformly thinned ones are timed whole to calibrate the tables' sum.
+
+Example (a deterministic clock stands in for the device):
+    >>> import torch, torchvision
+    >>> from wgates_plugin.efficiency.timing import SimulatedClock, Timing
+    >>> model = torchvision.models.resnet18(num_classes=10).eval()
+    >>> with SimulatedClock(seconds_per_mac=1e-9, seconds_per_layer=1e-5):
+    ...     table = collect_table(model, torch.zeros(1, 3, 32, 32), batch=2, timing=Timing(warmup=0, repeats=1),
+    ...                           points=3, progress=False)
+    >>> round(table.scale, 6)  # the simulated device's latency is exactly the tables' sum plus a constant
+    1.0
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..efficiency.latency import measure_in_context, measurement_context
+from ..efficiency.table import LatencyTable, LayerSpec, LayerTable, grid, varying_layers
+from ..efficiency.timing import Timing, fixed_threads, measure_times
+from ..errors import ConfigError, ConfigTypeError, MeasurementError
+from ..utils import check_number
+from .candidates import CandidateSpace
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..config import WGatesConfig
+
+__all__ = ["collect_table"]
+
+
+def collect_table(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    *,
+    config: WGatesConfig | None = None,
+    device: str | torch.device = "cpu",
+    batch: int = 8,
+    timing: Timing | None = None,
+    points: int = 6,
+    round_to: int = 1,
+    calibrate: int = 3,
+    model_name: str | None = None,
+    progress: bool = True,
+) -> LatencyTable:
+    """Time every layer whose channels a gate moves, alone, over a grid of channel counts; and the unpruned model.
+
+    Args:
+        model: the unpruned model (not modified).
+        example_inputs: an image batch ``(N, C, H, W)`` for tracing; the unpruned model is timed on a
+            random batch of shape ``(batch, C, H, W)`` and each layer on its own input at that batch.
+        config: selects the gated groups, as for ``WGates``.
+        device / batch / timing: where and how every latency is measured (default :class:`Timing`).
+        points: grid points per varying axis (>= 2): kept fractions ``0, 1/(points-1), ..., 1``.
+        round_to: grid counts are multiples of it (with the full width), to match ``WGates(round_to=...)``.
+        calibrate: whole networks timed to fit the tables' scale: the unpruned one and ``calibrate - 1``
+            uniformly thinned ones (every group at kept fractions evenly spaced in (0, 1)); 1 fits
+            nothing (scale 1, the remainder only).
+        model_name: stored in the context (default the model's class name).
+        progress: show a progress bar.
+
+    Raises:
+        ConfigTypeError: ``example_inputs`` is not a 4-D tensor.
+        ConfigError: ``points`` or ``round_to`` out of range.
+    """
+    if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() != 4:
+        raise ConfigTypeError("example_inputs must be an image tensor (N, C, H, W) for a latency table")
+    check_number("points", points, ">= 2", integer=True, what="an integer", type_error=ConfigError)
+    check_number("round_to", round_to, ">= 1", integer=True, what="an integer", type_error=ConfigError)
+    check_number("batch", batch, ">= 1", integer=True, what="an integer", type_error=ConfigError)
+    check_number("calibrate", calibrate, ">= 1", integer=True, what="an integer", type_error=ConfigError)
+    timing = timing or Timing()
+    start = time.perf_counter()
+    model = model.eval()
+    space = CandidateSpace(model, example_inputs, config)
+    groups = space.groups
+    specs, channels = varying_layers(model, example_inputs, groups)
+    context = measurement_context(model, example_inputs, timing, device, batch, model_name) | {
+        "groups": [g.name for g in groups], "sizes": [int(g.size) for g in groups]}
+    unique = {s.key(): s for _, s in specs}
+    tables: dict[str, LayerTable] = {}
+    with fixed_threads(timing.resolved_threads()):
+        bar = tqdm(unique.items(), desc="latency table", unit="layer", disable=not progress)
+        for key, spec in bar:
+            tables[key] = _measure_spec(spec, points, round_to, batch, device, timing)
+        reference = measure_in_context(model, context)
+        table = LatencyTable(tables, [(n, s.key()) for n, s in specs], channels, context,
+                             {"ms": statistics.median(reference), "times": reference}, {})
+        table.calibration = _calibration(table, space, calibrate, round_to)
+    measurements = sum(len(t.c_in) * len(t.c_out) for t in tables.values())
+    table.info = {"points": points, "round_to": round_to, "calibrate": calibrate, "measurements": measurements,
+                  "layers": len(specs), "tables": len(tables), "seconds": round(time.perf_counter() - start, 3)}
+    return table
+
+
+def _calibration(table: LatencyTable, space: CandidateSpace, calibrate: int, round_to: int) -> dict[str, Any]:
+    """The tables' scale: least squares through the unpruned network's point, over uniformly thinned ones
+    (their counts multiples of ``round_to``, as the networks the table will price)."""
+    full = table.own_model()  # scale 1
+    ref_ms, ref_tables = float(table.reference["ms"]), full.tables_ms(space.full_counts())
+    points = [{"fraction": 1.0, "counts": space.full_counts(), "ms": ref_ms, "tables_ms": ref_tables}]
+    for i in range(1, calibrate):
+        fraction = 1 - i / calibrate
+        counts = [_thinned(b, fraction, round_to) for b in space.bounds]
+        ms = statistics.median(measure_in_context(space.build(counts), table.context))
+        points.append({"fraction": fraction, "counts": counts, "ms": ms, "tables_ms": full.tables_ms(counts)})
+    dx = [p["tables_ms"] - ref_tables for p in points[1:]]
+    dy = [p["ms"] - ref_ms for p in points[1:]]
+    denominator = sum(d * d for d in dx)
+    scale = sum(a * b for a, b in zip(dx, dy)) / denominator if denominator > 0 else 1.0
+    if not (math.isfinite(scale) and scale > 0):
+        raise MeasurementError(
+            f"the whole networks measured {[round(p['ms'], 4) for p in points]} ms where the tables sum to "
+            f"{[round(p['tables_ms'], 4) for p in points]} ms: thinner networks did not measure faster, so the "
+            "tables cannot be calibrated. HINT: measure again with more repeats and no other jobs on the cores "
+            "(or clock='cpu' with threads=1)")
+    return {"scale": scale, "points": points}
+
+
+def _thinned(bounds: Any, fraction: float, round_to: int) -> int:
+    """The count a group keeps at ``fraction`` of its width: a multiple of its unit and of ``round_to``
+    (or the whole group), within its bounds."""
+    step = math.lcm(bounds.tie, round_to)
+    full = bounds.high * bounds.tie
+    count = min(full, max(step, step * round(fraction * full / step), bounds.low * bounds.tie))
+    return count if count % bounds.tie == 0 else full
+
+
+def _measure_spec(spec: LayerSpec, points: int, round_to: int, batch: int, device: str | torch.device,
+                  timing: Timing) -> LayerTable:
+    vary_in, vary_out = spec.axes
+    step = math.lcm(spec.step, round_to)
+    c_in = grid(spec.in_channels, points, step) if vary_in else [spec.in_channels]
+    c_out = grid(spec.out_channels, points, step) if vary_out else [spec.out_channels]
+    ms = []
+    for ci in c_in:
+        row = []
+        for co in c_out:
+            layer = spec.build(co if spec.depthwise else ci, co)
+            x = spec.example(co if spec.depthwise else ci, batch, device)
+            row.append(statistics.median(measure_times(layer, x, timing, device)))
+        ms.append(row)
+    return LayerTable(spec, c_in, c_out, ms)
+
+
