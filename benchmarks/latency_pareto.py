@@ -71,6 +71,7 @@ class Setup:
     repeats: int = 15
     rounds: int = 7
     threads: int = 1
+    runtime: str = "onnxruntime"
 
     @property
     def protocol(self) -> Protocol:
@@ -80,7 +81,7 @@ class Setup:
 
     @property
     def timing(self) -> Timing:
-        return Timing(self.warmup, self.repeats, 1, "cpu", "onnxruntime")
+        return Timing(self.warmup, self.repeats, 1, "cpu", self.runtime)
 
 
 QUICK = Setup(out="latency-pareto-quick", flops_targets=(0.5, 0.3), latency_targets=(0.4,), seeds=(0,),
@@ -89,7 +90,7 @@ QUICK = Setup(out="latency-pareto-quick", flops_targets=(0.5, 0.3), latency_targ
 
 
 def _table(setup: Setup, base: torch.nn.Module, x: torch.Tensor, key: str) -> LatencyTable:
-    path = Path(setup.cache) / f"table_{setup.model}_{key}_ort_b{setup.latency_batch}_r{setup.round_to}.json"
+    path = Path(setup.cache) / f"table_{setup.model}_{key}_{setup.runtime}_b{setup.latency_batch}_r{setup.round_to}.json"
     if path.exists():
         return LatencyTable.load(path)
     table = collect_table(copy.deepcopy(base).eval(), x, batch=setup.latency_batch, timing=setup.timing,
@@ -198,7 +199,7 @@ def run(setup: Setup) -> dict[str, Any]:
     records = [json.loads(line) for line in runs.read_text().splitlines() if line]
     latency = time_all(setup, base, x, records)
     budget = f"{setup.budget_epochs:g}"
-    result = {"setup": asdict(setup), "device": device_name("cpu", "onnxruntime"), "torch": torch.__version__,
+    result = {"setup": asdict(setup), "device": device_name("cpu", setup.runtime), "torch": torch.__version__,
               "baseline": {**info, "latency_ms": latency["baseline"]}, "table": {**table.info, "scale": table.scale},
               "runs": [{**r, "latency_ms": latency[_key(r)], "latency_ratio": latency[_key(r)] / latency["baseline"]}
                        for r in records],
