@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
@@ -348,3 +349,20 @@ def test_block_inputs_are_captured_as_the_network_feeds_them(r10):
     captured = capture_block_inputs(model, x, ["layer2.0", "layer4.0"])
     assert captured["layer2.0"][0].shape == (2, 64, 8, 8)
     assert captured["layer4.0"][0].shape == (2, 256, 2, 2)
+
+
+def test_a_samples_file_written_before_runtimes_existed_still_resumes(tmp_path):
+    """Its context's timing has no 'runtime' key: PyTorch timing still matches it."""
+    import json
+
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    path = tmp_path / "old.jsonl"
+    timing = Timing(warmup=0, repeats=1, threads=1)
+    with SimulatedClock():
+        collect_latency(model, torch.zeros(2, 3, 16, 16), path, samples=1, batch=1, timing=timing, progress=False)
+        lines = path.read_text().splitlines()
+        context = json.loads(lines[0])
+        assert "runtime" not in context["context"]["timing"]  # what older files hold
+        again = collect_latency(model, torch.zeros(2, 3, 16, 16), path, samples=2, batch=1, timing=timing,
+                                progress=False)
+    assert len(again) == 2

@@ -298,8 +298,17 @@ def measurement_context(model: nn.Module, example_inputs: torch.Tensor, timing: 
         "clock": timing.clock,
         "batch": batch,
         "input_shape": list(example_inputs.shape[1:]),
-        "timing": asdict(timing) | {"threads": timing.resolved_threads()},
+        "timing": _timing_record(timing),
     }
+
+
+def _timing_record(timing: Timing) -> dict[str, Any]:
+    """``timing`` as stored in a context; the runtime only when it is not PyTorch, so that files written
+    before runtimes existed keep the same context (and resume, and bind)."""
+    record = asdict(timing) | {"threads": timing.resolved_threads()}
+    if record["runtime"] == "pytorch":
+        del record["runtime"]
+    return record
 
 
 def check_measurement_use(context: Mapping[str, Any], example_inputs: torch.Tensor, device: str | torch.device | None,
