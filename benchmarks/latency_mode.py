@@ -197,18 +197,22 @@ def _uniform(base: nn.Module, x: torch.Tensor, flops_ratio: float) -> tuple[nn.M
     return space.build(counts), counts
 
 
-def side_by_side(models: dict[str, nn.Module], setup: Setup, size: int) -> dict[str, dict[str, float]]:
-    """Median over interleaved, shuffled rounds of each model's CPU-clock and wall-clock latency."""
+def side_by_side(models: dict[str, nn.Module], setup: Setup, size: int,
+                 timing: Timing | None = None) -> dict[str, dict[str, float]]:
+    """Median over interleaved, shuffled rounds of each model's latency with ``timing`` (default the
+    setup's CPU clock) and, for PyTorch timing, the wall clock too."""
     x = torch.randn(setup.batch, 3, size, size, device=setup.device)
-    wall = replace(setup, clock="wall").timing
-    times: dict[str, dict[str, list[float]]] = {k: {"clock": [], "wall": []} for k in models}
+    timing = timing or setup.timing
+    clocks = {"ms": timing}
+    if timing.runtime == "pytorch":
+        clocks["wall_ms"] = replace(timing, clock="wall")
+    times: dict[str, dict[str, list[float]]] = {k: {c: [] for c in clocks} for k in models}
     rng = random.Random(setup.seed)
     for _ in range(setup.rounds):
         for name in rng.sample(list(models), len(models)):
-            times[name]["clock"].append(measure_ms(models[name], x, setup.timing))
-            times[name]["wall"].append(measure_ms(models[name], x, wall))
-    return {k: {"ms": statistics.median(v["clock"]), "wall_ms": statistics.median(v["wall"])}
-            for k, v in times.items()}
+            for c, t in clocks.items():
+                times[name][c].append(measure_ms(models[name], x, t))
+    return {k: {c: statistics.median(v) for c, v in per.items()} for k, per in times.items()}
 
 
 def part_b(setup: Setup) -> list[dict[str, Any]]:

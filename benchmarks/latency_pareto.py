@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import random
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -40,10 +38,10 @@ import torch
 from wgates_plugin import count_macs
 from wgates_plugin.app.training import evaluate
 from wgates_plugin.efficiency import LatencyTable, Timing, device_name
-from wgates_plugin.efficiency.timing import measure_times
 from wgates_plugin.profiling import CandidateSpace, collect_table
 
-from . import learned
+from . import latency_mode, learned
+from .latency_mode import side_by_side
 from .methods import PruneContext, prunable_layers
 from .models import build
 from .protocol import Protocol, baseline, calibrated_top1, finetune_curve, make_data, steps_per_epoch
@@ -81,7 +79,7 @@ class Setup:
 
     @property
     def timing(self) -> Timing:
-        return Timing(self.warmup, self.repeats, 1, "cpu", self.runtime)
+        return Timing(self.warmup, self.repeats, self.threads, "cpu" if self.threads == 1 else "wall", self.runtime)
 
 
 QUICK = Setup(out="latency-pareto-quick", flops_targets=(0.5, 0.3), latency_targets=(0.4,), seeds=(0,),
@@ -90,7 +88,9 @@ QUICK = Setup(out="latency-pareto-quick", flops_targets=(0.5, 0.3), latency_targ
 
 
 def _table(setup: Setup, base: torch.nn.Module, x: torch.Tensor, key: str) -> LatencyTable:
-    path = Path(setup.cache) / f"table_{setup.model}_{key}_{setup.runtime}_b{setup.latency_batch}_r{setup.round_to}.json"
+    t = setup.timing
+    path = Path(setup.cache) / (f"table_{setup.model}_{key}_{t.runtime}_b{setup.latency_batch}_r{setup.round_to}"
+                                f"_p{setup.points}_w{t.warmup}_n{t.repeats}_t{t.threads}_{t.clock}.json")
     if path.exists():
         return LatencyTable.load(path)
     table = collect_table(copy.deepcopy(base).eval(), x, batch=setup.latency_batch, timing=setup.timing,
@@ -103,7 +103,11 @@ def _table(setup: Setup, base: torch.nn.Module, x: torch.Tensor, key: str) -> La
 def _done(path: Path) -> set[tuple[str, float, int]]:
     if not path.exists():
         return set()
-    return {(r["mode"], r["target"], r["seed"]) for r in map(json.loads, path.read_text().splitlines()) if r}
+    return {(r["mode"], r["target"], r["seed"]) for r in _records(path)}
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def run_one(setup: Setup, p: Protocol, data: Any, base: torch.nn.Module, x: torch.Tensor, table: LatencyTable,
@@ -129,18 +133,15 @@ def run_one(setup: Setup, p: Protocol, data: Any, base: torch.nn.Module, x: torc
 
 
 def time_all(setup: Setup, base: torch.nn.Module, x: torch.Tensor, records: list[dict[str, Any]]) -> dict[str, float]:
-    """Median onnxruntime latency of every recorded architecture and the baseline, interleaved and shuffled."""
+    """Median latency of every recorded architecture and the baseline, interleaved and shuffled
+    (:func:`benchmarks.latency_mode.side_by_side` with this run's timing)."""
     space = CandidateSpace(base, x, None)
     nets = {"baseline": copy.deepcopy(base).eval()}
     for r in records:
         nets[_key(r)] = space.build([int(r["kept"][g.name][0]) for g in space.groups])
-    xb = torch.randn(setup.latency_batch, *x.shape[1:])
-    times: dict[str, list[float]] = {k: [] for k in nets}
-    rng = random.Random(0)
-    for _ in range(setup.rounds):
-        for k in rng.sample(list(nets), len(nets)):
-            times[k].append(statistics.median(measure_times(nets[k], xb, setup.timing)))
-    return {k: statistics.median(v) for k, v in times.items()}
+    lm = replace(latency_mode.Setup(), batch=setup.latency_batch, rounds=setup.rounds, seed=0)
+    timed = side_by_side(nets, lm, x.shape[-1], setup.timing)
+    return {k: v["ms"] for k, v in timed.items()}
 
 
 def _key(r: dict[str, Any]) -> str:
@@ -196,7 +197,7 @@ def run(setup: Setup) -> dict[str, Any]:
                 record = run_one(setup, p, data, base, x, table, mode, target, seed)
                 with runs.open("a") as f:
                     f.write(json.dumps(record) + "\n")
-    records = [json.loads(line) for line in runs.read_text().splitlines() if line]
+    records = _records(runs)
     latency = time_all(setup, base, x, records)
     budget = f"{setup.budget_epochs:g}"
     result = {"setup": asdict(setup), "device": device_name("cpu", setup.runtime), "torch": torch.__version__,
@@ -212,7 +213,8 @@ def markdown(result: dict[str, Any]) -> str:
     s, b = result["setup"], result["baseline"]
     budget = f"{s['budget_epochs']:g}"
     lines = [f"Device `{result['device']}`, torch {result['torch']}; {s['model']}, batch {s['latency_batch']}, "
-             f"1 thread, CPU clock, median of {s['rounds']} interleaved rounds (each a median of {s['repeats']}).",
+             f"{s['threads']} thread(s), {'CPU' if s['threads'] == 1 else 'wall'} clock, median of {s['rounds']} "
+             f"interleaved rounds (each a median of {s['repeats']}).",
              f"Baseline: top-1 {100 * b['top1']:.2f} %, {b['latency_ms']:.3f} ms in onnxruntime.", "",
              f"| seed | mode | target | FLOPs ratio | onnxruntime ms | latency ratio | top-1 % after pruning | "
              f"top-1 % at {budget} epochs |", "|---|---|---|---|---|---|---|---|"]

@@ -76,7 +76,9 @@ QUICK = Setup(work="latency-table-bench-quick", models=("resnet18",), size=32, s
 
 
 def _table(setup: Setup, name: str, x: torch.Tensor) -> LatencyTable:
-    path = Path(setup.work) / f"{name}_{setup.size}_p{setup.points}.table.json"
+    t = setup.timing
+    path = Path(setup.work) / (f"{name}_{setup.size}_p{setup.points}_b{setup.batch}_w{t.warmup}_n{t.repeats}"
+                               f"_t{t.threads}_{t.clock}_{t.runtime}.table.json")
     if path.exists():
         return LatencyTable.load(path)
     table = collect_table(_model(name), x, device=setup.device, batch=setup.batch, timing=setup.timing,
@@ -127,6 +129,7 @@ def run(setup: Setup) -> dict[str, Any]:
         _, test = split_indices(len(samples.records), 0.2, 0)  # train_predictor's held-out candidates
         held_out = [samples.records[i] for i in test]
         table = _table(setup, name, x)
+        table.check_samples(samples.context)  # one device, batch, input, clock and model
         own = table.own_model()
         table_errors = latency_errors([own.predicted_ms(r["counts"]) for r in held_out], [r["ms"] for r in held_out])
         out["models"][name] = {

@@ -22,7 +22,7 @@ from wgates_plugin import WGates
 from wgates_plugin.app.training import Recipe, evaluate, recalibrate_bn, train_gates
 from wgates_plugin.budget import Budget, land
 from wgates_plugin.efficiency import FitConfig, LatencyPredictor, Timing
-from wgates_plugin.errors import BudgetError
+from wgates_plugin.errors import BudgetError, ConfigError
 from wgates_plugin.gate_decorator import GateDecorator, TickTock
 from wgates_plugin.latency_landing import land_on_latency
 from wgates_plugin.profiling import collect_latency, train_predictor
@@ -55,6 +55,9 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
         trace_eval: if given, the gated model's calibrated top-1 is recorded every ``eval_every`` steps.
         options: further :class:`~wgates_plugin.WGatesConfig` fields (the ablations use them).
     """
+    if predictor is not None and cost_model is not None:
+        raise ConfigError("pass predictor (latency mode at equal FLOPs) or cost_model (at the latency budget), "
+                          "not both")
     torch.manual_seed(ctx.seed)
     model, x = ctx.model, ctx.example
     efficiency, target = None, ctx.budget
@@ -77,6 +80,7 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
     if cost_model is not None:
         landing = land_on_latency(wg, ctx.budget, wg.efficiency.measure_times)
         gated["landing"] = landing.report()
+        landed = landing.rounds[landing.chosen].budget  # the budget the gates were frozen at
     elif predictor is None:
         wg.freeze()
     else:

@@ -94,6 +94,8 @@ def test_tables_are_shared_by_equal_layers_and_grids_follow_the_points():
     (3, 6, 1, [1, 2, 3]),
     (10, 2, 1, [1, 10]),
     (20, 3, 8, [8, 20]),  # full width kept even when it is no multiple of the step
+    (3, 6, 4, [3]),  # a step wider than the layer: the layer's full width only
+    (2, 3, 8, [2]),
 ])
 def test_grid(full, points, step, expected):
     assert grid(full, points, step) == expected
@@ -104,7 +106,7 @@ def test_round_to_puts_the_grid_on_multiples():
     table = table_of(model, round_to=8)
     for t in table.tables.values():
         for axis, full in ((t.c_in, t.spec.in_channels), (t.c_out, t.spec.out_channels)):
-            assert all(c % 8 == 0 or c == full for c in axis)
+            assert all(c % 8 == 0 or c == full for c in axis) and max(axis) == full
 
 
 def test_the_cost_is_differentiable_in_the_counts():
@@ -189,11 +191,24 @@ def _corrupt(tmp_path, table, edit):
     (lambda d: d["layers"].append(["x", "no such key"]), "name no table"),
     (lambda d: d.pop("context"), "context"),
     (lambda d: d["calibration"].update(scale=0), "calibration scale is 0, not a finite number > 0"),
+    (lambda d: d["reference"].update(ms=10 ** 400), "reference latency is .* not a finite number > 0"),
+    (lambda d: d["channels"]["in_full"].__setitem__(0, 10 ** 30), "needs in_full as"),
+    (lambda d: d["context"].update(sizes=["a"] * len(d["context"]["sizes"])), "as many group names"),
+    (lambda d: d["context"]["groups"].pop(), "as many group names"),
+    (lambda d: d["context"]["timing"].update(evil=1), "has a timing that is no Timing"),
+    (lambda d: d["context"].update(batch=0), "needs a batch and an input shape"),
+    (lambda d: d["channels"].update(sizes=[s + 1 for s in d["channels"]["sizes"]]), "group sizes differ"),
 ])
 def test_a_malformed_file_is_refused_with_the_reason(tmp_path, edit, match):
     table = table_of(torchvision.models.resnet18(num_classes=10).eval())
     with pytest.raises(FileFormatError, match=match):
         LatencyTable.load(_corrupt(tmp_path, table, edit))
+
+
+def test_collection_restores_the_models_mode():
+    model = torchvision.models.resnet18(num_classes=10).train()
+    table_of(model)
+    assert model.training and all(m.training for m in model.modules())
 
 
 def test_bad_arguments_are_refused():

@@ -1,7 +1,8 @@
 """The report a person reads at a glance, written beside a pruned model by ``wgates prune``.
 
 * ``summary.md``: before/after parameters, MACs, latency and top-1, the top-1 right after pruning
-  and after BN re-calibration, LPNet's prediction and the landing where latency mode ran, the per-layer kept
+  and after BN re-calibration, the latency model's prediction (LPNet or table) and the landing where latency
+  mode ran, the per-layer kept
   channels and the gate trace (FLOPs ratio, cost ratio, multiplier and loss along gate training).
 * ``kept_channels.png``: kept against original channels of every gated layer, in model order, and
   the FLOPs ratio along gate training with the target. It needs matplotlib (the ``plots`` extra);
@@ -49,7 +50,7 @@ def summary_markdown(report: dict[str, Any], plot: str | None = None, latency: s
 
     Args:
         plot: the picture's file name, if one was written.
-        latency: the latency-mode lines (LPNet prediction vs measurement, landing), if latency mode ran.
+        latency: the latency-mode lines (the latency model's prediction vs the measurement, the landing), if latency mode ran.
     """
     b, a = report["before"], report["after"]
     latency_mode = "latency" in report

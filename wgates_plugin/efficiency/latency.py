@@ -346,7 +346,8 @@ class MeasuredLatency(EfficiencyModel):
     :meth:`reference` is the unpruned model's *measured* latency, so a budget is a fraction of what the
     device measured; :meth:`measure_times` times an exported network as the cost model's
     measurements were taken, for the closed-loop landing (:mod:`~wgates_plugin.latency_landing`).
-    Subclasses set ``source`` (what holds the measurement context) and implement :meth:`cost`.
+    Subclasses pass the measurement context, set ``source_label`` (how messages name them) and implement
+    :meth:`cost`.
     """
 
     unit = "ms"

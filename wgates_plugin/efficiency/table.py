@@ -64,10 +64,11 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ConfigTypeError, FileFormatError, LatencyContextError
-from ..files import read_json, require, write_text
+from ..files import LIMITS, read_json, require, write_text
 from ..groups import ChannelGroup, gated_groups
 from .flops import ChannelMap, FlopsModel, LayerShape, record_layer_shapes
 from .latency import MeasuredLatency, architecture_hash, check_measurement_use, context_diff, measure_in_context
+from .timing import Timing
 
 if TYPE_CHECKING:
     from ..config import WGatesConfig
@@ -155,7 +156,7 @@ def grid(full: int, points: int, step: int = 1) -> list[int]:
     """
     values = {full}
     for i in range(points - 1):
-        values.add(max(step, min(full, step * round(full * i / (points - 1) / step))))
+        values.add(min(full, max(step, step * round(full * i / (points - 1) / step))))
     return sorted(values)
 
 
@@ -289,6 +290,7 @@ class LatencyTable:
         context = require(data["context"], {"model": str, "model_hash": str, "device": str, "batch": int,
                                             "input_shape": list, "timing": dict, "groups": list, "sizes": list},
                           path, "the latency table's context")
+        _check_context(path, context)
         ms = require(data["reference"], {"ms": (int, float)}, path, "the latency table's reference")["ms"]
         if not _positive(ms):
             raise FileFormatError(f"'{path}': the reference latency is {ms!r} ms, not a finite number > 0")
@@ -306,6 +308,8 @@ class LatencyTable:
         if unknown:
             raise FileFormatError(f"'{path}': layers {unknown[:3]} name no table of the file")
         channels = _checked_channels(path, data["channels"], len(layers), len(context["sizes"]))
+        if channels.group_sizes != context["sizes"]:
+            raise FileFormatError(f"'{path}': the channel map's group sizes differ from the context's; refused")
         return cls(tables, [tuple(x) for x in layers], channels, context, data["reference"], data["info"],
                    data["calibration"])
 
@@ -318,7 +322,39 @@ class _Named:
 
 
 def _positive(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    """A finite number > 0 (a JSON integer too large for a float is none)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value)) and value > 0
+    except OverflowError:
+        return False
+
+
+def _index(value: Any, size: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < size
+
+
+def _count(value: Any) -> bool:
+    """A channel count or size a file may declare: an int in [1, LIMITS.width]."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= LIMITS.width
+
+
+def _check_context(path: str | os.PathLike, context: dict[str, Any]) -> None:
+    """The context fields binding, measuring and scoring read: well-formed, or a FileFormatError."""
+    def bad(what: str) -> FileFormatError:
+        return FileFormatError(f"'{path}': the latency table's context {what}; refused")
+
+    groups, sizes = context["groups"], context["sizes"]
+    if not (all(isinstance(g, str) for g in groups) and all(_count(v) for v in sizes) and len(groups) == len(sizes)
+            and groups):
+        raise bad("needs as many group names (str) as group sizes (ints >= 1)")
+    if not (_count(context["batch"]) and context["input_shape"] and all(_count(v) for v in context["input_shape"])):
+        raise bad("needs a batch and an input shape of ints >= 1")
+    try:
+        Timing(**context["timing"])
+    except (TypeError, ConfigError) as exc:
+        raise bad(f"has a timing that is no Timing ({exc})") from None
 
 
 def _checked_table(path: str | os.PathLike, i: int, raw: Any) -> LayerTable:
@@ -335,9 +371,8 @@ def _checked_table(path: str | os.PathLike, i: int, raw: Any) -> LayerTable:
         spec = LayerSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec_raw.items()})
     except TypeError as exc:
         raise bad(f"has a malformed spec ({exc})") from None
-    if spec.kind not in ("conv", "linear") or not all(
-            isinstance(getattr(spec, f), int) and not isinstance(getattr(spec, f), bool) and getattr(spec, f) >= 1
-            for f in ("in_channels", "out_channels", "groups")):
+    if spec.kind not in ("conv", "linear") or not all(_count(getattr(spec, f))
+                                                      for f in ("in_channels", "out_channels", "groups")):
         raise bad("has a spec whose kind is not conv/linear or whose widths/groups are not ints >= 1")
     c_in, c_out, ms = raw.get("c_in"), raw.get("c_out"), raw.get("ms")
     for name, axis, full in (("c_in", c_in, spec.in_channels), ("c_out", c_out, spec.out_channels)):
@@ -357,17 +392,16 @@ def _checked_channels(path: str | os.PathLike, raw: dict, layers: int, groups: i
 
     for name in ("in_full", "out_full"):
         values = raw.get(name)
-        if not (isinstance(values, list) and len(values) == layers and all(isinstance(v, int) and v >= 1
-                                                                            for v in values)):
+        if not (isinstance(values, list) and len(values) == layers and all(_count(v) for v in values)):
             raise bad(f"needs {name} as {layers} ints >= 1")
     sizes = raw.get("sizes")
-    if not (isinstance(sizes, list) and len(sizes) == groups and all(isinstance(v, int) and v >= 1 for v in sizes)):
+    if not (isinstance(sizes, list) and len(sizes) == groups and all(_count(v) for v in sizes)):
         raise bad(f"needs sizes as {groups} ints >= 1")
     for name in ("in_terms", "out_terms"):
         terms = raw.get(name)
         if not (isinstance(terms, list) and all(
-                isinstance(t, list) and len(t) == 3 and isinstance(t[0], int) and 0 <= t[0] < layers
-                and isinstance(t[1], int) and 0 <= t[1] < groups and _positive(t[2]) for t in terms)):
+                isinstance(t, list) and len(t) == 3 and _index(t[0], layers) and _index(t[1], groups)
+                and _positive(t[2]) for t in terms)):
             raise bad(f"needs {name} as [layer < {layers}, group < {groups}, multiplicity > 0] triples")
     return ChannelMap.from_json(raw)
 

@@ -222,9 +222,9 @@ def device_name(device: str | torch.device, runtime: str = "pytorch") -> str:
     else:
         name = f"{device.type}: {_cpu_model()}"
     if runtime == "onnxruntime":
-        import onnxruntime
+        from ..app.onnx_runtime import require_onnx  # the onnx extra, only when asked for
 
-        name += f" (onnxruntime {onnxruntime.__version__})"
+        name += f" (onnxruntime {require_onnx().__version__})"
     return name
 
 

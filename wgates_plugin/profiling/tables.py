@@ -29,7 +29,7 @@ from ..efficiency.latency import measure_in_context, measurement_context
 from ..efficiency.table import LatencyTable, LayerSpec, LayerTable, grid, varying_layers
 from ..efficiency.timing import Timing, fixed_threads, measure_times
 from ..errors import ConfigError, ConfigTypeError, MeasurementError
-from ..utils import check_number
+from ..utils import check_number, kept_modes
 from .candidates import CandidateSpace
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def collect_table(
     """Time every layer whose channels a gate moves, alone, over a grid of channel counts; and the unpruned model.
 
     Args:
-        model: the unpruned model (not modified).
+        model: the unpruned model (not modified; its train/eval modes are restored).
         example_inputs: an image batch ``(N, C, H, W)`` for tracing; the unpruned model is timed on a
             random batch of shape ``(batch, C, H, W)`` and each layer on its own input at that batch.
         config: selects the gated groups, as for ``WGates``.
@@ -72,7 +72,8 @@ def collect_table(
 
     Raises:
         ConfigTypeError: ``example_inputs`` is not a 4-D tensor.
-        ConfigError: ``points`` or ``round_to`` out of range.
+        ConfigError: ``points``, ``round_to``, ``batch`` or ``calibrate`` out of range.
+        MeasurementError: the thinned networks did not measure faster than the unpruned one (no scale fits).
     """
     if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() != 4:
         raise ConfigTypeError("example_inputs must be an image tensor (N, C, H, W) for a latency table")
@@ -81,8 +82,15 @@ def collect_table(
     check_number("batch", batch, ">= 1", integer=True, what="an integer", type_error=ConfigError)
     check_number("calibrate", calibrate, ">= 1", integer=True, what="an integer", type_error=ConfigError)
     timing = timing or Timing()
+    with kept_modes(model):
+        return _collect(model.eval(), example_inputs, config, device, batch, timing, points, round_to, calibrate,
+                        model_name, progress)
+
+
+def _collect(model: nn.Module, example_inputs: torch.Tensor, config: WGatesConfig | None, device: str | torch.device,
+             batch: int, timing: Timing, points: int, round_to: int, calibrate: int, model_name: str | None,
+             progress: bool) -> LatencyTable:
     start = time.perf_counter()
-    model = model.eval()
     space = CandidateSpace(model, example_inputs, config)
     groups = space.groups
     specs, channels = varying_layers(model, example_inputs, groups)

@@ -44,7 +44,7 @@ __all__ = ["register"]
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("lpnet", help="latency samples and latency prediction networks (LPNet)",
+    parser = subparsers.add_parser("lpnet", help="latency samples, latency prediction networks (LPNet) and per-layer latency tables",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="lpnet_command", required=True)
     _collect_parser(sub)
