@@ -68,6 +68,7 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
         efficiency = cost_model.efficiency(model, x)
     if options.get("mode") == "paper":  # alpha alone decides the widths (the Table VI sweep): no target
         target = None
+    reference = copy.deepcopy(model).eval() if cost_model is not None else None  # unpruned, hook-free
     wg = WGates(model, x, target=target, efficiency=efficiency, **options)
     _check_same_layers(wg, ctx)
     kd = ctx.distill
@@ -78,7 +79,7 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
     gated, timed = _timed_eval(trace_eval, model, "top1_before_freeze")
     landed = wg.config.target
     if cost_model is not None:
-        landing = land_on_latency(wg, ctx.budget, wg.efficiency.measure_times)
+        landing = land_on_latency(wg, ctx.budget, wg.efficiency.measure_times, reference=reference)
         gated["landing"] = landing.report()
         landed = landing.rounds[landing.chosen].budget  # the budget the gates were frozen at
     elif predictor is None:

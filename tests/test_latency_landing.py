@@ -66,3 +66,25 @@ def test_bad_values_are_refused(gated, kwargs, match):
     _, wg = gated
     with pytest.raises(ConfigError, match=match):
         land_on_latency(wg, measure=device, **kwargs)
+
+
+def test_re_measuring_the_reference_around_each_candidate_cancels_a_drifting_device(gated):
+    model, wg = gated
+    unpruned = torchvision.models.resnet18(num_classes=10).eval()  # the same architecture: the same latency
+    with SimulatedClock(seconds_per_mac=1e-9, seconds_per_layer=5e-4):
+        reference = device(unpruned)[0]  # measured before the device slowed down
+        calls = [0]
+
+        def drifting(m):  # another job ramping up: every measurement 20 % slower than the one before
+            calls[0] += 1
+            return [t * (1 + 0.2 * calls[0]) for t in device(m)]
+
+        stale = land_on_latency(wg, 0.5, drifting, reference_ms=reference)
+        stale_truth = device(stale.model)[0] / reference
+        calls[0] = 0
+        fresh = land_on_latency(wg, 0.5, drifting, reference_ms=reference, reference=unpruned)
+        fresh_truth = device(fresh.model)[0] / reference  # on the undisturbed device
+    assert fresh.within and abs(fresh_truth / 0.5 - 1) <= 0.03  # the linear drift cancels exactly
+    assert abs(stale_truth / 0.5 - 1) > 0.03  # against the stale reference the landing lands elsewhere
+    assert all(r.reference_ms is not None for r in fresh.rounds) and stale.rounds[0].reference_ms is None
+    assert fresh.report()["reference_ms"] == fresh.rounds[fresh.chosen].reference_ms

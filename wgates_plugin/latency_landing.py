@@ -51,6 +51,7 @@ class LandingRound:
     predicted_ms: float | None  # the cost model's prediction (latency models only)
     measured_ms: float  # median of the timed forwards
     spread_ms: float  # half the interquartile range of the timed forwards: the measurement's own noise
+    reference_ms: float | None = None  # the unpruned model measured around this round's (``reference=``)
 
 
 @dataclass
@@ -66,7 +67,7 @@ class LatencyLanding:
 
     @property
     def measured_ratio(self) -> float:
-        return self.rounds[self.chosen].measured_ms / self.reference_ms
+        return _ratio(self.rounds[self.chosen], self.reference_ms)
 
     @property
     def within(self) -> bool:
@@ -74,14 +75,16 @@ class LatencyLanding:
 
     def report(self) -> dict[str, Any]:
         """JSON-serializable: target, reference, every round, the chosen one and the gap."""
-        return {"target": self.target, "target_ms": self.target * self.reference_ms,
-                "reference_ms": self.reference_ms, "tolerance": self.tolerance, "chosen": self.chosen,
+        measured = self.rounds[self.chosen].reference_ms if self.rounds else None
+        reference = measured if measured is not None else self.reference_ms
+        return {"target": self.target, "target_ms": self.target * reference,
+                "reference_ms": reference, "tolerance": self.tolerance, "chosen": self.chosen,
                 "measured_ratio": self.measured_ratio, "within": self.within,
                 "gap_pct": 100 * (self.measured_ratio / self.target - 1), "rounds": [asdict(r) for r in self.rounds]}
 
 
 def land_on_latency(wg: WGates, target: float, measure: Measure, reference_ms: float | None = None,
-                    tolerance: float = 0.03, rounds: int = 6) -> LatencyLanding:
+                    tolerance: float = 0.03, rounds: int = 6, reference: nn.Module | None = None) -> LatencyLanding:
     """Freeze ``wg`` so that its exported network's *measured* latency is ``target`` of the reference.
 
     Args:
@@ -93,6 +96,11 @@ def land_on_latency(wg: WGates, target: float, measure: Measure, reference_ms: f
             which a latency model measured).
         tolerance: the measured median must be within ``target * (1 ± tolerance)``.
         rounds: the most freeze–export–measure rounds.
+        reference: the unpruned model (without gates). When given, every round measures it right
+            before and right after the exported network and takes the round's ratio against the mean
+            of the two, so a device whose speed drifts (other jobs on a shared machine, thermal
+            throttling) moves both alike (a linear drift cancels exactly); the report's
+            ``reference_ms`` is then the chosen round's measurement of it.
 
     Returns:
         A :class:`LatencyLanding`; ``wg`` is left frozen at the chosen round's budget. When no round
@@ -105,22 +113,24 @@ def land_on_latency(wg: WGates, target: float, measure: Measure, reference_ms: f
     check_number("target", target, "(0, 1]", what="", type_error=ConfigError)
     check_number("tolerance", tolerance, "(0, 0.5)", what="", type_error=ConfigError)
     check_number("rounds", rounds, ">= 1", integer=True, type_error=ConfigError)
-    reference = float(wg.efficiency.reference() if reference_ms is None else reference_ms)
-    check_number("reference_ms", reference, "> 0", type_error=ConfigError)
+    ref_ms = float(wg.efficiency.reference() if reference_ms is None else reference_ms)
+    check_number("reference_ms", ref_ms, "> 0", type_error=ConfigError)
     floor = wg.floor_ratio()
-    landing = LatencyLanding(wg, target, reference, tolerance)  # model replaced below
+    landing = LatencyLanding(wg, target, ref_ms, tolerance)  # model replaced below
     points: list[tuple[float, float]] = []  # (budget, measured ratio)
     models: list[nn.Module] = []
     budget = max(target, floor)
     for _ in range(rounds):
         pruned = _freeze_and_export(wg, budget)
+        before = statistics.median(measure(reference)) if reference is not None else None
         times = measure(pruned)
+        now = None if before is None else (before + statistics.median(measure(reference))) / 2
         quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
         predicted = getattr(wg.efficiency, "predicted_ms", None)
         landing.rounds.append(LandingRound(budget, float(predicted(wg.counts())) if predicted else None,
-                                           statistics.median(times), (quartiles[2] - quartiles[0]) / 2))
+                                           statistics.median(times), (quartiles[2] - quartiles[0]) / 2, now))
         models.append(pruned)
-        points.append((budget, landing.rounds[-1].measured_ms / reference))
+        points.append((budget, _ratio(landing.rounds[-1], ref_ms)))
         if abs(points[-1][1] / target - 1) <= tolerance:
             break
         nxt = _next_budget(points, target, floor)
@@ -132,6 +142,12 @@ def land_on_latency(wg: WGates, target: float, measure: Measure, reference_ms: f
         _freeze(wg, points[landing.chosen][0])  # wg reflects the chosen network
     landing.model = models[landing.chosen]
     return landing
+
+
+def _ratio(round_: LandingRound, reference_ms: float) -> float:
+    """The round's measured latency as a fraction of the unpruned model's: measured in the same round
+    when it was, else ``reference_ms``."""
+    return round_.measured_ms / (round_.reference_ms if round_.reference_ms is not None else reference_ms)
 
 
 def _freeze(wg: WGates, budget: float) -> None:

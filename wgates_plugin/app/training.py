@@ -478,15 +478,18 @@ def prune_phase(model: nn.Module, example_inputs: Any, train_loader: Iterable, t
         wgates.remove()  # the baseline is measured without gate hooks
     before = describe(model, example_inputs, test_loader, latency_input, threads)
     teacher = copy.deepcopy(model).eval() if recipe.distill else None  # hook-free: the gates are off here
+    latency_mode = (wgates is not None and isinstance(wgates.efficiency, MeasuredLatency)
+                    and wgates.config.target is not None)
+    reference = copy.deepcopy(model).eval() if latency_mode else None  # hook-free: timed beside every candidate
     wg = wgates if wgates is not None else WGates(model, example_inputs, target=target)
     wg.attach()
     trace = train_gates(model, wg, train_loader, recipe, progress, teacher=teacher)
     top1 = {"baseline": before["top1"], "gated": _maybe_eval(model, test_loader)}
     clock.lap("gates")
     landing = None
-    if isinstance(wg.efficiency, MeasuredLatency) and wg.config.target is not None:  # land on the measured latency
+    if latency_mode:  # land on the measured latency, the unpruned model re-measured beside every candidate
         landing = land_on_latency(wg, wg.config.target, wg.efficiency.measure_times,
-                                  tolerance=recipe.latency_tolerance)
+                                  tolerance=recipe.latency_tolerance, reference=reference)
         pruned = landing.model
     else:
         wg.freeze()
