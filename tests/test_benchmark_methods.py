@@ -108,6 +108,7 @@ PINNED = {  # parameters, MACs at 32x32 (count_macs), with 10 classes
     "resnet56": (855_770, 125_747_850),
     "vgg16_bn": (14_728_266, 313_478_154),
     "resnet18": (11_173_962, 555_422_730),
+    "mobilenet_v2": (2_236_682, 24_461_322),
 }
 
 
@@ -142,6 +143,12 @@ def test_resnet18_and_vgg_adapted_to_32x32():
     assert vgg.features(X).shape == (1, 512, 1, 1)
     assert (vgg.classifier.in_features, vgg.classifier.out_features) == (512, 7)
     assert sum(isinstance(m, nn.Conv2d) for m in vgg.modules()) == 13
+
+
+def test_mobilenet_v2_adapted_to_32x32():
+    model = build("mobilenet_v2")
+    assert model.features[0][0].stride == (1, 1)  # the stem keeps 32x32
+    assert model.features(X).shape == (1, 1280, 2, 2)
 
 
 def test_kaiming_init():
