@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import ConfigError, ConfigTypeError
 from ..utils import call_model, check_number, device_of, kept_modes
+from .runtime import OnnxRuntimeModule, onnx_bytes, require_onnx
 
 __all__ = ["Timing", "CLOCKS", "RUNTIMES", "fixed_threads", "measure_ms", "measure_times", "device_name", "use_clock",
            "SimulatedClock"]
@@ -204,8 +205,6 @@ def measure_times(module: nn.Module, inputs: Any, timing: Timing = Timing(),
 
 def _in_onnxruntime(module: nn.Module, inputs: Any, device: torch.device, timing: Timing) -> tuple[nn.Module, Any]:
     """``module`` exported to ONNX and loaded in onnxruntime (CPU, ``timing``'s threads), and its one input."""
-    from ..app.onnx_runtime import OnnxRuntimeModule, onnx_bytes  # the onnx extra, only when asked for
-
     if device.type != "cpu":
         raise ConfigError(f"runtime='onnxruntime' times onnxruntime's CPU execution; got device {device}")
     x = inputs[0] if isinstance(inputs, (tuple, list)) and len(inputs) == 1 else inputs
@@ -222,8 +221,6 @@ def device_name(device: str | torch.device, runtime: str = "pytorch") -> str:
     else:
         name = f"{device.type}: {_cpu_model()}"
     if runtime == "onnxruntime":
-        from ..app.onnx_runtime import require_onnx  # the onnx extra, only when asked for
-
         name += f" (onnxruntime {require_onnx().__version__})"
     return name
 
