@@ -51,3 +51,12 @@ def test_the_quick_run_on_the_simulated_device(tmp_path):
     assert latency["latency_ratio"] == pytest.approx(0.4, rel=0.03)  # and the final re-timing agrees
     assert len(result["comparison"]) == 1 and result["table"]["scale"] == pytest.approx(1.0, rel=1e-4)
     assert "| 0 | latency | 0.4 |" in latency_pareto.markdown(result)
+
+
+def test_the_harness_refuses_two_latency_models_at_once():
+    from benchmarks import learned
+    from wgates_plugin.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="predictor .* or cost_model .*not both"):
+        learned.wgates(None, gate_lr=1e-3, weight_lr=0.01, momentum=0.9, weight_decay=5e-4, predictor=object(),
+                       cost_model=object())
