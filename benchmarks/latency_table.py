@@ -62,7 +62,7 @@ class Setup:
 
     @property
     def timing(self) -> Timing:
-        return Timing(self.warmup, self.repeats, self.threads, self.clock)
+        return self.for_latency_mode().timing
 
     def for_latency_mode(self) -> latency_mode.Setup:
         """The same protocol in ``benchmarks.latency_mode``'s terms (its collection and noise floor)."""

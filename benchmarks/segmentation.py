@@ -38,7 +38,7 @@ from torch import nn
 
 from wgates_plugin import WGates, count_macs
 from wgates_plugin.app.data import load_fashion_mnist
-from wgates_plugin.app.training import recalibrate_bn
+from wgates_plugin.app.training import recalibrate_bn, train_steps
 from wgates_plugin.efficiency import Timing, device_name, measure_ms
 
 from .latency_mode import _uniform
@@ -121,24 +121,13 @@ def batches(data: tuple[torch.Tensor, torch.Tensor], batch: int, seed: int):
 
 def train(model: nn.Module, stream, steps: int, lr: float, wg: WGates | None = None, gate_lr: float = 1e-3) -> None:
     """SGD (momentum 0.9, cosine) on pixel cross-entropy; with ``wg``, plus its efficiency loss and Adam
-    on the gates."""
-    model.train()
+    on the gates (:func:`~wgates_plugin.app.training.train_steps`)."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=4e-5)
-    gates = torch.optim.Adam(wg.parameters(), lr=gate_lr) if wg is not None else None
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
-    for _ in range(steps):
-        x, y = next(stream)
-        loss = nn.functional.cross_entropy(model(x)["out"], y)
-        if wg is not None and gates is not None:
-            loss = loss + wg.efficiency_loss()
-            gates.zero_grad()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        schedule.step()
-        if wg is not None and gates is not None:
-            gates.step()
-            wg.update_multiplier()
+    optimizers = [opt] if wg is None else [opt, torch.optim.Adam(wg.parameters(), lr=gate_lr)]
+    train_steps(model, stream, optimizers, steps, extra_loss=wg.efficiency_loss if wg is not None else None,
+                loss_fn=lambda out, y: nn.functional.cross_entropy(out["out"], y),
+                scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1)),
+                callback=(lambda _step, _stats: wg.update_multiplier()) if wg is not None else None, progress=False)
 
 
 @torch.no_grad()
