@@ -5,6 +5,7 @@ are exactly what they were before the call."""
 from __future__ import annotations
 
 import hashlib
+import math
 
 import pytest
 import torch
@@ -180,10 +181,59 @@ def test_gates_follow_the_model_dtype_and_export_exactly():
 def test_the_group_search_stops_at_its_time_limit_naming_the_slow_part():
     model = torchvision.models.resnet18(num_classes=10)
     ticks = iter(range(0, 10_000, 10))  # every reading of the clock is 10 s later
-    with trace_limits(seconds=45, clock=lambda: float(next(ticks))), \
+    with trace_limits(seconds=45, group_seconds=math.inf, clock=lambda: float(next(ticks))), \
             pytest.raises(TracingError, match="channel-group search of ResNet passed the 45 s limit after 2 of 21 "
                                               "layers.*slowest group 'fc', 10 s.*exclude.*trace_limits"):
         trace_groups(model, torch.randn(1, 3, 32, 32))
+
+
+def test_a_group_search_past_its_own_limit_leaves_that_group_whole_and_prunes_the_rest(monkeypatch):
+    import torch_pruning as tp
+
+    model = net()
+    stuck = model.a[0]
+    search = tp.DependencyGraph.get_pruning_group
+    now = [0.0]
+
+    def tick() -> None:  # one second of the injected clock per Python call
+        now[0] += 1.0
+
+    def endless(self, module, *args, **kwargs):  # a search that never ends for one layer, as in C2PSA
+        while module is stuck:
+            tick()
+        return search(self, module, *args, **kwargs)
+
+    monkeypatch.setattr(tp.DependencyGraph, "get_pruning_group", endless)
+    with trace_limits(seconds=1e12, group_seconds=7, clock=lambda: now[0]):  # the whole search: no limit in effect
+        traced = trace_groups(model, X)
+        wg = WGates(model, X, target=0.7, prune_shortcuts=True)
+    reason = ("torch-pruning's search for its coupled layers did not finish in 7 s "
+              "(wgates_plugin.groups.LIMITS.group_seconds)")
+    assert {g.name: g.reason for g in traced.groups if g.reason} == {"a.0": reason, "head": "it produces the model's output"}
+    assert [wg.why_not(g) for g in wg.traced.groups if g.name == "a.0"] == [reason]
+    wg.freeze()
+    small = wg.export()
+    assert small.a[0].out_channels == 12 and small.b[0].out_channels < 8
+    with pytest.raises(ConfigError, match="group_seconds=0 must be a number > 0"), trace_limits(group_seconds=0):
+        pass
+
+
+def test_the_search_limit_interrupts_only_inside_its_block():
+    from wgates_plugin.groups import _deadline, _SearchTimeout
+
+    with _deadline(3600, lambda: 0.0):  # never past: the block runs to its end
+        done = sum(range(10_000))
+    assert done == 49_995_000
+    now = [0.0]
+    with pytest.raises(_SearchTimeout), _deadline(5, lambda: now[0]):
+        while True:  # pure Python that never ends
+            now[0] += 1.0
+    steps = 0
+    for _ in range(200_000):  # nothing is left pending after the block: this loop runs to its end
+        steps += 1
+    assert steps == 200_000
+    with _deadline(math.inf, lambda: 1 / 0):  # no limit: the clock is never read
+        pass
 
 
 def test_an_interrupt_raised_inside_the_group_search_is_not_taken_for_an_unmappable_group(monkeypatch):

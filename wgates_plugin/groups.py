@@ -11,9 +11,11 @@ and whether it may be pruned at all, with the reason when not.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import enum
 import math
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -122,12 +124,18 @@ class TraceLimits:
             search); past it a :class:`TracingError` names the slow part and the ways out. It is
             checked once torch-pruning's graph building returns and after every group, so it stops a
             long search but cannot interrupt a single torch-pruning call.
+        group_seconds: limit of torch-pruning's search for one group's coupled layers. Past it the
+            search is interrupted and the group is left whole, with the reason (:func:`why_not`); the
+            rest of the model is pruned as usual (``math.inf``: never interrupted). Some searches do not
+            end: torch-pruning 1.6.1 loops mapping channels through the reshapes of YOLO11's C2PSA
+            attention.
         progress: show progress bars over the tracing and the group search (None: on a terminal, for
             models of more than 300 modules).
-        clock: the clock the limit is measured with (injectable for tests).
+        clock: the clock both limits are measured with (injectable for tests).
     """
 
     seconds: float = 600.0
+    group_seconds: float = 30.0
     progress: bool | None = None
     clock: Callable[[], float] = time.monotonic
 
@@ -137,18 +145,68 @@ LIMITS = TraceLimits()
 
 @contextlib.contextmanager
 def trace_limits(seconds: float | None = None, progress: bool | None = None,
-                 clock: Callable[[], float] | None = None) -> Iterator[TraceLimits]:
+                 clock: Callable[[], float] | None = None, group_seconds: float | None = None) -> Iterator[TraceLimits]:
     """Change :data:`LIMITS` inside a ``with`` block, e.g. ``with trace_limits(seconds=60): WGates(...)``."""
-    saved = (LIMITS.seconds, LIMITS.progress, LIMITS.clock)
+    saved = (LIMITS.seconds, LIMITS.group_seconds, LIMITS.progress, LIMITS.clock)
     if seconds is not None:
         check_number("seconds", seconds, "> 0", type_error=ConfigError)
-        LIMITS.seconds = float(seconds)
+    if group_seconds is not None and group_seconds != math.inf:
+        check_number("group_seconds", group_seconds, "> 0", type_error=ConfigError)
+    LIMITS.seconds = float(seconds) if seconds is not None else LIMITS.seconds
+    LIMITS.group_seconds = float(group_seconds) if group_seconds is not None else LIMITS.group_seconds
     LIMITS.progress = progress if progress is not None else LIMITS.progress
     LIMITS.clock = clock or LIMITS.clock
     try:
         yield LIMITS
     finally:
-        LIMITS.seconds, LIMITS.progress, LIMITS.clock = saved
+        LIMITS.seconds, LIMITS.group_seconds, LIMITS.progress, LIMITS.clock = saved
+
+
+class _SearchTimeout(BaseException):
+    """Raised inside torch-pruning's group search by :func:`_deadline` (a BaseException, so no
+    ``except Exception`` inside the search can swallow it)."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float, clock: Callable[[], float], poll: float = 0.02) -> Iterator[None]:
+    """Interrupt the Python code run inside the block once ``clock`` passes ``seconds`` from its start.
+
+    A watcher thread reads ``clock`` every ``poll`` seconds and, past the limit, raises
+    :class:`_SearchTimeout` asynchronously in the calling thread (CPython's
+    ``PyThreadState_SetAsyncExc``); a search that is pure Python, as torch-pruning's is, stops at its
+    next bytecode. The code inside runs at full speed (no trace function). The exception never
+    escapes the block later: leaving it, a pending one is cleared and raised here. ``math.inf``: no
+    limit, no thread.
+    """
+    if seconds == math.inf:
+        yield
+        return
+    end = clock() + seconds
+    target = ctypes.c_ulong(threading.get_ident())
+    lock, stop = threading.Lock(), threading.Event()
+    state = {"done": False, "fired": False}
+
+    def watch() -> None:
+        while not stop.wait(poll):
+            with lock:
+                if state["done"]:
+                    return
+                if clock() > end:
+                    state["fired"] = True
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(target, ctypes.py_object(_SearchTimeout))
+                    return
+
+    threading.Thread(target=watch, name="wgates-group-search-limit", daemon=True).start()
+    try:
+        yield
+    finally:
+        with lock:
+            state["done"] = True
+            fired = state["fired"]
+        stop.set()
+        if fired:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(target, None)  # clear it, if not yet raised
+            raise _SearchTimeout
 
 
 def _terminal() -> bool:
@@ -286,7 +344,12 @@ def _group_of(graph: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module,
     size = int(pruner.get_out_channels(root))
     group = ChannelGroup(names.get(root, type(root).__name__), root, size)
     try:
-        tp_group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(size)))
+        with _deadline(LIMITS.group_seconds, LIMITS.clock):
+            tp_group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(size)))
+    except _SearchTimeout:
+        group.reason = (f"torch-pruning's search for its coupled layers did not finish in {LIMITS.group_seconds:g} s "
+                        "(wgates_plugin.groups.LIMITS.group_seconds)")
+        return group
     except (WGatesError, TimeoutError):  # ours, or an interrupt raised as an exception: not a reason, a stop
         raise
     except Exception as exc:  # torch-pruning fails inside index mapping on e.g. channel shuffles
