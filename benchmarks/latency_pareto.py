@@ -209,6 +209,10 @@ def run(setup: Setup) -> dict[str, Any]:
     return result
 
 
+def _pct(value: float | None) -> float | None:
+    return None if value is None else 100 * value
+
+
 def markdown(result: dict[str, Any]) -> str:
     s, b = result["setup"], result["baseline"]
     budget = f"{s['budget_epochs']:g}"
@@ -228,7 +232,7 @@ def markdown(result: dict[str, Any]) -> str:
             return "outside its curve" if v is None else format(v, spec)
         lines.append(f"| {c['seed']} | {c['target']} | {c['latency_ms']:.3f} | {100 * c['top1']:.2f} | "
                      f"{fmt(c['flops_mode_ms_at_equal_top1'], '.3f')} | {fmt(c['latency_saving_pct'], '+.1f')} % | "
-                     f"{fmt(None if c['flops_mode_top1_at_equal_latency'] is None else 100 * c['flops_mode_top1_at_equal_latency'], '.2f')} | "
+                     f"{fmt(_pct(c['flops_mode_top1_at_equal_latency']), '.2f')} | "
                      f"{fmt(c['top1_gain_points'], '+.2f')} |")
     return "\n".join(lines)
 

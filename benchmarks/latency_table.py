@@ -145,7 +145,8 @@ def run(setup: Setup) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     s = result["setup"]
-    lines = [f"Device `{result['device']}`, torch {result['torch']}; input {s['size']}×{s['size']}, batch {s['batch']}, "
+    lines = [f"Device `{result['device']}`, torch {result['torch']}; input {s['size']}×{s['size']}, "
+             f"batch {s['batch']}, "
              f"{s['threads']} thread(s), clock {s['clock']}, {s['warmup']} warm-up + median of {s['repeats']}.", "",
              "| model | predictor (same held-out candidates) | n | MAPE % | within ±5 % | within ±10 % | Spearman | "
              "max % |", "|---|---|---|---|---|---|---|---|"]
@@ -161,7 +162,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | LPNet | {c['lpnet']['networks']} whole networks (+ fit {c['lpnet']['fit_s']:.0f} s)"
                      f" | {c['lpnet']['collect_s']:.0f} |")
         lines.append(f"| {name} | table | {c['table']['layer_measurements']} single-layer timings "
-                     f"({c['table']['layers']} layers in {c['table']['tables']} tables) | {c['table']['collect_s']:.0f} |")
+                     f"({c['table']['layers']} layers in {c['table']['tables']} tables) | "
+                     f"{c['table']['collect_s']:.0f} |")
     lines += ["", "| model | target | method | FLOPs ratio | predicted ms | measured ms | latency ratio |",
               "|---|---|---|---|---|---|---|"]
     for r in result["networks"]:

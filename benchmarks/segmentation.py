@@ -209,7 +209,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | {100 * r['miou']:.2f} | {100 * r['pixel_acc']:.2f} | {r['flops_ratio']:.3f} | "
                      f"{r['params'] / 1e6:.3f} | {r['latency_ms']:.2f} |")
     after = result["W-Gates, after pruning"]
-    lines += ["", f"W-Gates right after pruning and BN re-calibration: mIoU {100 * after['miou']:.2f} %, pixel accuracy "
+    lines += ["", f"W-Gates right after pruning and BN re-calibration: mIoU {100 * after['miou']:.2f} %, "
+                  "pixel accuracy "
                   f"{100 * after['pixel_acc']:.2f} %."]
     return "\n".join(lines)
 

@@ -250,6 +250,23 @@ def test_cli_table_eval_and_prune(tmp_path, capsys):
     assert "two latency models; pass one" in capsys.readouterr().err
 
 
+def test_cli_collects_paired_samples_with_the_statistic_asked_for(tmp_path, capsys):
+    from wgates_plugin.profiling import load_samples
+
+    path = tmp_path / "s.jsonl"
+    common = ["--model", "resnet18", "--input-size", "32", "--batch", "2", "--warmup", "0", "--repeats", "3"]
+    with clock():
+        assert main(["lpnet", "collect", *common, "--samples", "2", "--paired", "--statistic", "min",
+                     "--out", str(path)]) == 0
+    samples = load_samples(path)
+    assert samples.context["paired"] is True and samples.context["timing"]["statistic"] == "min"
+    assert all(r["ms"] == pytest.approx(samples.reference["ms"] * r["measured_ms"] / r["reference_beside_ms"])
+               for r in samples.records)
+    assert main(["lpnet", "collect", *common, "--samples", "2", "--paired", "--blocks",
+                 "--out", str(tmp_path / "b.jsonl")]) == 2
+    assert "block timings (blocks=...) are not paired" in capsys.readouterr().err
+
+
 class BatchNormClock(SimulatedClock):
     """The simulated device, where BatchNorm layers cost ``seconds_per_bn`` per element too: a cost that
     grows with the channels but lies outside the conv tables (what the calibration's scale is for)."""

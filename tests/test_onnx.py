@@ -173,8 +173,8 @@ def test_timing_in_onnxruntime_runs_the_exported_graph(runtime, pytorch_forwards
 
 
 def test_onnxruntime_is_another_device_for_a_latency_table():
-    from wgates_plugin.profiling import collect_table
     from wgates_plugin.efficiency.timing import device_name
+    from wgates_plugin.profiling import collect_table
 
     model, x = torchvision.models.resnet18(num_classes=10).eval(), torch.zeros(1, 3, 16, 16)
     timing = Timing(warmup=0, repeats=1, threads=1, runtime="onnxruntime")

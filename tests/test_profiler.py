@@ -24,7 +24,7 @@ from wgates_plugin.efficiency import (
     record_layer_shapes,
     use_clock,
 )
-from wgates_plugin.efficiency.timing import CLOCKS
+from wgates_plugin.efficiency.timing import CLOCKS, measure_interleaved, summarize
 from wgates_plugin.profiling import CandidateSpace, capture_block_inputs, collect_latency, load_samples
 
 FAST = Timing(warmup=1, repeats=2, threads=1)
@@ -63,6 +63,7 @@ def r10():
     ({"threads": 0}, "threads=0 must be None or an integer >= 1"),
     ({"clock": "tsc"}, "clock='tsc' is not one of \\('wall', 'cpu'\\)"),
     ({"clock": "cpu", "threads": 2}, "clock='cpu' needs threads=1 \\(got 2\\)"),
+    ({"statistic": "mean"}, "statistic='mean' is not one of \\('median', 'min', 'iqm'\\)"),
 ])
 def test_timing_rejects_bad_values(kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -97,6 +98,87 @@ def test_the_latency_is_the_median_of_the_timed_forwards_and_warmups_are_not_tim
         ms = measure_ms(Probe(), torch.ones(1), Timing(warmup=2, repeats=5))
     assert ms == pytest.approx(3.0, rel=1e-12)  # the median of 3, 10, 1, 5, 2
     assert forwards == [0, 0, 1, 3, 5, 7, 9]  # two untimed warm-ups, then one forward between each pair
+
+
+@pytest.mark.parametrize("statistic, expected", [("median", 3.0), ("min", 1.0), ("iqm", (2 + 3 + 5) / 3)])
+def test_the_timing_statistic_turns_the_repeats_into_one_latency(statistic, expected):
+    ticks = iter([0.0, 0.003, 1.0, 1.010, 2.0, 2.001, 3.0, 3.005, 4.0, 4.002])  # 3, 10, 1, 5, 2 ms
+    with use_clock(lambda: next(ticks)):
+        ms = measure_ms(nn.Identity(), torch.ones(1), Timing(warmup=0, repeats=5, statistic=statistic))
+    assert ms == pytest.approx(expected, rel=1e-9)  # iqm: 5 // 4 = 1 dropped at each end of 1 2 3 5 10
+    with pytest.raises(ConfigError, match="no timings to summarize"):
+        summarize([], statistic)
+
+
+def test_the_statistic_enters_a_measurement_context_only_when_not_the_median():
+    from wgates_plugin.efficiency.latency import _timing_record, context_timing
+
+    assert "statistic" not in _timing_record(Timing(threads=1))  # files written before it existed still bind
+    record = _timing_record(Timing(threads=1, statistic="min"))
+    assert record["statistic"] == "min" and context_timing({"timing": record}) == Timing(threads=1, statistic="min")
+
+
+class DriftingClock(SimulatedClock):
+    """A simulated device that slows down by ``drift`` (a fraction) at every timed forward: its speed
+    drifts over a measurement, as a shared machine's does when other jobs come and go."""
+
+    def __init__(self, drift: float) -> None:
+        super().__init__()
+        self.drift, self.reads = drift, 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.now
+
+    def cost(self, module: nn.Module, output: object) -> float:
+        return super().cost(module, output) * (1 + self.drift * (self.reads // 2))
+
+
+def test_interleaved_timing_takes_turns_and_alternates_the_order():
+    order: list[str] = []
+
+    class Probe(nn.Module):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        def forward(self, t):
+            order.append(self.name)
+            return t
+
+    with use_clock(lambda: 0.0):
+        times = measure_interleaved([Probe("a"), Probe("b"), Probe("c")], torch.ones(1), Timing(warmup=1, repeats=3))
+    assert order == list("abc") + list("abc" "cba" "abc")  # one warm-up each, then rounds, every other reversed
+    assert [len(t) for t in times] == [3, 3, 3]
+    with pytest.raises(ConfigTypeError, match="non-empty list of modules"):
+        measure_interleaved([], torch.ones(1))
+
+
+def test_paired_collection_records_the_ratio_to_the_unpruned_model_exactly_under_a_drifting_device(r10, tmp_path):
+    model, x = r10
+    space = CandidateSpace(model, x)
+    timing = Timing(warmup=1, repeats=4, threads=1)  # an even number of rounds: a b b a a b b a
+    batch = torch.zeros(2, 3, 32, 32)
+    with SimulatedClock():  # the device at a constant speed: the true ratios
+        full = measure_ms(model, batch, timing)
+        true = [measure_ms(space.build(space.sample(i, 0, 0.5)), batch, timing) / full for i in range(3)]
+    with DriftingClock(0.01):
+        paired = collect_latency(model, x, tmp_path / "p.jsonl", 3, batch=2, timing=timing, paired=True,
+                                 progress=False)
+    with DriftingClock(0.01):
+        plain = collect_latency(model, x, tmp_path / "s.jsonl", 3, batch=2, timing=timing, progress=False)
+    ref = paired.reference["ms"]
+    assert [r["ms"] / ref for r in paired.records] == pytest.approx(true, rel=1e-9)  # the drift cancels
+    assert all(r["ms"] == pytest.approx(ref * r["measured_ms"] / r["reference_beside_ms"], rel=1e-12)
+               for r in paired.records)
+    drifted = [r["ms"] / plain.reference["ms"] for r in plain.records]
+    assert all(d > t * 1.01 for d, t in zip(drifted, true))  # unpaired: later candidates look slower
+    assert paired.context["paired"] is True and "paired" not in plain.context
+    assert len(paired.references) == 1
+    with pytest.raises(LatencyContextError, match="paired"):
+        collect_latency(model, x, tmp_path / "p.jsonl", 4, batch=2, timing=timing, progress=False)
+    with pytest.raises(ConfigError, match="block timings .* are not paired"):
+        collect_latency(model, x, tmp_path / "b.jsonl", 1, batch=2, timing=timing, paired=True, blocks=True)
 
 
 @pytest.mark.parametrize("name, other", [("wall", "cpu"), ("cpu", "wall")])

@@ -209,7 +209,8 @@ def test_a_group_search_past_its_own_limit_leaves_that_group_whole_and_prunes_th
         wg = WGates(model, X, target=0.7, prune_shortcuts=True)
     reason = ("torch-pruning's search for its coupled layers did not finish in 7 s "
               "(wgates_plugin.groups.LIMITS.group_seconds)")
-    assert {g.name: g.reason for g in traced.groups if g.reason} == {"a.0": reason, "head": "it produces the model's output"}
+    assert {g.name: g.reason for g in traced.groups if g.reason} == {"a.0": reason,
+                                                                     "head": "it produces the model's output"}
     assert [wg.why_not(g) for g in wg.traced.groups if g.name == "a.0"] == [reason]
     wg.freeze()
     small = wg.export()

@@ -49,7 +49,7 @@ class LandingRound:
 
     budget: float  # the efficiency-model budget frozen at, a fraction of its unpruned cost
     predicted_ms: float | None  # the cost model's prediction (latency models only)
-    measured_ms: float  # median of the timed forwards
+    measured_ms: float  # the timed forwards' median (the cost model's Timing.statistic, where it has one)
     spread_ms: float  # half the interquartile range of the timed forwards: the measurement's own noise
     reference_ms: float | None = None  # the unpruned model measured around this round's (``reference=``)
 
@@ -117,18 +117,19 @@ def land_on_latency(wg: WGates, target: float, measure: Measure, reference_ms: f
     check_number("reference_ms", ref_ms, "> 0", type_error=ConfigError)
     floor = wg.floor_ratio()
     landing = LatencyLanding(wg, target, ref_ms, tolerance)  # model replaced below
+    summary = getattr(wg.efficiency, "summary", statistics.median)  # as the cost model's latencies were taken
     points: list[tuple[float, float]] = []  # (budget, measured ratio)
     models: list[nn.Module] = []
     budget = max(target, floor)
     for _ in range(rounds):
         pruned = _freeze_and_export(wg, budget)
-        before = statistics.median(measure(reference)) if reference is not None else None
+        before = summary(measure(reference)) if reference is not None else None
         times = measure(pruned)
-        now = None if before is None else (before + statistics.median(measure(reference))) / 2
+        now = None if before is None else (before + summary(measure(reference))) / 2
         quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
         predicted = getattr(wg.efficiency, "predicted_ms", None)
         landing.rounds.append(LandingRound(budget, float(predicted(wg.counts())) if predicted else None,
-                                           statistics.median(times), (quartiles[2] - quartiles[0]) / 2, now))
+                                           summary(times), (quartiles[2] - quartiles[0]) / 2, now))
         models.append(pruned)
         points.append((budget, _ratio(landing.rounds[-1], ref_ms)))
         if abs(points[-1][1] / target - 1) <= tolerance:

@@ -34,10 +34,10 @@ from torch import nn
 
 from ..efficiency.runtime import OPSET, OnnxRuntimeModule, onnx_bytes, require_onnx
 from ..efficiency.timing import Timing, measure_times
-from ..errors import ConfigError, ExportError
+from ..errors import ExportError
 from ..export import check_outputs
 from ..files import atomic_path
-from ..utils import eval_outputs, kept_modes, tensors_in
+from ..utils import eval_outputs, tensors_in
 
 __all__ = ["OPSET", "require_onnx", "export_onnx", "onnx_bytes", "OnnxRuntimeModule", "deployment_report",
            "format_deployment"]

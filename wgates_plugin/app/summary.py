@@ -50,7 +50,8 @@ def summary_markdown(report: dict[str, Any], plot: str | None = None, latency: s
 
     Args:
         plot: the picture's file name, if one was written.
-        latency: the latency-mode lines (the latency model's prediction vs the measurement, the landing), if latency mode ran.
+        latency: the latency-mode lines (the latency model's prediction vs the measurement, the landing), if
+            latency mode ran.
     """
     b, a = report["before"], report["after"]
     latency_mode = "latency" in report

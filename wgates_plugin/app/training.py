@@ -297,8 +297,8 @@ class Recipe:
         distill / temperature: share of knowledge distillation from the unpruned model in the loss of
             gate training and fine-tuning (:class:`Distillation`; 0: plain cross-entropy), and its
             temperature.
-        latency_tolerance: in latency mode (a measured-latency cost model: LPNet or table), freezing ends with the exported
-            network timed on the device and the budget corrected until its measured median is within
+        latency_tolerance: in latency mode (a measured-latency cost model: LPNet or table), freezing ends with the
+            exported network timed on the device and the budget corrected until its measured median is within
             this relative distance of the target (:func:`~wgates_plugin.latency_landing.land_on_latency`).
     """
 

@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import os
-import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -178,7 +177,7 @@ class LatencyPredictor(nn.Module):
 
     def measure(self, model: nn.Module, timing: Timing | None = None) -> float:
         """``model``'s latency (ms) as the samples were measured: device, batch, input shape, timing."""
-        return statistics.median(self.measure_times(model, timing))
+        return (timing or context_timing(self.context)).summary(self.measure_times(model, timing))
 
     def measure_times(self, model: nn.Module, timing: Timing | None = None) -> list[float]:
         """Every timed forward (ms) of :meth:`measure`."""
@@ -303,12 +302,19 @@ def measurement_context(model: nn.Module, example_inputs: torch.Tensor, timing: 
 
 
 def _timing_record(timing: Timing) -> dict[str, Any]:
-    """``timing`` as stored in a context; the runtime only when it is not PyTorch, so that files written
-    before runtimes existed keep the same context (and resume, and bind)."""
+    """``timing`` as stored in a context; the runtime and the statistic only when they are not the
+    defaults (PyTorch, the median), so that files written before they existed keep the same context
+    (and resume, and bind)."""
     record = asdict(timing) | {"threads": timing.resolved_threads()}
-    if record["runtime"] == "pytorch":
-        del record["runtime"]
+    for name, default in (("runtime", "pytorch"), ("statistic", "median")):
+        if record[name] == default:
+            del record[name]
     return record
+
+
+def context_timing(context: Mapping[str, Any]) -> Timing:
+    """The :class:`Timing` a measurement context records."""
+    return Timing(**context["timing"])
 
 
 def check_measurement_use(context: Mapping[str, Any], example_inputs: torch.Tensor, device: str | torch.device | None,
@@ -330,7 +336,7 @@ def measure_in_context(model: nn.Module, context: Mapping[str, Any], timing: Tim
     """Every timed forward (ms) of ``model`` (a copy) as ``context`` measured: its device, batch, input
     shape and (by default) timing, on a random batch."""
     x = torch.randn(context["batch"], *context["input_shape"], device=context["device"].split(":")[0])
-    return measure_times(copy.deepcopy(model), x, timing or Timing(**context["timing"]))
+    return measure_times(copy.deepcopy(model), x, timing or context_timing(context))
 
 
 def context_diff(saved: Mapping[str, Any], current: Mapping[str, Any],
@@ -375,6 +381,11 @@ class MeasuredLatency(EfficiencyModel):
         """Every timed forward (ms) of ``model`` on the cost model's device, batch, input shape and timing."""
         return measure_in_context(model, self.context, timing)
 
+    def summary(self, times: list[float]) -> float:
+        """One latency from :meth:`measure_times`' timings, by the statistic the cost model's
+        measurements used (:attr:`Timing.statistic`)."""
+        return context_timing(self.context).summary(times)
+
     def budget_of(self, counts: torch.Tensor | Sequence[float], what: str = "this network") -> float:
         """The predicted latency of ``counts`` as a budget: a fraction of the measured reference in (0, 1].
 
@@ -412,7 +423,7 @@ class MeasuredLatency(EfficiencyModel):
         Measured on the cost model's device with its batch, input shape and (by default) timing.
         Returns ``{'predicted_ms', 'measured_ms', 'error_pct', 'reference_ms'}``.
         """
-        measured = statistics.median(self.measure_times(pruned, timing))
+        measured = (timing or context_timing(self.context)).summary(self.measure_times(pruned, timing))
         predicted = self.predicted_ms(counts)
         return {"predicted_ms": predicted, "measured_ms": measured,
                 "error_pct": 100 * (predicted - measured) / measured, "reference_ms": self.reference_ms}

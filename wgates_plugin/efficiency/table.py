@@ -3,8 +3,8 @@ each a function of the layer's live input and output channels (HALP, Shen et al.
 latency table per layer over its channel counts; MDP, Sun et al., CVPR 2025: over input *and* output
 channels).
 
-Collection (:func:`~wgates_plugin.profiling.collect_table`) times every Conv2d / Linear layer whose channels follow a gated
-group *alone*, as a fresh layer with the same kernel, stride, padding, dilation, grouping and bias, fed
+Collection (:func:`~wgates_plugin.profiling.collect_table`) times every Conv2d / Linear layer whose channels
+follow a gated group *alone*, as a fresh layer with the same kernel, stride, padding, dilation, grouping and bias, fed
 a random input of the size it receives inside the network, at a grid of channel counts: the kept
 fraction ``0, 1/(P-1), ..., 1`` of each varying axis (snapped to what the layer allows; ``P`` =
 ``points``). A depthwise conv has one axis (its channels); a layer whose input and output both vary
@@ -55,7 +55,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -67,8 +66,14 @@ from ..errors import ConfigError, ConfigTypeError, FileFormatError, LatencyConte
 from ..files import LIMITS, read_json, require, write_text
 from ..groups import ChannelGroup, gated_groups
 from .flops import ChannelMap, FlopsModel, LayerShape, record_layer_shapes
-from .latency import MeasuredLatency, architecture_hash, check_measurement_use, context_diff, measure_in_context
-from .timing import Timing
+from .latency import (
+    MeasuredLatency,
+    architecture_hash,
+    check_measurement_use,
+    context_diff,
+    context_timing,
+    measure_in_context,
+)
 
 if TYPE_CHECKING:
     from ..config import WGatesConfig
@@ -179,8 +184,8 @@ class LayerTable:
 class LatencyTable:
     """Per-layer latency tables measured on a device, with the model they were collected on bound.
 
-    Build with :func:`~wgates_plugin.profiling.collect_table` or :meth:`load`; :meth:`for_model` / :meth:`efficiency` give the
-    :class:`TableModel` that ``WGates(..., efficiency=...)`` uses.
+    Build with :func:`~wgates_plugin.profiling.collect_table` or :meth:`load`; :meth:`for_model` /
+    :meth:`efficiency` give the :class:`TableModel` that ``WGates(..., efficiency=...)`` uses.
 
     Attributes:
         tables: ``{spec key: LayerTable}``.
@@ -237,7 +242,7 @@ class LatencyTable:
                     "(wgates lpnet table)")
             keys = [s.key() for _, s in specs]
         if reference_ms is None:
-            reference_ms = float(self.reference["ms"]) if same else statistics.median(
+            reference_ms = float(self.reference["ms"]) if same else context_timing(self.context).summary(
                 measure_in_context(model, self.context))
         return TableModel(self, groups, channels, keys, reference_ms)
 
@@ -352,7 +357,7 @@ def _check_context(path: str | os.PathLike, context: dict[str, Any]) -> None:
     if not (_count(context["batch"]) and context["input_shape"] and all(_count(v) for v in context["input_shape"])):
         raise bad("needs a batch and an input shape of ints >= 1")
     try:
-        Timing(**context["timing"])
+        context_timing(context)
     except (TypeError, ConfigError) as exc:
         raise bad(f"has a timing that is no Timing ({exc})") from None
 

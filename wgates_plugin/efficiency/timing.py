@@ -1,4 +1,6 @@
-"""Timing one forward robustly: warm-up, repeats, median, fixed threads, CUDA synchronisation.
+"""Timing one forward robustly: warm-up, repeats, a robust statistic of them, fixed threads, CUDA
+synchronisation, and networks timed interleaved (:func:`measure_interleaved`) so that a machine's
+drift falls on all of them alike.
 
 ``clock="wall"`` measures latency; ``clock="cpu"`` measures the CPU time of a single-threaded forward,
 which is what the latency would be on an idle core (for shared, busy machines).
@@ -26,8 +28,8 @@ from ..errors import ConfigError, ConfigTypeError
 from ..utils import call_model, check_number, device_of, kept_modes
 from .runtime import OnnxRuntimeModule, onnx_bytes, require_onnx
 
-__all__ = ["Timing", "CLOCKS", "RUNTIMES", "fixed_threads", "measure_ms", "measure_times", "device_name", "use_clock",
-           "SimulatedClock"]
+__all__ = ["Timing", "CLOCKS", "RUNTIMES", "STATISTICS", "summarize", "fixed_threads", "measure_ms", "measure_times",
+           "measure_interleaved", "device_name", "use_clock", "SimulatedClock"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class Timing:
 
     Attributes:
         warmup: untimed forwards first (new shapes trigger kernel selection; keep >= 1).
-        repeats: timed forwards; the median is the latency.
+        repeats: timed forwards; ``statistic`` of them is the latency.
         threads: CPU threads during timing (``torch.set_num_threads``); None keeps the current count.
         clock: ``'wall'`` times with ``time.perf_counter`` (the latency). ``'cpu'`` times with
             ``time.process_time``: the CPU time the forward costs, which on a shared, busy machine is
@@ -47,6 +49,10 @@ class Timing:
             once and times onnxruntime running it on the CPU (``threads`` = its intra-op threads): the
             latency a deployment in onnxruntime sees, which can differ from PyTorch's (see
             ``benchmarks/RESULTS.md``, "Deployment"). Needs the ``onnx`` extra.
+        statistic: how the repeats become one latency (:func:`summarize`): ``'median'``; ``'min'``, the
+            least disturbed forward (on a busy machine interference only ever adds time); ``'iqm'``, the
+            interquartile mean (the mean of the middle half: outliers on both sides rejected, less
+            jumpy than the median). ``benchmarks/RESULTS.md`` ("noise floor") compares them.
     """
 
     warmup: int = 3
@@ -54,6 +60,7 @@ class Timing:
     threads: int | None = None
     clock: str = "wall"
     runtime: str = "pytorch"
+    statistic: str = "median"
 
     def __post_init__(self) -> None:
         for name, low in (("warmup", 0), ("repeats", 1)):
@@ -66,12 +73,44 @@ class Timing:
             raise ConfigError(f"clock={self.clock!r} is not one of {tuple(CLOCKS)}")
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"runtime={self.runtime!r} is not one of {RUNTIMES}")
+        if self.statistic not in STATISTICS:
+            raise ConfigError(f"statistic={self.statistic!r} is not one of {STATISTICS}")
         if self.clock == "cpu" and self.threads != 1:
             raise ConfigError(f"clock='cpu' needs threads=1 (got {self.threads!r}): with more threads CPU time "
                               "adds up the threads' work and is not a latency")
 
     def resolved_threads(self) -> int:
         return self.threads if self.threads is not None else torch.get_num_threads()
+
+    def summary(self, times: list[float]) -> float:
+        """``statistic`` of ``times`` (:func:`summarize`)."""
+        return summarize(times, self.statistic)
+
+
+STATISTICS = ("median", "min", "iqm")
+
+
+def summarize(times: list[float], statistic: str = "median") -> float:
+    """One latency from repeated timings: ``'median'``, ``'min'`` or ``'iqm'`` (the mean of the values
+    from the first to the third quartile by rank: ``n // 4`` dropped at each end).
+
+    Example:
+        >>> times = [5.0, 1.0, 2.0, 3.0, 40.0, 4.0, 2.5, 3.5, 30.0]
+        >>> summarize(times), summarize(times, "min"), summarize(times, "iqm")
+        (3.5, 1.0, 3.6)
+    """
+    if statistic not in STATISTICS:
+        raise ConfigError(f"statistic={statistic!r} is not one of {STATISTICS}")
+    if not times:
+        raise ConfigError("no timings to summarize: repeats must be >= 1")
+    if statistic == "min":
+        return min(times)
+    if statistic == "median":
+        return statistics.median(times)
+    ordered = sorted(times)
+    cut = len(ordered) // 4
+    middle = ordered[cut:len(ordered) - cut]
+    return sum(middle) / len(middle)
 
 
 @contextlib.contextmanager
@@ -176,30 +215,63 @@ def measure_ms(module: nn.Module, inputs: Any, timing: Timing = Timing(),
     ``inputs`` (a tensor, tuple or dict) must already be on ``device``; the module is moved there.
     The module's train/eval mode is restored afterwards.
     """
-    return statistics.median(measure_times(module, inputs, timing, device))
+    return timing.summary(measure_times(module, inputs, timing, device))
 
 
 def measure_times(module: nn.Module, inputs: Any, timing: Timing = Timing(),
                   device: str | torch.device | None = None) -> list[float]:
     """Every timed forward of :func:`measure_ms`, in milliseconds (``timing.repeats`` of them)."""
+    return measure_interleaved([module], inputs, timing, device)[0]
+
+
+def measure_interleaved(modules: list[nn.Module], inputs: Any, timing: Timing = Timing(),
+                        device: str | torch.device | None = None) -> list[list[float]]:
+    """Every timed forward (ms) of each module, timed in turns: round ``r`` times every module once
+    (in order, then in reverse order the next round), so a drift of the machine's speed (another job
+    starting, the clock's frequency) falls on all modules alike instead of on whichever ran last.
+
+    Each module is warmed up ``timing.warmup`` times first; ``timing.repeats`` rounds follow. Returns
+    one list of ``repeats`` timings per module, in the order given (:func:`measure_times` is the case
+    of one module).
+
+    Example:
+        >>> from torch import nn
+        >>> ticks = iter([0.0, 0.25, 1.0, 1.5, 2.0, 2.125, 3.0, 3.5])  # four timed forwards
+        >>> with use_clock(lambda: next(ticks)):  # round 0: a then b; round 1: b then a
+        ...     measure_interleaved([nn.Identity(), nn.Identity()], torch.ones(1), Timing(warmup=0, repeats=2))
+        [[250.0, 500.0], [500.0, 125.0]]
+    """
+    if not isinstance(modules, (list, tuple)) or not modules or not all(isinstance(m, nn.Module) for m in modules):
+        raise ConfigTypeError("measure_interleaved() takes a non-empty list of modules, got "
+                              f"{type(modules).__name__}")
     device = torch.device(device) if device is not None else device_of(inputs)
     if timing.clock == "cpu" and device.type != "cpu":
         raise ConfigError(f"clock='cpu' times CPU work; on {device} use clock='wall'")
-    if timing.runtime == "onnxruntime":
-        module, inputs = _in_onnxruntime(module, inputs, device, timing)
+    runs = []
+    for module in modules:
+        run, x = (_in_onnxruntime(module, inputs, device, timing) if timing.runtime == "onnxruntime"
+                  else (module, inputs))
+        runs.append((run, x))
     clock = _INJECTED[-1] if _INJECTED else CLOCKS[timing.clock]
-    times = []
-    with kept_modes(module):
-        module.to(device).eval()
+    times: list[list[float]] = [[] for _ in modules]
+    with contextlib.ExitStack() as stack:
+        for module in modules:
+            stack.enter_context(kept_modes(module))
+        for run, _ in runs:
+            run.to(device).eval()
         with torch.no_grad(), fixed_threads(timing.resolved_threads()):
-            for _ in range(timing.warmup):
-                call_model(module, inputs)
-            for _ in range(timing.repeats):
-                _sync(device)
-                start = clock()
-                call_model(module, inputs)
-                _sync(device)
-                times.append(1e3 * (clock() - start))
+            for run, x in runs:
+                for _ in range(timing.warmup):
+                    call_model(run, x)
+            for r in range(timing.repeats):
+                order = range(len(runs)) if r % 2 == 0 else range(len(runs) - 1, -1, -1)
+                for i in order:
+                    run, x = runs[i]
+                    _sync(device)
+                    start = clock()
+                    call_model(run, x)
+                    _sync(device)
+                    times[i].append(1e3 * (clock() - start))
     return times
 
 

@@ -4,7 +4,11 @@ Candidates (network encodings: live channels per gated group) come from
 :class:`~wgates_plugin.profiling.candidates.CandidateSpace`, which builds each one physically through
 torch-pruning. Each is timed on the target device: warm-up runs, then the median of ``repeats``
 single forwards, in eval mode under ``torch.no_grad``, with a fixed thread count, synchronising CUDA
-around every forward. The samples go to a JSON-lines file with their
+around every forward. With ``paired=True`` every candidate is timed in turns with the unpruned model
+(:func:`~wgates_plugin.efficiency.timing.measure_interleaved`) and recorded as its latency *ratio* to
+the unpruned model timed beside it, times the reference latency: a machine whose speed drifts over
+the collection (other jobs, frequency) moves both alike, so the ratio, which is what a latency budget
+is, stays put. The samples go to a JSON-lines file with their
 context (see :mod:`~wgates_plugin.profiling.samples`); an interrupted collection resumes there.
 
 Example:
@@ -32,7 +36,7 @@ from tqdm.auto import tqdm
 from ..config import WGatesConfig
 from ..efficiency.blocks import BlockEncoder, BlockInfo, find_blocks, layout_of
 from ..efficiency.latency import measurement_context
-from ..efficiency.timing import Timing, fixed_threads, measure_ms
+from ..efficiency.timing import Timing, fixed_threads, measure_interleaved, measure_ms
 from ..errors import ConfigError, ConfigTypeError
 from ..utils import call_model, check_number, device_of
 from .candidates import CandidateSpace
@@ -79,12 +83,18 @@ class _Job:
     encoder: BlockEncoder | None
     seed: int
     spread: float
+    paired: nn.Module | None = None  # the unpruned model every candidate is timed beside (paired=True)
 
 
-def _measure(job: _Job, index: int) -> dict[str, Any]:
+def _measure(job: _Job, index: int, reference_ms: float | None = None) -> dict[str, Any]:
     counts = job.space.full_counts() if index == REFERENCE else job.space.sample(index, job.seed, job.spread)
     model = job.space.build(counts) if index != REFERENCE else copy.deepcopy(job.space.model).eval()
     model.to(device_of(job.inputs))
+    if job.paired is not None and index != REFERENCE and reference_ms is not None:
+        beside, own = measure_interleaved([job.paired, model], job.inputs, job.timing)
+        ms, beside_ms = job.timing.summary(own), job.timing.summary(beside)
+        return {"index": index, "counts": counts, "ms": reference_ms * ms / beside_ms, "measured_ms": ms,
+                "reference_beside_ms": beside_ms}
     record: dict[str, Any] = {"index": index, "counts": counts, "ms": measure_ms(model, job.inputs, job.timing)}
     if job.encoder is not None:
         record["blocks"] = _block_records(job.encoder, job, model, counts)
@@ -119,6 +129,7 @@ def collect_latency(
     block_types: Sequence[type[nn.Module]] | None = None,
     model_name: str | None = None,
     progress: bool = True,
+    paired: bool = False,
 ) -> LatencySamples:
     """Measure the unpruned model and ``samples`` pruned candidates; append them to ``path``.
 
@@ -143,19 +154,33 @@ def collect_latency(
         block_types: block classes when ``blocks`` is True.
         model_name: stored in the context (default the model's class name).
         progress: show a progress bar.
+        paired: time every candidate in turns with the unpruned model and record ``ms`` as the
+            reference latency (its one measurement at the start; ``reference_every`` is then unused)
+            times the ratio of the two (the raw ``measured_ms`` and the ``reference_beside_ms`` are
+            kept in the record). Doubles the timing work; whole networks only (not with ``blocks``).
 
     Raises:
+        ConfigError: ``paired`` with ``blocks``.
         LatencyContextError: ``path`` holds samples collected in another context.
     """
     if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() != 4:
         raise ConfigTypeError("example_inputs must be an image tensor (N, C, H, W) for latency profiling")
     for name, value, low in (("samples", samples, 0), ("reference_every", reference_every, 1)):
         check_number(name, value, f">= {low}", integer=True, what="an integer", type_error=ConfigError)
+    if not isinstance(paired, bool):
+        raise ConfigTypeError(f"paired must be True or False, got {paired!r}")
+    if paired and blocks is not False:
+        raise ConfigError("paired=True times whole networks beside the unpruned one; block timings (blocks=...) are "
+                          "not paired: collect them without paired")
     timing = timing or Timing()
     space = CandidateSpace(model, example_inputs, config)
     encoder = _encoder(space, blocks, block_types)
-    job = _Job(space, torch.randn(batch, *example_inputs.shape[1:], device=device), timing, encoder, seed, spread)
+    beside = copy.deepcopy(space.model).eval().to(device) if paired else None
+    job = _Job(space, torch.randn(batch, *example_inputs.shape[1:], device=device), timing, encoder, seed, spread,
+               beside)
     context = _context(model, example_inputs, job, device, batch, model_name) | {"reference_every": reference_every}
+    if paired:
+        context["paired"] = True  # only when set: files collected before the option keep their context
     writer = SampleWriter(path, context)
     todo = [i for i in range(samples) if i not in writer.samples.done]
     with fixed_threads(timing.resolved_threads()):  # building and capturing too: no oversubscribed cores
@@ -163,9 +188,9 @@ def collect_latency(
             writer.append(_measure(job, REFERENCE))
         for index in tqdm(todo, total=samples, initial=samples - len(todo), desc="latency samples", unit="net",
                           disable=not progress):
-            if index and index % reference_every == 0:
+            if not paired and index and index % reference_every == 0:  # paired: each candidate has its own
                 writer.append(_measure(job, REFERENCE))
-            writer.append(_measure(job, index))
+            writer.append(_measure(job, index, writer.samples.references[0]["ms"] if paired else None))
     return writer.samples
 
 

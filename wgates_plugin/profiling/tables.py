@@ -18,14 +18,13 @@ Example (a deterministic clock stands in for the device):
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
-from ..efficiency.latency import measure_in_context, measurement_context
+from ..efficiency.latency import context_timing, measure_in_context, measurement_context
 from ..efficiency.table import LatencyTable, LayerSpec, LayerTable, grid, varying_layers
 from ..efficiency.timing import Timing, fixed_threads, measure_times
 from ..errors import ConfigError, ConfigTypeError, MeasurementError
@@ -104,7 +103,7 @@ def _collect(model: nn.Module, example_inputs: torch.Tensor, config: WGatesConfi
             tables[key] = _measure_spec(spec, points, round_to, batch, device, timing)
         reference = measure_in_context(model, context)
         table = LatencyTable(tables, [(n, s.key()) for n, s in specs], channels, context,
-                             {"ms": statistics.median(reference), "times": reference}, {})
+                             {"ms": timing.summary(reference), "times": reference}, {})
         table.calibration = _calibration(table, space, calibrate, round_to)
     measurements = sum(len(t.c_in) * len(t.c_out) for t in tables.values())
     table.info = {"points": points, "round_to": round_to, "calibrate": calibrate, "measurements": measurements,
@@ -121,7 +120,7 @@ def _calibration(table: LatencyTable, space: CandidateSpace, calibrate: int, rou
     for i in range(1, calibrate):
         fraction = 1 - i / calibrate
         counts = [_thinned(b, fraction, round_to) for b in space.bounds]
-        ms = statistics.median(measure_in_context(space.build(counts), table.context))
+        ms = context_timing(table.context).summary(measure_in_context(space.build(counts), table.context))
         points.append({"fraction": fraction, "counts": counts, "ms": ms, "tables_ms": full.tables_ms(counts)})
     dx = [p["tables_ms"] - ref_tables for p in points[1:]]
     dy = [p["ms"] - ref_ms for p in points[1:]]
@@ -157,7 +156,7 @@ def _measure_spec(spec: LayerSpec, points: int, round_to: int, batch: int, devic
         for co in c_out:
             layer = spec.build(co if spec.depthwise else ci, co)
             x = spec.example(co if spec.depthwise else ci, batch, device)
-            row.append(statistics.median(measure_times(layer, x, timing, device)))
+            row.append(timing.summary(measure_times(layer, x, timing, device)))
         ms.append(row)
     return LayerTable(spec, c_in, c_out, ms)
 

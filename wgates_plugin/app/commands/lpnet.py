@@ -28,9 +28,9 @@ import torch
 
 from ...config import BudgetMode, LayerBounds, WGatesConfig
 from ...efficiency.latency import LatencyModel, LatencyPredictor, MeasuredLatency
-from ...efficiency.table import LatencyTable
 from ...efficiency.lpnet import FitConfig, LatencyErrors
-from ...efficiency.timing import Timing
+from ...efficiency.table import LatencyTable
+from ...efficiency.timing import STATISTICS, Timing
 from ...errors import ConfigError, MissingFileError
 from ...files import check_writable, write_text
 from ...profiling.lpnet_fit import evaluate_predictor, evaluate_table, train_predictor
@@ -44,7 +44,8 @@ __all__ = ["register"]
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("lpnet", help="latency samples, latency prediction networks (LPNet) and per-layer latency tables",
+    parser = subparsers.add_parser("lpnet", help="latency samples, latency prediction networks (LPNet) and per-layer "
+                                   "latency tables",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="lpnet_command", required=True)
     _collect_parser(sub)
@@ -72,7 +73,10 @@ def _measurement_arguments(p: argparse.ArgumentParser) -> None:
                         "time it in onnxruntime on the CPU, the deployment's latency (the onnx extra) "
                         "(default pytorch)")
     p.add_argument("--warmup", type=int, default=3, help="untimed forwards per measurement (default 3)")
-    p.add_argument("--repeats", type=int, default=15, help="timed forwards per measurement; median (default 15)")
+    p.add_argument("--repeats", type=int, default=15, help="timed forwards per measurement (default 15)")
+    p.add_argument("--statistic", choices=STATISTICS, default="median",
+                   help="how the repeats become one latency: median, min (the least disturbed forward) or iqm "
+                        "(the mean of the middle half) (default median)")
     p.add_argument("--prune-shortcuts", action="store_true", help="also vary residual-coupled groups")
 
 
@@ -88,6 +92,9 @@ def _collect_parser(sub: Any) -> None:
                    help="re-measure the unpruned model before every N candidates; the reference latency is "
                         "the median (default 100)")
     p.add_argument("--min-keep", type=float, default=0.0, help="smallest kept fraction per group (default 0)")
+    p.add_argument("--paired", action="store_true",
+                   help="time every candidate in turns with the unpruned model and record its latency ratio to it "
+                        "(a drifting machine moves both alike; twice the timing work; not with --blocks)")
     p.set_defaults(func=_collect)
 
 
@@ -136,7 +143,7 @@ def _eval_parser(sub: Any) -> None:
 def _measured_model(args: argparse.Namespace) -> tuple[Any, tuple[int, ...], Timing]:
     shape = (2, 3, args.input_size, args.input_size)
     model = model_from_spec(args.model, args.num_classes, shape)[0].eval()
-    return model, shape, Timing(args.warmup, args.repeats, args.threads, args.clock, args.runtime)
+    return model, shape, Timing(args.warmup, args.repeats, args.threads, args.clock, args.runtime, args.statistic)
 
 
 def _collect(args: argparse.Namespace) -> int:
@@ -148,7 +155,8 @@ def _collect(args: argparse.Namespace) -> int:
     samples = collect_latency(
         model, torch.zeros(shape), args.out, args.samples, device=args.device, batch=args.batch,
         timing=timing, seed=args.seed, spread=args.spread,
-        reference_every=args.reference_every, config=config, blocks=args.blocks, model_name=args.model)
+        reference_every=args.reference_every, config=config, blocks=args.blocks, model_name=args.model,
+        paired=args.paired)
     ctx, reference = samples.context, samples.reference or {}
     print(f"{len(samples)} candidates + reference ({reference['ms']:.3f} ms) of {ctx['model']} on "
           f"'{ctx['device']}', input {ctx['input_shape']}, batch {ctx['batch']}, {ctx['threads']} threads "
