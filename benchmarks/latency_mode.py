@@ -46,6 +46,7 @@ from wgates_plugin.efficiency import (
     Timing,
     device_name,
     latency_errors,
+    measure_interleaved,
     measure_ms,
     record_layer_shapes,
     split_indices,
@@ -78,10 +79,12 @@ class Setup:
     rounds: int = 15
     seed: int = 0
     block_models: bool = True  # the resnet50 / resnet101 part of (a)
+    statistic: str = "median"  # Timing.statistic of every measurement
+    paired: bool = False  # samples timed beside the unpruned model (collect_latency(paired=True))
 
     @property
     def timing(self) -> Timing:
-        return Timing(self.warmup, self.repeats, self.threads, self.clock)
+        return Timing(self.warmup, self.repeats, self.threads, self.clock, statistic=self.statistic)
 
 
 QUICK = Setup(work="latency-bench-quick", r18_size=32, r18_samples=30, r50_size=32, r50_samples=8, r101_samples=4,
@@ -95,13 +98,14 @@ def _model(name: str) -> nn.Module:
 
 def _collect(setup: Setup, name: str, size: int, samples: int, blocks: bool) -> tuple[Any, dict[str, float]]:
     """Collect (or resume) samples of ``name``; return them with the collection rate of this call."""
-    path = Path(setup.work) / f"{name}_{size}{'_blocks' if blocks else ''}.jsonl"
+    protocol = ("_paired" if setup.paired else "") + ("" if setup.statistic == "median" else f"_{setup.statistic}")
+    path = Path(setup.work) / f"{name}_{size}{'_blocks' if blocks else ''}{protocol}.jsonl"
     model = _model(name)
     done = len(load_samples(path)) if path.exists() else 0
     start = time.perf_counter()
     data = collect_latency(model, torch.zeros(2, 3, size, size), path, samples, device=setup.device,
                            batch=setup.batch, timing=setup.timing, seed=setup.seed, blocks=blocks,
-                           model_name=name, progress=True)
+                           model_name=name, progress=True, paired=setup.paired and not blocks)
     seconds = time.perf_counter() - start
     measured = len(data) - done
     rate = {"model": name, "size": size, "blocks": blocks, "measured": measured, "seconds": seconds,
@@ -115,13 +119,19 @@ def _train(samples: Any, kind: str, setup: Setup, log_target: bool = True) -> tu
 
 
 def noise_floor(setup: Setup, name: str, size: int, samples: Any) -> dict[str, Any]:
-    """Held-out candidates measured again now, scored against their first measurement."""
+    """Held-out candidates measured again now, as the samples were (paired or not), scored against their
+    first measurement."""
     _, test = split_indices(len(samples.records), 0.2, 0)
     records = [samples.records[i] for i in test[: setup.noise_samples]]
     model = _model(name)
     space = CandidateSpace(model, torch.zeros(2, 3, size, size))
     x = torch.randn(setup.batch, 3, size, size, device=setup.device)
-    again = [measure_ms(space.build(r["counts"]), x, setup.timing) for r in records]
+    if samples.context.get("paired"):
+        base, t = samples.references[0]["ms"], setup.timing
+        pairs = [measure_interleaved([model, space.build(r["counts"])], x, t) for r in records]
+        again = [base * t.summary(own) / t.summary(beside) for beside, own in pairs]
+    else:
+        again = [measure_ms(space.build(r["counts"]), x, setup.timing) for r in records]
     return latency_errors(again, [r["ms"] for r in records]).asdict()
 
 

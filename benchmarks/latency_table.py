@@ -59,6 +59,8 @@ class Setup:
     repeats: int = 7
     rounds: int = 15
     seed: int = 0
+    statistic: str = "median"
+    paired: bool = False
 
     @property
     def timing(self) -> Timing:
@@ -68,7 +70,7 @@ class Setup:
         """The same protocol in ``benchmarks.latency_mode``'s terms (its collection and noise floor)."""
         return replace(latency_mode.Setup(), work=self.work, device=self.device, batch=self.batch, threads=self.threads,
                        clock=self.clock, warmup=self.warmup, repeats=self.repeats, noise_samples=self.noise_samples,
-                       rounds=self.rounds, seed=self.seed)
+                       rounds=self.rounds, seed=self.seed, statistic=self.statistic, paired=self.paired)
 
 
 QUICK = Setup(work="latency-table-bench-quick", models=("resnet18",), size=32, samples=12, noise_samples=3, points=3,
@@ -78,7 +80,7 @@ QUICK = Setup(work="latency-table-bench-quick", models=("resnet18",), size=32, s
 def _table(setup: Setup, name: str, x: torch.Tensor) -> LatencyTable:
     t = setup.timing
     path = Path(setup.work) / (f"{name}_{setup.size}_p{setup.points}_b{setup.batch}_w{t.warmup}_n{t.repeats}"
-                               f"_t{t.threads}_{t.clock}_{t.runtime}.table.json")
+                               f"_t{t.threads}_{t.clock}_{t.runtime}_{t.statistic}.table.json")
     if path.exists():
         return LatencyTable.load(path)
     table = collect_table(_model(name), x, device=setup.device, batch=setup.batch, timing=setup.timing,
@@ -182,10 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, help="whole-network candidates for the LPNet")
     parser.add_argument("--points", type=int, help="table grid points per varying axis")
     parser.add_argument("--size", type=int, help="input height and width")
+    parser.add_argument("--statistic", choices=("median", "min", "iqm"), help="Timing.statistic (default median)")
+    parser.add_argument("--paired", action="store_true", default=None,
+                        help="collect the samples (and the noise floor) paired with the unpruned model")
     parser.add_argument("--json", help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
     setup = QUICK if args.quick else Setup()
-    for key in ("work", "samples", "points", "size"):
+    for key in ("work", "samples", "points", "size", "statistic", "paired"):
         if getattr(args, key) is not None:
             setup = replace(setup, **{key: getattr(args, key)})
     if args.models:

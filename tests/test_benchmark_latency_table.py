@@ -28,3 +28,12 @@ def test_the_quick_run_scores_both_cost_models_on_the_same_candidates(tmp_path):
         assert rows[f"FLOPs mode at {label}'s FLOPs"]["flops_ratio"] <= rows[label]["flops_ratio"] + 1e-6
     text = latency_table.markdown(result)
     assert "| resnet18 | per-layer table | 2 | 0.00 |" in text and "single-layer timings" in text
+
+
+def test_the_paired_protocol_runs_end_to_end_and_its_floor_is_zero_on_the_simulated_device(tmp_path):
+    setup = replace(latency_table.QUICK, work=str(tmp_path), paired=True, statistic="iqm", targets=())
+    with SimulatedClock(seconds_per_mac=1e-9, seconds_per_layer=2e-5):
+        result = latency_table.run(setup)
+    m = result["models"]["resnet18"]
+    assert m["noise"]["mape"] == pytest.approx(0.0, abs=1e-9) and m["table"]["mape"] == pytest.approx(0.0, abs=1e-3)
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == ["resnet18_32_paired_iqm.jsonl"]
