@@ -44,7 +44,7 @@ FAMILIES: dict[str, tuple[str, float, dict]] = {
     "vovnet": ("ese_vovnet19b_dw", 0.5, {}),
     "selecsls": ("selecsls42b", 0.5, {}),
     "tinynet": ("tinynet_e", 0.5, {}),
-    "ghostnet": ("ghostnet_100", 0.6, {}),  # the cheap ghost convs are concatenated with their primaries
+    "ghostnet": ("ghostnet_100", 0.8, {}),  # ghost convs concatenated with their primaries; timm 1.0.9: floor 0.76
     "hrnet": ("hrnet_w18_small", 0.6, {}),  # fusion layers are summed across branches (shortcut-coupled)
     "repvgg": ("repvgg_a0", 0.5, {"prune_shortcuts": True}),  # every block is a residual sum of branches
     "res2net": ("res2net50_14w_8s", 0.9, {}),  # the scale branches split the channels (refused groups)
