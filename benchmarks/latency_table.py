@@ -10,6 +10,10 @@ For each model, on one device and protocol:
    (:func:`~wgates_plugin.profiling.collect_table`), scored on *the same* held-out candidates.
 4. **Noise floor**: held-out candidates measured a second time, scored against their first
    measurement: no predictor can beat it on these labels.
+
+With ``--paired`` the candidates (and the floor's second measurement) are timed beside the unpruned
+model and labelled by their ratio to it (``collect_latency(paired=True)``); the table, whose
+reference is its own measurement of the unpruned model, is then scored on its predicted ratio.
 5. **Networks**: W-Gates (warm start, no training: latency depends on the counts, not the weights)
    frozen at a latency target with each cost model, and FLOPs mode at the FLOPs each reached; all
    exported and timed side by side in interleaved, shuffled rounds, with the cost model's prediction.
@@ -133,7 +137,11 @@ def run(setup: Setup) -> dict[str, Any]:
         table = _table(setup, name, x)
         table.check_samples(samples.context)  # one device, batch, input, clock and model
         own = table.own_model()
-        table_errors = latency_errors([own.predicted_ms(r["counts"]) for r in held_out], [r["ms"] for r in held_out])
+        # paired labels are ratios to the unpruned model (times the samples' reference): the table is scored
+        # on its predicted ratio too (its reference is its own measurement of the unpruned model)
+        scale = samples.reference["ms"] / own.reference_ms if setup.paired else 1.0
+        table_errors = latency_errors([scale * own.predicted_ms(r["counts"]) for r in held_out],
+                                      [r["ms"] for r in held_out])
         out["models"][name] = {
             "lpnet": report["network"], "table": table_errors.asdict(), "n_test": len(held_out),
             "noise": noise_floor(lm, name, setup.size, samples),
