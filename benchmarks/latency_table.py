@@ -157,7 +157,8 @@ def markdown(result: dict[str, Any]) -> str:
     s = result["setup"]
     lines = [f"Device `{result['device']}`, torch {result['torch']}; input {s['size']}×{s['size']}, "
              f"batch {s['batch']}, "
-             f"{s['threads']} thread(s), clock {s['clock']}, {s['warmup']} warm-up + median of {s['repeats']}.", "",
+             f"{s['threads']} thread(s), clock {s['clock']}, {s['warmup']} warm-up + {s.get('statistic', 'median')} of "
+             f"{s['repeats']}{'; samples paired with the unpruned model' if s.get('paired') else ''}.", "",
              "| model | predictor (same held-out candidates) | n | MAPE % | within ±5 % | within ±10 % | Spearman | "
              "max % |", "|---|---|---|---|---|---|---|---|"]
     for name, m in result["models"].items():
