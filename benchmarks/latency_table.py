@@ -10,13 +10,13 @@ For each model, on one device and protocol:
    (:func:`~wgates_plugin.profiling.collect_table`), scored on *the same* held-out candidates.
 4. **Noise floor**: held-out candidates measured a second time, scored against their first
    measurement: no predictor can beat it on these labels.
+5. **Networks**: W-Gates (warm start, no training: latency depends on the counts, not the weights)
+   frozen at a latency target with each cost model, and FLOPs mode at the FLOPs each reached; all
+   exported and timed side by side in interleaved, shuffled rounds, with the cost model's prediction.
 
 With ``--paired`` the candidates (and the floor's second measurement) are timed beside the unpruned
 model and labelled by their ratio to it (``collect_latency(paired=True)``); the table, whose
 reference is its own measurement of the unpruned model, is then scored on its predicted ratio.
-5. **Networks**: W-Gates (warm start, no training: latency depends on the counts, not the weights)
-   frozen at a latency target with each cost model, and FLOPs mode at the FLOPs each reached; all
-   exported and timed side by side in interleaved, shuffled rounds, with the cost model's prediction.
 
 Run ``python -m benchmarks.latency_table --help``; output: Markdown on stdout and, with ``--json``, every
 figure as JSON.

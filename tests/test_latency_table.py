@@ -159,6 +159,20 @@ def test_another_batch_or_input_size_is_refused():
         table.for_model(model, X, batch=8)
 
 
+def test_samples_timed_with_another_statistic_are_refused_paired_ones_are_not():
+    from wgates_plugin.efficiency.latency import protocol_diff
+
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    table = table_of(model)
+    timing = dict(table.context["timing"], statistic="min")
+    with pytest.raises(LatencyContextError, match="timing statistic: saved 'median', now 'min'"):
+        table.check_samples(dict(table.context, timing=timing))
+    table.check_samples(dict(table.context, paired=True))  # ratios to the unpruned model: what the table prices
+    # an LPNet refuses both (its labels are what it predicts); old contexts read as median, not paired
+    assert protocol_diff({"timing": {}}, {"timing": {"statistic": "median"}}) == []
+    assert protocol_diff({"timing": {}}, {"timing": {}, "paired": True}) == ["paired: saved False, now True"]
+
+
 def test_save_and_load_give_the_same_predictions(tmp_path):
     model = torchvision.models.mobilenet_v2(num_classes=10).eval()
     table = table_of(model)

@@ -50,16 +50,20 @@ def _pruned_resnet18():
 def test_deployment_report_checks_onnxruntime_and_times_both_runtimes_exactly(tmp_path):
     unpruned, pruned, x = _pruned_resnet18()
     repeats = 3
-    # the order of the measurement: PyTorch unpruned, PyTorch pruned, onnxruntime unpruned, onnxruntime pruned
-    # exact in binary, so every median and ratio below is exact
-    clock = Durations([0.5] * repeats + [0.25] * repeats + [0.375] * repeats + [0.125] * repeats)
+    # PyTorch, then onnxruntime; in each, the unpruned (u) and pruned (p) model in turns: u p, p u, u p.
+    # Exact in binary, so every median and ratio below is exact
+    def turns(u: float, p: float) -> list[float]:
+        return [u, p, p, u, u, p]
+
+    clock = Durations(turns(0.5, 0.25) + turns(0.375, 0.125))
     with use_clock(clock):
         report = deployment_report(unpruned, pruned, x, tmp_path, Timing(warmup=1, repeats=repeats, threads=1))
     assert clock.calls == 2 * 4 * repeats
     assert report["pytorch"]["unpruned"] == {"ms": 500.0, "min_ms": 500.0, "max_ms": 500.0}
     assert report["pytorch"]["pruned"]["ms"] == 250.0 and report["pytorch"]["speedup"] == 2.0
     assert report["onnxruntime"]["unpruned"]["ms"] == 375.0 and report["onnxruntime"]["speedup"] == 3.0
-    assert report["timing"] == {"warmup": 1, "repeats": 3, "threads": 1, "clock": "wall", "batch": 4}
+    assert report["timing"] == {"warmup": 1, "repeats": 3, "threads": 1, "clock": "wall", "statistic": "median",
+                                "batch": 4}
     assert report["onnx_file"] == "model.onnx" and report["max_abs_diff"] < 1e-4
     ort = OnnxRuntimeModule(tmp_path / "model.onnx")
     fresh = torch.randn(7, 3, 32, 32)  # another batch size: the batch dimension is dynamic

@@ -108,6 +108,7 @@ def test_the_timing_statistic_turns_the_repeats_into_one_latency(statistic, expe
     assert ms == pytest.approx(expected, rel=1e-9)  # iqm: 5 // 4 = 1 dropped at each end of 1 2 3 5 10
     with pytest.raises(ConfigError, match="no timings to summarize"):
         summarize([], statistic)
+    assert summarize([1.0, 1.0, 100.0], "iqm") == 1.0  # below 4 values nothing can be dropped: the median
 
 
 def test_the_statistic_enters_a_measurement_context_only_when_not_the_median():

@@ -122,8 +122,8 @@ class TraceLimits:
     Attributes:
         seconds: wall-clock limit of one :func:`trace_groups` call (graph building plus the group
             search); past it a :class:`TracingError` names the slow part and the ways out. It is
-            checked once torch-pruning's graph building returns and after every group, so it stops a
-            long search but cannot interrupt a single torch-pruning call.
+            checked once torch-pruning's graph building returns and after every group (one group's
+            search is limited by ``group_seconds``). ``math.inf``: no limit.
         group_seconds: limit of torch-pruning's search for one group's coupled layers. Past it the
             search is interrupted and the group is left whole, with the reason (:func:`why_not`); the
             rest of the model is pruned as usual (``math.inf``: never interrupted). Some searches do not
@@ -131,7 +131,8 @@ class TraceLimits:
             attention.
         progress: show progress bars over the tracing and the group search (None: on a terminal, for
             models of more than 300 modules).
-        clock: the clock both limits are measured with (injectable for tests).
+        clock: the clock both limits are measured with (injectable for tests; ``group_seconds``
+            reads it from a watcher thread too).
     """
 
     seconds: float = 600.0
@@ -148,10 +149,9 @@ def trace_limits(seconds: float | None = None, progress: bool | None = None,
                  clock: Callable[[], float] | None = None, group_seconds: float | None = None) -> Iterator[TraceLimits]:
     """Change :data:`LIMITS` inside a ``with`` block, e.g. ``with trace_limits(seconds=60): WGates(...)``."""
     saved = (LIMITS.seconds, LIMITS.group_seconds, LIMITS.progress, LIMITS.clock)
-    if seconds is not None:
-        check_number("seconds", seconds, "> 0", type_error=ConfigError)
-    if group_seconds is not None and group_seconds != math.inf:
-        check_number("group_seconds", group_seconds, "> 0", type_error=ConfigError)
+    for name, value in (("seconds", seconds), ("group_seconds", group_seconds)):
+        if value is not None and value != math.inf:
+            check_number(name, value, "> 0", type_error=ConfigError)
     LIMITS.seconds = float(seconds) if seconds is not None else LIMITS.seconds
     LIMITS.group_seconds = float(group_seconds) if group_seconds is not None else LIMITS.group_seconds
     LIMITS.progress = progress if progress is not None else LIMITS.progress
@@ -167,46 +167,67 @@ class _SearchTimeout(BaseException):
     ``except Exception`` inside the search can swallow it)."""
 
 
-@contextlib.contextmanager
-def _deadline(seconds: float, clock: Callable[[], float], poll: float = 0.02) -> Iterator[None]:
+_ACTIVE = threading.local()  # whether this thread is inside a _deadline block
+
+
+class _deadline:  # noqa: N801 - used as a function: ``with _deadline(seconds, clock): ...``
     """Interrupt the Python code run inside the block once ``clock`` passes ``seconds`` from its start.
 
-    A watcher thread reads ``clock`` every ``poll`` seconds and, past the limit, raises
-    :class:`_SearchTimeout` asynchronously in the calling thread (CPython's
-    ``PyThreadState_SetAsyncExc``); a search that is pure Python, as torch-pruning's is, stops at its
-    next bytecode. The code inside runs at full speed (no trace function). The exception never
-    escapes the block later: leaving it, a pending one is cleared and raised here. ``math.inf``: no
-    limit, no thread.
+    A watcher thread reads ``clock`` (so it must be callable from another thread) every ``poll``
+    seconds and, past the limit, raises :class:`_SearchTimeout` asynchronously in the calling thread
+    (CPython's ``PyThreadState_SetAsyncExc``); a search that is pure Python, as torch-pruning's is,
+    stops at its next bytecode. The code inside runs at full speed (no trace function).
+
+    Leaving the block, a timeout not yet delivered is cancelled: nothing escapes it later. An
+    exception the block raises itself (a ``KeyboardInterrupt``, an error) propagates unchanged, never
+    replaced by the timeout. A thread holds one pending asynchronous exception, so blocks do not
+    nest (``RuntimeError``). ``math.inf``: no limit, no thread, the clock is never read.
     """
-    if seconds == math.inf:
-        yield
-        return
-    end = clock() + seconds
-    target = ctypes.c_ulong(threading.get_ident())
-    lock, stop = threading.Lock(), threading.Event()
-    state = {"done": False, "fired": False}
 
-    def watch() -> None:
-        while not stop.wait(poll):
-            with lock:
-                if state["done"]:
+    def __init__(self, seconds: float, clock: Callable[[], float], poll: float = 0.02) -> None:
+        if seconds != math.inf:
+            check_number("group_seconds", seconds, "> 0", type_error=ConfigError)
+        self.seconds, self.clock, self.poll = seconds, clock, poll
+        self.lock, self.stop = threading.Lock(), threading.Event()
+        self.done = self.fired = False
+
+    def __enter__(self) -> _deadline:
+        if self.seconds == math.inf:
+            return self
+        if getattr(_ACTIVE, "inside", False):
+            raise RuntimeError("_deadline blocks do not nest: a thread holds one pending asynchronous exception")
+        _ACTIVE.inside = True
+        self.target = ctypes.c_ulong(threading.get_ident())
+        self.end = self.clock() + self.seconds
+        threading.Thread(target=self._watch, name="wgates-group-search-limit", daemon=True).start()
+        return self
+
+    def _watch(self) -> None:
+        while not self.stop.wait(self.poll):
+            with self.lock:
+                if self.done:
                     return
-                if clock() > end:
-                    state["fired"] = True
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(target, ctypes.py_object(_SearchTimeout))
+                if self.clock() > self.end:
+                    self.fired = True
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(self.target, ctypes.py_object(_SearchTimeout))
                     return
 
-    threading.Thread(target=watch, name="wgates-group-search-limit", daemon=True).start()
-    try:
-        yield
-    finally:
-        with lock:
-            state["done"] = True
-            fired = state["fired"]
-        stop.set()
-        if fired:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(target, None)  # clear it, if not yet raised
-            raise _SearchTimeout
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if self.seconds == math.inf:
+            return False
+        try:
+            self._close()
+        except _SearchTimeout:  # delivered in here, after the block ended: the block's outcome stands
+            self._close()  # the watcher fires once: nothing is pending any more
+        return False  # the block's own exception (or the timeout it received) propagates as it is
+
+    def _close(self) -> None:
+        with self.lock:  # past this, the watcher cannot fire
+            self.done = True
+            if self.fired:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(self.target, None)  # cancel it, if not yet raised
+        self.stop.set()
+        _ACTIVE.inside = False
 
 
 def _terminal() -> bool:
@@ -346,7 +367,9 @@ def _group_of(graph: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module,
     try:
         with _deadline(LIMITS.group_seconds, LIMITS.clock):
             tp_group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(size)))
-    except _SearchTimeout:
+    except _SearchTimeout as timeout:
+        if isinstance(timeout.__context__, (KeyboardInterrupt, SystemExit, WGatesError, TimeoutError)):
+            raise timeout.__context__ from None  # delivered while a stop propagated: the stop wins
         group.reason = (f"torch-pruning's search for its coupled layers did not finish in {LIMITS.group_seconds:g} s "
                         "(wgates_plugin.groups.LIMITS.group_seconds)")
         return group

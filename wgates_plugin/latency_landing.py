@@ -1,10 +1,11 @@
 """Closed-loop landing on *measured* latency: freeze, export, time the exported network on the device,
-correct the budget from the measurement, until the measured median is within a tolerance of the target.
+correct the budget from the measurement, until the measured latency (the median of the timed forwards,
+or the cost model's ``Timing.statistic``) is within a tolerance of the target.
 
 A latency predictor (LPNet) is a model of the device; the exported network's real latency can differ
 from its prediction by more than the budget's tolerance. :func:`land_on_latency` closes the loop: the
 budget the gates are frozen at is moved by a secant step on (budget, measured latency) until the
-measured median lands within ``tolerance`` of the target, or the closest network found is kept and
+measured latency lands within ``tolerance`` of the target, or the closest network found is kept and
 the gap reported. Every round's prediction, measurement and the measurement's own spread are in
 the report.
 
@@ -94,7 +95,7 @@ def land_on_latency(wg: WGates, target: float, measure: Measure, reference_ms: f
             ``LatencyPredictor.measure_times``, or :func:`~wgates_plugin.efficiency.timing.measure_times`).
         reference_ms: the unpruned network's measured latency (default: the cost model's reference,
             which a latency model measured).
-        tolerance: the measured median must be within ``target * (1 ± tolerance)``.
+        tolerance: the measured latency must be within ``target * (1 ± tolerance)``.
         rounds: the most freeze–export–measure rounds.
         reference: the unpruned model (without gates). When given, every round measures it right
             before and right after the exported network and takes the round's ratio against the mean

@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 
 from ..efficiency.runtime import OPSET, OnnxRuntimeModule, onnx_bytes, require_onnx
-from ..efficiency.timing import Timing, measure_times
+from ..efficiency.timing import Timing, measure_interleaved
 from ..errors import ExportError
 from ..export import check_outputs
 from ..files import atomic_path
@@ -51,9 +50,8 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | Path
     return path
 
 
-def _median_ms(module: nn.Module, inputs: torch.Tensor, timing: Timing) -> dict[str, float]:
-    times = measure_times(module, inputs, timing, "cpu")
-    return {"ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
+def _latency(times: list[float], timing: Timing) -> dict[str, float]:
+    return {"ms": timing.summary(times), "min_ms": min(times), "max_ms": max(times)}
 
 
 def deployment_report(unpruned: nn.Module, pruned: nn.Module, example_inputs: torch.Tensor, out: str | Path,
@@ -62,8 +60,10 @@ def deployment_report(unpruned: nn.Module, pruned: nn.Module, example_inputs: to
     PyTorch's, and time the unpruned and the pruned model in PyTorch and in onnxruntime.
 
     ``timing`` (default ``Timing(threads=1)``) is used for both runtimes (its threads are onnxruntime's
-    intra-op threads). Every latency is the median of ``timing.repeats`` forwards of ``example_inputs``
-    after ``timing.warmup`` untimed ones.
+    intra-op threads). Every latency is ``timing.statistic`` (the median by default) of
+    ``timing.repeats`` forwards of ``example_inputs`` after ``timing.warmup`` untimed ones; in each
+    runtime the unpruned and the pruned model are timed in turns (:func:`measure_interleaved`), so a
+    drift of the machine's speed does not enter the speedup.
 
     Returns:
         ``{"onnx_file", "max_abs_diff", "opset", "pytorch": {...}, "onnxruntime": {...}, "timing"}``;
@@ -90,9 +90,10 @@ def deployment_report(unpruned: nn.Module, pruned: nn.Module, example_inputs: to
     report: dict[str, Any] = {"onnx_file": path.name, "max_abs_diff": diff, "opset": OPSET,
                               "timing": {"warmup": timing.warmup, "repeats": timing.repeats,
                                          "threads": timing.threads, "clock": timing.clock,
-                                         "batch": int(example_inputs.shape[0])}}
+                                         "statistic": timing.statistic, "batch": int(example_inputs.shape[0])}}
     for runtime, (full, small) in (("pytorch", (unpruned, pruned)), ("onnxruntime", (unpruned_ort, pruned_ort))):
-        before, after = _median_ms(full, example_inputs, timing), _median_ms(small, example_inputs, timing)
+        times = measure_interleaved([full, small], example_inputs, timing, "cpu")
+        before, after = _latency(times[0], timing), _latency(times[1], timing)
         report[runtime] = {"unpruned": before, "pruned": after, "speedup": before["ms"] / after["ms"]}
     return report
 
@@ -102,7 +103,8 @@ def format_deployment(report: dict[str, Any]) -> str:
     t = report["timing"]
     lines = [f"ONNX: {report['onnx_file']} (opset {report['opset']}), onnxruntime outputs within "
              f"{report['max_abs_diff']:.2e} of PyTorch's",
-             f"latency (ms, batch {t['batch']}, {t['threads']} thread(s), median of {t['repeats']}):",
+             f"latency (ms, batch {t['batch']}, {t['threads']} thread(s), {t.get('statistic', 'median')} of "
+             f"{t['repeats']}, the two models timed in turns):",
              f"{'':14}{'unpruned':>10}{'pruned':>10}{'speedup':>9}"]
     for runtime in ("pytorch", "onnxruntime"):
         r = report[runtime]

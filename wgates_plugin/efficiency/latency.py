@@ -50,7 +50,7 @@ __all__ = ["KINDS", "LatencyPredictor", "MeasuredLatency", "LatencyModel", "meas
 
 KINDS = ("network", "block")
 LPNET_FORMAT = "wgates-lpnet/1"
-_MEASUREMENT_KEYS = ("device", "input_shape", "batch", "threads", "clock")
+MEASUREMENT_KEYS = ("device", "input_shape", "batch", "threads", "clock")
 
 
 class LatencyPredictor(nn.Module):
@@ -104,8 +104,8 @@ class LatencyPredictor(nn.Module):
 
     def check_samples(self, context: dict[str, Any]) -> None:
         """Raise :class:`LatencyContextError` unless samples of ``context`` are predictable by this LPNet."""
-        keys = _MEASUREMENT_KEYS + (("model_hash", "groups") if self.kind == "network" else ())
-        diff = context_diff(self.context, context, keys)
+        keys = MEASUREMENT_KEYS + (("model_hash", "groups") if self.kind == "network" else ())
+        diff = context_diff(self.context, context, keys) + protocol_diff(self.context, context)
         if self.kind == "block":
             diff += self._layout_diff((context.get("blocks") or {}).get("features", {}))
         if diff:
@@ -337,6 +337,21 @@ def measure_in_context(model: nn.Module, context: Mapping[str, Any], timing: Tim
     shape and (by default) timing, on a random batch."""
     x = torch.randn(context["batch"], *context["input_shape"], device=context["device"].split(":")[0])
     return measure_times(copy.deepcopy(model), x, timing or context_timing(context))
+
+
+def protocol_diff(saved: Mapping[str, Any], current: Mapping[str, Any], paired: bool = True) -> list[str]:
+    """How two measurement contexts' latencies were taken differently: the timing statistic and (with
+    ``paired``) whether candidates were timed beside the unpruned model. Contexts written before
+    either existed read as the defaults (median, not paired)."""
+    def statistic(ctx: Mapping[str, Any]) -> str:
+        return (ctx.get("timing") or {}).get("statistic", "median")
+
+    out = []
+    if statistic(saved) != statistic(current):
+        out.append(f"timing statistic: saved {statistic(saved)!r}, now {statistic(current)!r}")
+    if paired and bool(saved.get("paired")) != bool(current.get("paired")):
+        out.append(f"paired: saved {bool(saved.get('paired'))}, now {bool(current.get('paired'))}")
+    return out
 
 
 def context_diff(saved: Mapping[str, Any], current: Mapping[str, Any],

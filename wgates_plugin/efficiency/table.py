@@ -67,12 +67,14 @@ from ..files import LIMITS, read_json, require, write_text
 from ..groups import ChannelGroup, gated_groups
 from .flops import ChannelMap, FlopsModel, LayerShape, record_layer_shapes
 from .latency import (
+    MEASUREMENT_KEYS,
     MeasuredLatency,
     architecture_hash,
     check_measurement_use,
     context_diff,
     context_timing,
     measure_in_context,
+    protocol_diff,
 )
 
 if TYPE_CHECKING:
@@ -81,7 +83,6 @@ if TYPE_CHECKING:
 __all__ = ["TABLE_FORMAT", "LayerSpec", "LayerTable", "LatencyTable", "TableModel", "grid", "varying_layers"]
 
 TABLE_FORMAT = "wgates-latency-table/1"
-_MEASUREMENT_KEYS = ("device", "input_shape", "batch", "threads", "clock")
 
 
 def _pair(value: Any) -> tuple[int, int]:
@@ -258,7 +259,9 @@ class LatencyTable:
 
     def check_samples(self, context: Mapping[str, Any]) -> None:
         """Raise :class:`LatencyContextError` unless latency samples of ``context`` are this table's setting."""
-        diff = context_diff(self.context, context, _MEASUREMENT_KEYS + ("model_hash", "groups"))
+        # paired samples are allowed: their ratios to the unpruned model are what a budget reads
+        diff = (context_diff(self.context, context, MEASUREMENT_KEYS + ("model_hash", "groups"))
+                + protocol_diff(self.context, context, paired=False))
         if diff:
             raise LatencyContextError(f"the latency table was measured in another context: {'; '.join(diff)}. "
                                       "HINT: collect the table and the samples on one device, batch and model")

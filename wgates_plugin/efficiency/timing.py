@@ -51,8 +51,10 @@ class Timing:
             ``benchmarks/RESULTS.md``, "Deployment"). Needs the ``onnx`` extra.
         statistic: how the repeats become one latency (:func:`summarize`): ``'median'``; ``'min'``, the
             least disturbed forward (on a busy machine interference only ever adds time); ``'iqm'``, the
-            interquartile mean (the mean of the middle half: outliers on both sides rejected, less
-            jumpy than the median). ``benchmarks/RESULTS.md`` ("noise floor") compares them.
+            interquartile mean (the mean of what is left once a quarter of the repeats, rounded
+            down, is dropped at each end: outliers on both sides rejected, less jumpy than the
+            median; the median below 4 repeats). ``benchmarks/RESULTS.md`` ("noise floor") compares
+            them.
     """
 
     warmup: int = 3
@@ -91,8 +93,9 @@ STATISTICS = ("median", "min", "iqm")
 
 
 def summarize(times: list[float], statistic: str = "median") -> float:
-    """One latency from repeated timings: ``'median'``, ``'min'`` or ``'iqm'`` (the mean of the values
-    from the first to the third quartile by rank: ``n // 4`` dropped at each end).
+    """One latency from repeated timings: ``'median'``, ``'min'`` or ``'iqm'`` (the interquartile mean:
+    the mean of the sorted values once ``n // 4`` are dropped at each end, i.e. the middle half when
+    ``n`` is a multiple of 4; with fewer than 4 values nothing could be dropped, and it is the median).
 
     Example:
         >>> times = [5.0, 1.0, 2.0, 3.0, 40.0, 4.0, 2.5, 3.5, 30.0]
@@ -106,6 +109,8 @@ def summarize(times: list[float], statistic: str = "median") -> float:
     if statistic == "min":
         return min(times)
     if statistic == "median":
+        return statistics.median(times)
+    if len(times) < 4:
         return statistics.median(times)
     ordered = sorted(times)
     cut = len(ordered) // 4
@@ -232,7 +237,8 @@ def measure_interleaved(modules: list[nn.Module], inputs: Any, timing: Timing = 
 
     Each module is warmed up ``timing.warmup`` times first; ``timing.repeats`` rounds follow. Returns
     one list of ``repeats`` timings per module, in the order given (:func:`measure_times` is the case
-    of one module).
+    of one module). With an even number of rounds every module is first as often as last, so a
+    linear drift in the machine's speed falls on each module's mean (and median) alike.
 
     Example:
         >>> from torch import nn

@@ -2,13 +2,13 @@
 
 Candidates (network encodings: live channels per gated group) come from
 :class:`~wgates_plugin.profiling.candidates.CandidateSpace`, which builds each one physically through
-torch-pruning. Each is timed on the target device: warm-up runs, then the median of ``repeats``
-single forwards, in eval mode under ``torch.no_grad``, with a fixed thread count, synchronising CUDA
-around every forward. With ``paired=True`` every candidate is timed in turns with the unpruned model
-(:func:`~wgates_plugin.efficiency.timing.measure_interleaved`) and recorded as its latency *ratio* to
-the unpruned model timed beside it, times the reference latency: a machine whose speed drifts over
-the collection (other jobs, frequency) moves both alike, so the ratio, which is what a latency budget
-is, stays put. The samples go to a JSON-lines file with their
+torch-pruning. Each is timed on the target device: warm-up runs, then ``Timing.statistic`` (the median
+by default) of ``repeats`` single forwards, in eval mode under ``torch.no_grad``, with a fixed thread
+count, synchronising CUDA around every forward. With ``paired=True`` every candidate is timed in turns
+with the unpruned model (:func:`~wgates_plugin.efficiency.timing.measure_interleaved`) and recorded as
+its latency *ratio* to the unpruned model timed beside it, times the reference latency: a machine
+whose speed drifts over the collection (other jobs, frequency) moves both alike, so the ratio, which
+is what a latency budget is, stays put. The samples go to a JSON-lines file with their
 context (see :mod:`~wgates_plugin.profiling.samples`); an interrupted collection resumes there.
 
 Example:
@@ -178,9 +178,11 @@ def collect_latency(
     beside = copy.deepcopy(space.model).eval().to(device) if paired else None
     job = _Job(space, torch.randn(batch, *example_inputs.shape[1:], device=device), timing, encoder, seed, spread,
                beside)
-    context = _context(model, example_inputs, job, device, batch, model_name) | {"reference_every": reference_every}
+    context = _context(model, example_inputs, job, device, batch, model_name)
     if paired:
         context["paired"] = True  # only when set: files collected before the option keep their context
+    else:
+        context["reference_every"] = reference_every  # paired: each candidate has its reference beside it
     writer = SampleWriter(path, context)
     todo = [i for i in range(samples) if i not in writer.samples.done]
     with fixed_threads(timing.resolved_threads()):  # building and capturing too: no oversubscribed cores
