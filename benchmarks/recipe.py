@@ -45,6 +45,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "wg_warm_lr1e-3_g156": {"warm_start": True, "gate_lr": 1e-3, "steps": 156},
     "wg_warm_g156": {"warm_start": True, "steps": 156},
     "wg_warm_lr1e-3_g78": {"warm_start": True, "gate_lr": 1e-3, "steps": 78},
+    # soft-to-hard annealing: sigmoid(k s) gates, k rising geometrically from 4 to the binary limit over
+    # the gating epoch (312 steps of the subset), so freezing changes (almost) nothing
+    "wg_warm_lr1e-3_anneal": {"warm_start": True, "gate_lr": 1e-3, "activation": "sigmoid", "sigmoid_k": 4.0,
+                              "anneal_steps": 312},
 }
 
 # name -> (rival method, MethodDefaults overrides, cap on its pruning-time steps or None): the rivals'
