@@ -85,17 +85,13 @@ def run(setup: Setup) -> dict[str, Any]:
     floors: dict[str, dict[str, Any]] = {}
     for protocol in PROTOCOLS:
         for statistic in STATISTICS:
-            value = _latency if protocol == "sequential" else _ratio
+            value = summarize if protocol == "sequential" else _ratio
             first = [value(t, statistic) for t in raw[protocol][0]]
             again = [value(t, statistic) for t in raw[protocol][1]]
             floors[f"{protocol}, {statistic}"] = latency_errors(again, first).asdict() | {
                 "protocol": protocol, "statistic": statistic, "timing_s": seconds[protocol]}
     return {"setup": asdict(setup), "device": device_name("cpu", setup.runtime), "torch": torch.__version__,
             "floors": floors, "raw": raw}
-
-
-def _latency(times: list[float], statistic: str) -> float:
-    return summarize(times, statistic)
 
 
 def _ratio(pair: list[list[float]], statistic: str) -> float:
