@@ -4,6 +4,8 @@ extra (ultralytics, AGPL-3.0)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -23,7 +25,8 @@ def test_yolo_prunes_and_exports_exactly(yaml):
     torch.manual_seed(0)
     model = calibrate(DetectionModel(yaml, nc=5, verbose=False), 128).eval()
     x = torch.randn(2, 3, 128, 128)
-    with trace_limits(group_seconds=5):  # YOLO11's C2PSA attention: two searches that never end
+    with trace_limits(group_seconds=math.inf):  # YOLO11's C2PSA attention: two searches that never end,
+        # stopped by their index budget alone (deterministic, whatever the machine's speed)
         wg = WGates(model, x, target=0.7)
     opt = torch.optim.Adam(wg.parameters(), lr=1e-2)
     for _ in range(2):
@@ -45,5 +48,5 @@ def test_yolo_prunes_and_exports_exactly(yaml):
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
     split = [g for g in wg.traced.groups if g.reason and "channel split" in g.reason]
     assert split, "C2f's (and C3k2's) chunk into two halves is reported, not pruned"
-    stuck = sorted(g.name for g in wg.traced.groups if g.reason and "did not finish in 5 s" in g.reason)
+    stuck = sorted(g.name for g in wg.traced.groups if g.reason and "kept growing past" in g.reason)
     assert stuck == (["model.10.m.0.attn.pe.conv", "model.10.m.0.attn.qkv.conv"] if yaml == "yolo11n.yaml" else [])

@@ -219,6 +219,75 @@ def test_a_group_search_past_its_own_limit_leaves_that_group_whole_and_prunes_th
         pass
 
 
+def test_a_group_search_that_keeps_growing_is_stopped_at_its_index_budget_whatever_the_clock(monkeypatch):
+    import torch_pruning as tp
+    from torch_pruning.dependency.group import Group
+
+    from wgates_plugin.groups import layer_width
+
+    model = net()
+    stuck = model.a[0]
+    search = tp.DependencyGraph.get_pruning_group
+    recorded = []
+    original_add_dep = Group.add_dep
+
+    def growing(self, module, pruning_fn, idxs):  # as in C2PSA: every turn maps the indices to twice as many
+        if module is not stuck:
+            return search(self, module, pruning_fn, idxs)
+        group, idxs = Group(), list(idxs)
+        root = self.module2node[module]
+        while len(idxs) < 2 ** 26:  # bounded: if the budget never stopped it, the asserts below fail
+            group.add_dep(tp.Dependency(pruning_fn, pruning_fn, source=root, target=root), idxs)
+            recorded.append(len(idxs))
+            idxs = idxs + idxs
+        return group
+
+    monkeypatch.setattr(tp.DependencyGraph, "get_pruning_group", growing)
+    width = layer_width(model)
+    assert width == sum(sum(m.weight.shape[:2]) for m in model.modules() if hasattr(m, "weight"))
+    with trace_limits(group_seconds=math.inf, group_indices=3):  # no time limit at all: only the budget acts
+        traced = trace_groups(model, X)
+        assert sum(recorded) <= 3 * width < sum(recorded) + 2 * recorded[-1]  # stopped at the first add past it
+        wg = WGates(model, X, target=0.7, prune_shortcuts=True)
+    reason = (f"torch-pruning's search for its coupled layers kept growing past {3 * width} channel indices "
+              "(3 x the model's layer width; wgates_plugin.groups.LIMITS.group_indices)")
+    assert {g.name: g.reason for g in traced.groups if g.reason} == {"a.0": reason,
+                                                                     "head": "it produces the model's output"}
+    assert Group.add_dep is original_add_dep  # torch-pruning's method is restored after each search
+    wg.freeze()
+    assert wg.export().a[0].out_channels == 12
+    with pytest.raises(ConfigError, match="group_indices=-1 must be a number > 0"), trace_limits(group_indices=-1):
+        pass
+
+
+def test_the_index_budget_counts_only_its_own_threads_search():
+    import threading
+
+    from torch_pruning.dependency.group import Group
+
+    from wgates_plugin.groups import _index_budget, _SearchTooLarge
+
+    other = Group()
+    done = threading.Event()
+
+    def elsewhere() -> None:  # another thread recording far more than the budget, unaffected by it
+        for _ in range(100):
+            other.add_dep(None, list(range(1000)))
+        done.set()
+
+    with _index_budget(10):
+        Group().add_dep(None, list(range(10)))  # exactly the budget: allowed
+        worker = threading.Thread(target=elsewhere)
+        worker.start()
+        worker.join()
+        with pytest.raises(_SearchTooLarge):
+            Group().add_dep(None, [0])  # one more
+    assert done.is_set() and len(other) == 100
+    with _index_budget(math.inf):
+        Group().add_dep(None, list(range(10_000)))
+    Group().add_dep(None, list(range(10_000)))  # outside any block: never counted
+
+
 def test_the_search_limit_interrupts_only_inside_its_block_and_never_hides_the_blocks_own_exception():
     from wgates_plugin.groups import _deadline, _SearchTimeout
 

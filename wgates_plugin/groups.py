@@ -129,6 +129,14 @@ class TraceLimits:
             rest of the model is pruned as usual (``math.inf``: never interrupted). Some searches do not
             end: torch-pruning 1.6.1 loops mapping channels through the reshapes of YOLO11's C2PSA
             attention.
+        group_indices: how many channel indices one group's search may record, as a multiple of the
+            model's layer width (the sum of every weight's first two sizes). Past it the search is
+            stopped at once and the group left whole, as past ``group_seconds``. It is the
+            deterministic guard, independent of the machine's speed: the endless C2PSA search doubles
+            its index lists on every turn and fills the memory faster than a loaded machine reaches a
+            time limit. Searches that end stay far below it (at most 7.4x, YOLOv8n's head; 6.2x,
+            VGG-11's flatten; under 2x on 30 other torchvision and timm CNNs: ``python -m
+            benchmarks.group_search``); ``math.inf``: no limit.
         progress: show progress bars over the tracing and the group search (None: on a terminal, for
             models of more than 300 modules).
         clock: the clock both limits are measured with (injectable for tests; ``group_seconds``
@@ -137,6 +145,7 @@ class TraceLimits:
 
     seconds: float = 600.0
     group_seconds: float = 30.0
+    group_indices: float = 64.0
     progress: bool | None = None
     clock: Callable[[], float] = time.monotonic
 
@@ -146,25 +155,86 @@ LIMITS = TraceLimits()
 
 @contextlib.contextmanager
 def trace_limits(seconds: float | None = None, progress: bool | None = None,
-                 clock: Callable[[], float] | None = None, group_seconds: float | None = None) -> Iterator[TraceLimits]:
+                 clock: Callable[[], float] | None = None, group_seconds: float | None = None,
+                 group_indices: float | None = None) -> Iterator[TraceLimits]:
     """Change :data:`LIMITS` inside a ``with`` block, e.g. ``with trace_limits(seconds=60): WGates(...)``."""
-    saved = (LIMITS.seconds, LIMITS.group_seconds, LIMITS.progress, LIMITS.clock)
-    for name, value in (("seconds", seconds), ("group_seconds", group_seconds)):
+    saved = (LIMITS.seconds, LIMITS.group_seconds, LIMITS.group_indices, LIMITS.progress, LIMITS.clock)
+    for name, value in (("seconds", seconds), ("group_seconds", group_seconds), ("group_indices", group_indices)):
         if value is not None and value != math.inf:
             check_number(name, value, "> 0", type_error=ConfigError)
     LIMITS.seconds = float(seconds) if seconds is not None else LIMITS.seconds
     LIMITS.group_seconds = float(group_seconds) if group_seconds is not None else LIMITS.group_seconds
+    LIMITS.group_indices = float(group_indices) if group_indices is not None else LIMITS.group_indices
     LIMITS.progress = progress if progress is not None else LIMITS.progress
     LIMITS.clock = clock or LIMITS.clock
     try:
         yield LIMITS
     finally:
-        LIMITS.seconds, LIMITS.group_seconds, LIMITS.progress, LIMITS.clock = saved
+        LIMITS.seconds, LIMITS.group_seconds, LIMITS.group_indices, LIMITS.progress, LIMITS.clock = saved
 
 
-class _SearchTimeout(BaseException):
-    """Raised inside torch-pruning's group search by :func:`_deadline` (a BaseException, so no
+class _SearchStopped(BaseException):
+    """Raised inside torch-pruning's group search to stop it (a BaseException, so no
     ``except Exception`` inside the search can swallow it)."""
+
+
+class _SearchTimeout(_SearchStopped):
+    """The search passed its time limit (:class:`_deadline`)."""
+
+
+class _SearchTooLarge(_SearchStopped):
+    """The search recorded more channel indices than its budget (:func:`_index_budget`)."""
+
+
+_BUDGET = threading.local()  # the index budget left to this thread's group search, if one is active
+_ADD_DEP = {"users": 0, "original": None}
+_ADD_DEP_LOCK = threading.Lock()
+
+
+def _counted_add_dep(group: object, dep: object, idxs: Sequence[object]) -> None:
+    left = getattr(_BUDGET, "left", None)
+    if left is not None:
+        _BUDGET.left = left - len(idxs)
+        if _BUDGET.left < 0:
+            raise _SearchTooLarge
+    _ADD_DEP["original"](group, dep, idxs)
+
+
+@contextlib.contextmanager
+def _index_budget(limit: float) -> Iterator[None]:
+    """Stop torch-pruning's group searches run by this thread inside the block (raise
+    :class:`_SearchTooLarge`) once they have recorded more than ``limit`` channel indices.
+
+    Every search records its coupled layers through ``torch_pruning``'s ``Group.add_dep``; while any
+    thread is inside such a block that method counts the indices of the threads that asked and
+    passes every call on unchanged, and it is restored when the last block ends. ``math.inf``: no
+    limit, nothing is changed.
+    """
+    if limit == math.inf:
+        yield
+        return
+    group_class = tp.dependency.group.Group
+    with _ADD_DEP_LOCK:
+        if _ADD_DEP["users"] == 0:
+            _ADD_DEP["original"] = group_class.add_dep
+            group_class.add_dep = _counted_add_dep
+        _ADD_DEP["users"] += 1
+    saved, _BUDGET.left = getattr(_BUDGET, "left", None), limit
+    try:
+        yield
+    finally:
+        _BUDGET.left = saved
+        with _ADD_DEP_LOCK:
+            _ADD_DEP["users"] -= 1
+            if _ADD_DEP["users"] == 0:
+                group_class.add_dep = _ADD_DEP["original"]
+
+
+def layer_width(model: nn.Module) -> int:
+    """The sum of the first two sizes (out and in channels or features) of every weight in ``model``:
+    the unit of :attr:`TraceLimits.group_indices`."""
+    return sum(sum(m.weight.shape[:2]) for m in model.modules()
+               if isinstance(getattr(m, "weight", None), torch.Tensor))
 
 
 _ACTIVE = threading.local()  # whether this thread is inside a _deadline block
@@ -307,6 +377,7 @@ def trace_groups(
                            f"(torch-pruning's graph building). {_WAYS_OUT}")
     names = {m: n for n, m in model.named_modules()}
     outputs = output_modules(model, example_inputs)
+    budget = limits.group_indices * max(layer_width(model), 1)
     visited: set[nn.Module] = set()
     groups = []
     roots = [m for m in graph.module2node if isinstance(m, root_types)]
@@ -315,7 +386,7 @@ def trace_groups(
         if module in visited:
             continue
         before = limits.clock()
-        group = _group_of(graph, module, names, outputs)
+        group = _group_of(graph, module, names, outputs, budget)
         took = limits.clock() - before
         slowest = max(slowest, (group.name, took), key=lambda s: s[1])
         visited.update(m.module for m in group.members if m.role is not Role.CONSUMER)
@@ -360,18 +431,23 @@ def output_modules(model: nn.Module, example_inputs: object) -> set[nn.Module]:
 
 
 def _group_of(graph: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module, str],
-              outputs: AbstractSet[nn.Module] = frozenset()) -> ChannelGroup:
+              outputs: AbstractSet[nn.Module] = frozenset(), budget: float = math.inf) -> ChannelGroup:
     pruner = graph.get_pruner_of_module(root)
     size = int(pruner.get_out_channels(root))
     group = ChannelGroup(names.get(root, type(root).__name__), root, size)
     try:
-        with _deadline(LIMITS.group_seconds, LIMITS.clock):
+        with _deadline(LIMITS.group_seconds, LIMITS.clock), _index_budget(budget):
             tp_group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(size)))
-    except _SearchTimeout as timeout:
-        if isinstance(timeout.__context__, (KeyboardInterrupt, SystemExit, WGatesError, TimeoutError)):
-            raise timeout.__context__ from None  # delivered while a stop propagated: the stop wins
-        group.reason = (f"torch-pruning's search for its coupled layers did not finish in {LIMITS.group_seconds:g} s "
-                        "(wgates_plugin.groups.LIMITS.group_seconds)")
+    except _SearchStopped as stopped:
+        if isinstance(stopped.__context__, (KeyboardInterrupt, SystemExit, WGatesError, TimeoutError)):
+            raise stopped.__context__ from None  # delivered while a stop propagated: the stop wins
+        if isinstance(stopped, _SearchTooLarge):
+            group.reason = (f"torch-pruning's search for its coupled layers kept growing past {budget:.0f} channel "
+                            f"indices ({LIMITS.group_indices:g} x the model's layer width; "
+                            "wgates_plugin.groups.LIMITS.group_indices)")
+        else:
+            group.reason = (f"torch-pruning's search for its coupled layers did not finish in "
+                            f"{LIMITS.group_seconds:g} s (wgates_plugin.groups.LIMITS.group_seconds)")
         return group
     except (WGatesError, TimeoutError):  # ours, or an interrupt raised as an exception: not a reason, a stop
         raise
