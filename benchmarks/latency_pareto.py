@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -45,6 +46,7 @@ from .latency_mode import side_by_side
 from .methods import PruneContext, prunable_layers
 from .models import build
 from .protocol import Protocol, baseline, calibrated_top1, finetune_curve, make_data, steps_per_epoch
+from .report import verdict
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,33 @@ def compare(records: list[dict[str, Any]], latency: dict[str, float], budget: st
     return rows
 
 
+def pooled(records: list[dict[str, Any]], latency: dict[str, float], budget: str) -> list[dict[str, Any]]:
+    """Per latency target, over the seeds: latency mode's mean point against FLOPs mode's mean curve.
+
+    Each FLOPs target's point is the mean over the seeds of its measured latency and top-1, and each
+    latency target's point the same over the seeds that ran it; the mean curve is read as in
+    :func:`compare`. Averaging over seeds smooths the top-1 noise of short budgets (a per-seed curve is
+    not even monotone), at the price of pairing: the per-seed rows of :func:`compare` keep it.
+    """
+    def mean_point(runs: list[dict[str, Any]]) -> tuple[float, float]:
+        return (statistics.fmean(latency[_key(r)] for r in runs), statistics.fmean(r["top1"][budget] for r in runs))
+
+    flops = [mean_point([r for r in records if r["mode"] == "flops" and r["target"] == t])
+             for t in sorted({r["target"] for r in records if r["mode"] == "flops"})]
+    rows = []
+    for target in sorted({r["target"] for r in records if r["mode"] == "latency"}, reverse=True):
+        runs = [r for r in records if r["mode"] == "latency" and r["target"] == target]
+        ms, top1 = mean_point(runs)
+        flops_ms = _interpolate([(t, m) for m, t in flops], top1)
+        flops_top1 = _interpolate(flops, ms)
+        rows.append({"target": target, "seeds": len(runs), "latency_ms": ms, "top1": top1,
+                     "flops_mode_ms_at_equal_top1": flops_ms,
+                     "latency_saving_pct": None if flops_ms is None else 100 * (1 - ms / flops_ms),
+                     "flops_mode_top1_at_equal_latency": flops_top1,
+                     "top1_gain_points": None if flops_top1 is None else 100 * (top1 - flops_top1)})
+    return rows
+
+
 def run(setup: Setup) -> dict[str, Any]:
     torch.set_num_threads(setup.threads)
     out = Path(setup.out)
@@ -204,7 +233,7 @@ def run(setup: Setup) -> dict[str, Any]:
               "baseline": {**info, "latency_ms": latency["baseline"]}, "table": {**table.info, "scale": table.scale},
               "runs": [{**r, "latency_ms": latency[_key(r)], "latency_ratio": latency[_key(r)] / latency["baseline"]}
                        for r in records],
-              "comparison": compare(records, latency, budget)}
+              "comparison": compare(records, latency, budget), "pooled": pooled(records, latency, budget)}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -227,13 +256,25 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{r['latency_ratio']:.3f} | {100 * r['top1_pruned']:.2f} | {100 * r['top1'][budget]:.2f} |")
     lines += ["", "| seed | latency target | latency-mode ms | top-1 % | FLOPs mode's ms at equal top-1 | saving | "
               "FLOPs mode's top-1 % at equal latency | gain (points) |", "|---|---|---|---|---|---|---|---|"]
+    def fmt(v: float | None, spec: str, unit: str = "") -> str:
+        return "outside its curve" if v is None else format(v, spec) + unit
+
+    def cells(c: dict[str, Any]) -> str:
+        equal_latency = _pct(c["flops_mode_top1_at_equal_latency"])
+        return (f"{c['latency_ms']:.3f} | {100 * c['top1']:.2f} | {fmt(c['flops_mode_ms_at_equal_top1'], '.3f')} | "
+                f"{fmt(c['latency_saving_pct'], '+.1f', ' %')} | {fmt(equal_latency, '.2f')} | "
+                f"{fmt(c['top1_gain_points'], '+.2f')} |")
+
     for c in result["comparison"]:
-        def fmt(v: float | None, spec: str) -> str:
-            return "outside its curve" if v is None else format(v, spec)
-        lines.append(f"| {c['seed']} | {c['target']} | {c['latency_ms']:.3f} | {100 * c['top1']:.2f} | "
-                     f"{fmt(c['flops_mode_ms_at_equal_top1'], '.3f')} | {fmt(c['latency_saving_pct'], '+.1f')} % | "
-                     f"{fmt(_pct(c['flops_mode_top1_at_equal_latency']), '.2f')} | "
-                     f"{fmt(c['top1_gain_points'], '+.2f')} |")
+        lines.append(f"| {c['seed']} | {c['target']} | " + cells(c))
+    lines += ["", "Over the seeds, per latency target: the mean latency-mode point against the mean FLOPs-mode "
+              "curve, and the per-seed gains at equal latency (points) as a paired verdict (t-test, p < 0.05).", "",
+              "| latency target | seeds | latency-mode ms | top-1 % | FLOPs mode's ms at equal top-1 | saving | "
+              "FLOPs mode's top-1 % at equal latency | gain (points) | per-seed gains |", "|---" * 9 + "|"]
+    for c in result.get("pooled", []):
+        gains = [g["top1_gain_points"] for g in result["comparison"]
+                 if g["target"] == c["target"] and g["top1_gain_points"] is not None]
+        lines.append(f"| {c['target']} | {c['seeds']} | " + cells(c) + f" {verdict(gains) if gains else '—'} |")
     return "\n".join(lines)
 
 

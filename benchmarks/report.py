@@ -135,19 +135,25 @@ def paired(ours: list[dict], rival: list[dict], epoch: str | None) -> str:
              if value(r) is not None and theirs.get(r["seed"]) is not None]
     if not diffs:
         return "—"
+    return verdict(diffs)
+
+
+def verdict(diffs: list[float], unit: str = "") -> str:
+    """Paired differences (ours minus the rival, one per seed) as a verdict: *wins* / *loses* where a
+    paired t-test over them gives p < 0.05, else *ties*; below 3 differences, no verdict."""
     mean = statistics.fmean(diffs)
-    listed = " / ".join(f"{d:+.2f}" for d in diffs)
+    listed = " / ".join(f"{d:+.2f}{unit}" for d in diffs)
     if len(diffs) < 3:
         return f"{listed} ({len(diffs)} seed{'s' if len(diffs) > 1 else ''}: no verdict)"
     sd = statistics.stdev(diffs)
     if sd == 0:
-        verdict = "ties" if mean == 0 else "wins" if mean > 0 else "loses"
+        outcome = "ties" if mean == 0 else "wins" if mean > 0 else "loses"
     else:
         from scipy import stats
 
         p = 2 * stats.t.sf(abs(mean) / (sd / len(diffs) ** 0.5), len(diffs) - 1)
-        verdict = "ties" if p >= 0.05 else "wins" if mean > 0 else "loses"
-    return f"**{verdict}** {mean:+.2f} ({listed})"
+        outcome = "ties" if p >= 0.05 else "wins" if mean > 0 else "loses"
+    return f"**{outcome}** {mean:+.2f}{unit} ({listed})"
 
 
 # ---------------------------------------------------------------------------- plots

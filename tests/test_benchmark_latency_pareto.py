@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from benchmarks import latency_pareto
-from benchmarks.latency_pareto import _interpolate, compare
+from benchmarks.latency_pareto import _interpolate, compare, pooled
 from wgates_plugin.efficiency.timing import SimulatedClock
 
 
@@ -36,6 +36,25 @@ def test_compare_reads_flops_mode_at_equal_top1_and_equal_latency_per_seed():
     assert first["top1_gain_points"] == pytest.approx(3.0)
     assert rows[1]["flops_mode_ms_at_equal_top1"] is None and rows[1]["latency_saving_pct"] is None  # 95 % is
     # beyond seed 1's FLOPs-mode curve: no extrapolation, and seed 0's curve is never used for seed 1
+
+
+def test_pooled_reads_the_mean_latency_mode_point_against_the_mean_flops_curve():
+    def run(mode, target, seed, top1):
+        return {"mode": mode, "target": target, "seed": seed, "flops_ratio": target, "top1": {"3": top1}}
+
+    records = [run("flops", 0.6, 0, 0.90), run("flops", 0.4, 0, 0.80), run("latency", 0.5, 0, 0.86),
+               run("flops", 0.6, 1, 0.80), run("flops", 0.4, 1, 0.70), run("latency", 0.5, 1, 0.84)]
+    latency = {"flops:0.6:0": 2.0, "flops:0.4:0": 1.0, "latency:0.5:0": 1.1,
+               "flops:0.6:1": 2.2, "flops:0.4:1": 1.2, "latency:0.5:1": 1.3}
+    (row,) = pooled(records, latency, "3")
+    # mean curve: (1.1 ms, 75 %) and (2.1 ms, 85 %); latency mode's mean point: (1.2 ms, 85 %)
+    assert row["seeds"] == 2 and row["latency_ms"] == pytest.approx(1.2) and row["top1"] == pytest.approx(0.85)
+    assert row["flops_mode_ms_at_equal_top1"] == pytest.approx(2.1)
+    assert row["latency_saving_pct"] == pytest.approx(100 * (1 - 1.2 / 2.1))
+    assert row["flops_mode_top1_at_equal_latency"] == pytest.approx(0.76)
+    assert row["top1_gain_points"] == pytest.approx(9.0)
+    per_seed = compare(records, latency, "3")  # each seed on its own curve: 1.6 ms, and 84 % is beyond seed 1's
+    assert [r["flops_mode_ms_at_equal_top1"] for r in per_seed] == [pytest.approx(1.6), None]
 
 
 def test_the_quick_run_on_the_simulated_device(tmp_path):
