@@ -46,8 +46,8 @@ from wgates_plugin.efficiency import (
     Timing,
     device_name,
     latency_errors,
-    measure_interleaved,
     measure_ms,
+    measure_paired,
     record_layer_shapes,
     split_indices,
 )
@@ -127,9 +127,8 @@ def noise_floor(setup: Setup, name: str, size: int, samples: Any) -> dict[str, A
     space = CandidateSpace(model, torch.zeros(2, 3, size, size))
     x = torch.randn(setup.batch, 3, size, size, device=setup.device)
     if samples.context.get("paired"):
-        base, t = samples.references[0]["ms"], setup.timing
-        pairs = [measure_interleaved([model, space.build(r["counts"])], x, t) for r in records]
-        again = [base * t.summary(own) / t.summary(beside) for beside, own in pairs]
+        base = samples.references[0]["ms"]
+        again = [measure_paired(model, space.build(r["counts"]), x, setup.timing, base)[0] for r in records]
     else:
         again = [measure_ms(space.build(r["counts"]), x, setup.timing) for r in records]
     return latency_errors(again, [r["ms"] for r in records]).asdict()

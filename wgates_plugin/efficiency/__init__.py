@@ -12,11 +12,21 @@ from .flops import FlopsModel, LayerShape, count_macs, record_layer_shapes
 from .latency import LatencyModel, LatencyPredictor, MeasuredLatency, architecture_hash
 from .lpnet import FitConfig, LatencyErrors, LPNet, latency_errors, split_indices
 from .table import LatencyTable, TableModel
-from .timing import SimulatedClock, Timing, device_name, measure_interleaved, measure_ms, summarize, use_clock
+from .timing import (
+    SimulatedClock,
+    Timing,
+    device_name,
+    measure_interleaved,
+    measure_ms,
+    measure_paired,
+    summarize,
+    use_clock,
+)
 
 __all__ = [
     "EfficiencyModel", "FlopsModel", "LayerShape", "count_macs", "record_layer_shapes",
-    "Timing", "measure_ms", "measure_interleaved", "summarize", "device_name", "use_clock", "SimulatedClock",
+    "Timing", "measure_ms", "measure_interleaved", "measure_paired", "summarize", "device_name", "use_clock",
+    "SimulatedClock",
     "LatencyContextError",
     "BlockEncoder", "find_blocks", "architecture_hash",
     "LPNet", "FitConfig", "LatencyErrors", "latency_errors", "split_indices",

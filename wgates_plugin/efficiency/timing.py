@@ -29,7 +29,7 @@ from ..utils import call_model, check_number, device_of, kept_modes
 from .runtime import OnnxRuntimeModule, onnx_bytes, require_onnx
 
 __all__ = ["Timing", "CLOCKS", "RUNTIMES", "STATISTICS", "summarize", "fixed_threads", "measure_ms", "measure_times",
-           "measure_interleaved", "device_name", "use_clock", "SimulatedClock"]
+           "measure_interleaved", "measure_paired", "device_name", "use_clock", "SimulatedClock"]
 
 
 @dataclass(frozen=True)
@@ -279,6 +279,26 @@ def measure_interleaved(modules: list[nn.Module], inputs: Any, timing: Timing = 
                     _sync(device)
                     times[i].append(1e3 * (clock() - start))
     return times
+
+
+def measure_paired(reference: nn.Module, model: nn.Module, inputs: Any, timing: Timing = Timing(),
+                   reference_ms: float = 1.0) -> tuple[float, float, float]:
+    """``model``'s latency read against ``reference``, the two timed in turns (:func:`measure_interleaved`):
+    ``reference_ms * own / beside``, where ``own`` and ``beside`` are ``timing``'s statistic of the two
+    modules' timings. Returns ``(that latency, own, beside)``, all in ms. A drift of the machine's speed
+    falls on both modules alike and cancels in the ratio; ``reference_ms`` is the reference's latency
+    measured once, on its own.
+
+    Example:
+        >>> from torch import nn
+        >>> ticks = iter([0.0, 0.5, 1.0, 1.25, 2.0, 2.25, 3.0, 3.5])  # round 0: ref, model; round 1: model, ref
+        >>> with use_clock(lambda: next(ticks)):
+        ...     measure_paired(nn.Identity(), nn.Identity(), torch.ones(1), Timing(warmup=0, repeats=2), 4.0)
+        (2.0, 250.0, 500.0)
+    """
+    beside, own = measure_interleaved([reference, model], inputs, timing)
+    own_ms, beside_ms = timing.summary(own), timing.summary(beside)
+    return reference_ms * own_ms / beside_ms, own_ms, beside_ms
 
 
 def _in_onnxruntime(module: nn.Module, inputs: Any, device: torch.device, timing: Timing) -> tuple[nn.Module, Any]:

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ..config import WGatesConfig
 from ..efficiency.blocks import BlockEncoder, BlockInfo, find_blocks, layout_of
 from ..efficiency.latency import measurement_context
-from ..efficiency.timing import Timing, fixed_threads, measure_interleaved, measure_ms
+from ..efficiency.timing import Timing, fixed_threads, measure_ms, measure_paired
 from ..errors import ConfigError, ConfigTypeError
 from ..utils import call_model, check_number, device_of
 from .candidates import CandidateSpace
@@ -91,10 +91,8 @@ def _measure(job: _Job, index: int, reference_ms: float | None = None) -> dict[s
     model = job.space.build(counts) if index != REFERENCE else copy.deepcopy(job.space.model).eval()
     model.to(device_of(job.inputs))
     if job.paired is not None and index != REFERENCE and reference_ms is not None:
-        beside, own = measure_interleaved([job.paired, model], job.inputs, job.timing)
-        ms, beside_ms = job.timing.summary(own), job.timing.summary(beside)
-        return {"index": index, "counts": counts, "ms": reference_ms * ms / beside_ms, "measured_ms": ms,
-                "reference_beside_ms": beside_ms}
+        paired_ms, ms, beside_ms = measure_paired(job.paired, model, job.inputs, job.timing, reference_ms)
+        return {"index": index, "counts": counts, "ms": paired_ms, "measured_ms": ms, "reference_beside_ms": beside_ms}
     record: dict[str, Any] = {"index": index, "counts": counts, "ms": measure_ms(model, job.inputs, job.timing)}
     if job.encoder is not None:
         record["blocks"] = _block_records(job.encoder, job, model, counts)
