@@ -37,6 +37,7 @@ import torch
 from wgates_plugin import WGates, count_macs
 from wgates_plugin.efficiency import FitConfig, LatencyTable, Timing, device_name, latency_errors
 from wgates_plugin.efficiency.lpnet import split_indices
+from wgates_plugin.errors import BudgetError
 from wgates_plugin.profiling import collect_table, train_predictor
 
 from . import latency_mode
@@ -94,12 +95,16 @@ def _table(setup: Setup, name: str, x: torch.Tensor) -> LatencyTable:
 
 
 def _networks(setup: Setup, name: str, x: torch.Tensor, cost_models: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for target in setup.targets:
         exported, info = {"baseline": _model(name)}, {}
         for label, source in cost_models.items():
             model = _model(name)
-            wg = WGates(model, x, target=target, efficiency=source.efficiency(model, x))
+            try:
+                wg = WGates(model, x, target=target, efficiency=source.efficiency(model, x))
+            except BudgetError as error:  # below this device's floor: recorded, and the other figures still come
+                rows.append({"model": name, "target": target, "method": label, "unreachable": str(error)})
+                continue
             wg.freeze()
             exported[label] = wg.export()
             info[label] = {"predicted_ms": wg.efficiency.predicted_ms(wg.counts()), "cost_ratio": wg.cost_ratio(),
@@ -178,6 +183,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "| model | target | method | FLOPs ratio | predicted ms | measured ms | latency ratio |",
               "|---|---|---|---|---|---|---|"]
     for r in result["networks"]:
+        if "unreachable" in r:
+            lines.append(f"| {r['model']} | {r['target']} | {r['method']} | unreachable: {r['unreachable']} | | | |")
+            continue
         predicted = f"{r['predicted_ms']:.3f}" if "predicted_ms" in r else ""
         lines.append(f"| {r['model']} | {r['target']} | {r['method']} | {r['flops_ratio']:.4f} | {predicted} | "
                      f"{r['ms']:.3f} | {r['latency_ratio']:.3f} |")
@@ -196,14 +204,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--statistic", choices=("median", "min", "iqm"), help="Timing.statistic (default median)")
     parser.add_argument("--paired", action="store_true", default=None,
                         help="collect the samples (and the noise floor) paired with the unpruned model")
+    parser.add_argument("--device", help="where to time: cpu (default) or cuda[:N]; a GPU is timed with the wall "
+                                             "clock, synchronised around every forward")
+    parser.add_argument("--batch", type=int, help="batch size of every timed forward (default 8)")
+    parser.add_argument("--targets", type=float, nargs="+", help="latency targets of the networks each cost model "
+                                                                 "produces (fractions of the unpruned latency)")
     parser.add_argument("--json", help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
     setup = QUICK if args.quick else Setup()
-    for key in ("work", "samples", "points", "size", "statistic", "paired"):
+    if args.device is not None and torch.device(args.device).type != "cpu":
+        setup = replace(setup, device=args.device, clock="wall")  # the CPU clock does not see GPU work
+    for key in ("work", "samples", "points", "size", "statistic", "paired", "batch"):
         if getattr(args, key) is not None:
             setup = replace(setup, **{key: getattr(args, key)})
     if args.models:
         setup = replace(setup, models=tuple(args.models))
+    if args.targets:
+        setup = replace(setup, targets=tuple(args.targets))
     result = run(setup)
     print(markdown(result))
     if args.json:

@@ -37,3 +37,15 @@ def test_the_paired_protocol_runs_end_to_end_and_its_floor_is_zero_on_the_simula
     m = result["models"]["resnet18"]
     assert m["noise"]["mape"] == pytest.approx(0.0, abs=1e-9) and m["table"]["mape"] == pytest.approx(0.0, abs=1e-3)
     assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == ["resnet18_32_paired_iqm.jsonl"]
+
+
+def test_a_target_below_the_devices_floor_is_recorded_with_its_reason_and_the_run_goes_on(tmp_path):
+    setup = replace(latency_table.QUICK, work=str(tmp_path), targets=(0.01,))
+    with SimulatedClock(seconds_per_mac=1e-9, seconds_per_layer=2e-5):
+        result = latency_table.run(setup)
+    assert result["models"]["resnet18"]["table"]["mape"] == pytest.approx(0.0, abs=1e-3)  # the figures still came
+    unreachable = {r["method"]: r["unreachable"] for r in result["networks"] if "unreachable" in r}
+    assert set(unreachable) == {"latency mode (LPNet)", "latency mode (table)"}
+    assert all(reason.startswith("target=0.01 is unreachable") for reason in unreachable.values())
+    assert [r["method"] for r in result["networks"] if "unreachable" not in r] == ["baseline"]
+    assert "| resnet18 | 0.01 | latency mode (table) | unreachable: target=0.01" in latency_table.markdown(result)
