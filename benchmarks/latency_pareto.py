@@ -229,7 +229,8 @@ def run(setup: Setup) -> dict[str, Any]:
     records = _records(runs)
     latency = time_all(setup, base, x, records)
     budget = f"{setup.budget_epochs:g}"
-    result = {"setup": asdict(setup), "device": device_name("cpu", setup.runtime), "torch": torch.__version__,
+    result = {"setup": asdict(setup), "seeds": sorted({r["seed"] for r in records}),
+              "device": device_name("cpu", setup.runtime), "torch": torch.__version__,
               "baseline": {**info, "latency_ms": latency["baseline"]}, "table": {**table.info, "scale": table.scale},
               "runs": [{**r, "latency_ms": latency[_key(r)], "latency_ratio": latency[_key(r)] / latency["baseline"]}
                        for r in records],
