@@ -13,6 +13,7 @@ Run ``python -m benchmarks.group_search --help``; a Markdown table on stdout.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -49,6 +50,8 @@ def _builders(sources: list[str]) -> list[tuple[str, Callable[[], tuple[nn.Modul
                 timm.create_model(n, pretrained=False, num_classes=10), torch.randn(1, 3, 64, 64))))
     if "yolo" in sources:
         from ultralytics.nn.tasks import DetectionModel
+
+        logging.getLogger("ultralytics").setLevel(logging.WARNING)  # its notes would land in the table
 
         for name in YOLO:
             found.append((f"ultralytics {name}", lambda n=name: (
@@ -92,7 +95,7 @@ def measure(name: str, build: Callable[[], tuple[nn.Module, torch.Tensor]]) -> d
     torch.manual_seed(0)
     model, x = build()
     model.eval()
-    width = layer_width(model)
+    width = max(layer_width(model), 1)
     start = time.perf_counter()
     with _SearchSizes() as sizes:
         traced = trace_groups(model, x)

@@ -8,8 +8,10 @@
 #   python3 -m pip download --no-deps --only-binary=:all: -d .whl torch-pruning==1.6.1
 # then run it there from the repository root (carrying .whl): bash scripts/device-latency.sh
 # Every figure goes under $OUT (default device-out): device.txt (GPU, driver, torch, CUDA) and, per
-# protocol, the Markdown and JSON of benchmarks.latency_table. DEVICE=cpu and --quick run the same
-# steps smoke-sized on a machine without a GPU; further arguments go to both benchmark runs.
+# protocol, the Markdown and JSON of benchmarks.latency_table. Further arguments go to both benchmark
+# runs: `DEVICE=cpu bash scripts/device-latency.sh --quick --size 32` runs the same steps smoke-sized
+# on a machine without a GPU. A run that fails or passes SECONDS_EACH is noted in device.txt and the
+# next one still runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-device-out}
@@ -28,7 +30,7 @@ export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
 run() {  # name, then benchmarks.latency_table's options
     local name=$1; shift
     timeout "$SECONDS_EACH" python3 -m benchmarks.latency_table --device "$DEVICE" --work "/tmp/$name" \
-        --json "$OUT/$name.json" "$@" | tee "$OUT/$name.md"
+        --json "$OUT/$name.json" "$@" | tee "$OUT/$name.md" || echo "$name: exit $?" | tee -a "$OUT/device.txt"
 }
 run latency_table --size 224 --batch 8 "$@"
 run latency_table_paired --size 224 --batch 8 --paired --statistic iqm "$@"

@@ -265,27 +265,58 @@ def test_the_index_budget_counts_only_its_own_threads_search():
 
     from torch_pruning.dependency.group import Group
 
-    from wgates_plugin.groups import _index_budget, _SearchTooLarge
+    from wgates_plugin.groups import _BUDGET, _index_budget, _SearchTooLarge
 
+    original = Group.add_dep
     other = Group()
-    done = threading.Event()
+    inside, leave = threading.Event(), threading.Event()
 
-    def elsewhere() -> None:  # another thread recording far more than the budget, unaffected by it
-        for _ in range(100):
-            other.add_dep(None, list(range(1000)))
-        done.set()
+    def elsewhere() -> None:  # another thread, in a block of its own, recording far more than our budget
+        with _index_budget(1e9):
+            for _ in range(100):
+                other.add_dep(None, list(range(1000)))
+            inside.set()
+            leave.wait(60)
 
+    worker = threading.Thread(target=elsewhere)
     with _index_budget(10):
-        Group().add_dep(None, list(range(10)))  # exactly the budget: allowed
-        worker = threading.Thread(target=elsewhere)
+        Group().add_dep(dep=None, idxs=list(range(10)))  # exactly the budget, called as torch-pruning calls it
         worker.start()
-        worker.join()
+        assert inside.wait(60)
         with pytest.raises(_SearchTooLarge):
             Group().add_dep(None, [0])  # one more
-    assert done.is_set() and len(other) == 100
+    assert Group.add_dep is not original  # the other thread's block is still open: still counting
+    leave.set()
+    worker.join()
+    assert Group.add_dep is original and len(other) == 100  # the last block out restores torch-pruning's method
+    assert getattr(_BUDGET, "left", None) is None
     with _index_budget(math.inf):
         Group().add_dep(None, list(range(10_000)))
     Group().add_dep(None, list(range(10_000)))  # outside any block: never counted
+
+
+def test_a_nested_index_budget_is_charged_to_the_outer_one_and_limits_are_checked():
+    from torch_pruning.dependency.group import Group
+
+    from wgates_plugin.groups import LIMITS, _index_budget, _SearchTooLarge
+
+    with _index_budget(10):
+        Group().add_dep(None, [0] * 4)
+        with _index_budget(100):  # gets only the 6 the outer block has left
+            Group().add_dep(None, [0] * 5)
+            with pytest.raises(_SearchTooLarge):
+                Group().add_dep(None, [0] * 2)
+        with pytest.raises(_SearchTooLarge):  # the inner block's use was charged to the outer one
+            Group().add_dep(None, [0] * 2)
+    with pytest.raises(ConfigError, match="group_indices budget=0 must be a number > 0"), _index_budget(0):
+        pass
+    saved = LIMITS.group_indices
+    LIMITS.group_indices = 0  # set directly, bypassing trace_limits: refused, not "every group kept whole"
+    try:
+        with pytest.raises(ConfigError, match="group_indices=0 must be a number > 0"):
+            trace_groups(net(), X)
+    finally:
+        LIMITS.group_indices = saved
 
 
 def test_the_search_limit_interrupts_only_inside_its_block_and_never_hides_the_blocks_own_exception():

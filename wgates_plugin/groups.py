@@ -33,7 +33,7 @@ from .errors import ConfigError, TracingError, WGatesError
 from .utils import check_example, check_names, check_number, eval_outputs, kept_modes, tensors_in
 
 __all__ = ["Role", "Member", "ChannelGroup", "GroupGraph", "TraceLimits", "LIMITS", "trace_limits", "trace_groups",
-           "is_depthwise",
+           "layer_width", "is_depthwise",
            "why_not", "gated_groups", "consumer_feeds", "scale_input", "along", "removal_plan"]
 
 # Normalizations that mix channels: removing a channel changes the others' statistics, so neither
@@ -129,7 +129,8 @@ class TraceLimits:
             rest of the model is pruned as usual (``math.inf``: never interrupted). Some searches do not
             end: torch-pruning 1.6.1 loops mapping channels through the reshapes of YOLO11's C2PSA
             attention.
-        group_indices: how many channel indices one group's search may record, as a multiple of the
+        group_indices: how many channel indices one group's search may record (counted as
+            torch-pruning records them, the merged group included), as a multiple of the
             model's layer width (the sum of every weight's first two sizes). Past it the search is
             stopped at once and the group left whole, as past ``group_seconds``. It is the
             deterministic guard, independent of the machine's speed: the endless C2PSA search doubles
@@ -139,7 +140,7 @@ class TraceLimits:
             benchmarks.group_search``); ``math.inf``: no limit.
         progress: show progress bars over the tracing and the group search (None: on a terminal, for
             models of more than 300 modules).
-        clock: the clock both limits are measured with (injectable for tests; ``group_seconds``
+        clock: the clock both time limits are measured with (injectable for tests; ``group_seconds``
             reads it from a watcher thread too).
     """
 
@@ -205,25 +206,31 @@ def _index_budget(limit: float) -> Iterator[None]:
     """Stop torch-pruning's group searches run by this thread inside the block (raise
     :class:`_SearchTooLarge`) once they have recorded more than ``limit`` channel indices.
 
-    Every search records its coupled layers through ``torch_pruning``'s ``Group.add_dep``; while any
-    thread is inside such a block that method counts the indices of the threads that asked and
-    passes every call on unchanged, and it is restored when the last block ends. ``math.inf``: no
-    limit, nothing is changed.
+    Every search records its coupled layers through ``torch_pruning``'s ``Group.add_dep`` (the
+    search's own group, then the merged group it returns: a search that ends counts most of its
+    indices twice); while any thread is inside such a block that method counts the indices of the
+    threads that asked and passes every call on unchanged, and it is restored when the last block
+    ends. A nested block gets at most what its outer block has left, and what it uses is charged to
+    the outer one. ``math.inf``: no limit, nothing is changed.
     """
     if limit == math.inf:
         yield
         return
+    check_number("group_indices budget", limit, "> 0", type_error=ConfigError)
     group_class = tp.dependency.group.Group
+    outer = getattr(_BUDGET, "left", None)
+    start = limit if outer is None else min(limit, outer)
     with _ADD_DEP_LOCK:
         if _ADD_DEP["users"] == 0:
             _ADD_DEP["original"] = group_class.add_dep
             group_class.add_dep = _counted_add_dep
         _ADD_DEP["users"] += 1
-    saved, _BUDGET.left = getattr(_BUDGET, "left", None), limit
+    _BUDGET.left = start
     try:
         yield
     finally:
-        _BUDGET.left = saved
+        used = start - _BUDGET.left
+        _BUDGET.left = None if outer is None else outer - used
         with _ADD_DEP_LOCK:
             _ADD_DEP["users"] -= 1
             if _ADD_DEP["users"] == 0:
@@ -377,6 +384,8 @@ def trace_groups(
                            f"(torch-pruning's graph building). {_WAYS_OUT}")
     names = {m: n for n, m in model.named_modules()}
     outputs = output_modules(model, example_inputs)
+    if limits.group_indices != math.inf:  # LIMITS may be set directly, not only through trace_limits
+        check_number("group_indices", limits.group_indices, "> 0", type_error=ConfigError)
     budget = limits.group_indices * max(layer_width(model), 1)
     visited: set[nn.Module] = set()
     groups = []
@@ -436,7 +445,8 @@ def _group_of(graph: tp.DependencyGraph, root: nn.Module, names: dict[nn.Module,
     size = int(pruner.get_out_channels(root))
     group = ChannelGroup(names.get(root, type(root).__name__), root, size)
     try:
-        with _deadline(LIMITS.group_seconds, LIMITS.clock), _index_budget(budget):
+        # the budget outside the deadline: a timeout is cancelled (deadline's exit) before the budget unwinds
+        with _index_budget(budget), _deadline(LIMITS.group_seconds, LIMITS.clock):
             tp_group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(size)))
     except _SearchStopped as stopped:
         if isinstance(stopped.__context__, (KeyboardInterrupt, SystemExit, WGatesError, TimeoutError)):

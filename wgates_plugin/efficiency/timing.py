@@ -287,7 +287,7 @@ def measure_paired(reference: nn.Module, model: nn.Module, inputs: Any, timing: 
     ``reference_ms * own / beside``, where ``own`` and ``beside`` are ``timing``'s statistic of the two
     modules' timings. Returns ``(that latency, own, beside)``, all in ms. A drift of the machine's speed
     falls on both modules alike and cancels in the ratio; ``reference_ms`` is the reference's latency
-    measured once, on its own.
+    measured once, on its own (the default, 1.0, returns the plain ratio as the first value).
 
     Example:
         >>> from torch import nn
