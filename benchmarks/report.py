@@ -138,11 +138,11 @@ def paired(ours: list[dict], rival: list[dict], epoch: str | None) -> str:
     return verdict(diffs)
 
 
-def verdict(diffs: list[float], unit: str = "") -> str:
+def verdict(diffs: list[float]) -> str:
     """Paired differences (ours minus the rival, one per seed) as a verdict: *wins* / *loses* where a
     paired t-test over them gives p < 0.05, else *ties*; below 3 differences, no verdict."""
     mean = statistics.fmean(diffs)
-    listed = " / ".join(f"{d:+.2f}{unit}" for d in diffs)
+    listed = " / ".join(f"{d:+.2f}" for d in diffs)
     if len(diffs) < 3:
         return f"{listed} ({len(diffs)} seed{'s' if len(diffs) > 1 else ''}: no verdict)"
     sd = statistics.stdev(diffs)
@@ -153,7 +153,7 @@ def verdict(diffs: list[float], unit: str = "") -> str:
 
         p = 2 * stats.t.sf(abs(mean) / (sd / len(diffs) ** 0.5), len(diffs) - 1)
         outcome = "ties" if p >= 0.05 else "wins" if mean > 0 else "loses"
-    return f"**{outcome}** {mean:+.2f}{unit} ({listed})"
+    return f"**{outcome}** {mean:+.2f} ({listed})"
 
 
 # ---------------------------------------------------------------------------- plots

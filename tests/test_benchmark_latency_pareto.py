@@ -12,6 +12,11 @@ from benchmarks.latency_pareto import _interpolate, compare, pooled
 from wgates_plugin.efficiency.timing import SimulatedClock
 
 
+def _run(mode, target, seed, top1):
+    """A recorded run as compare() and pooled() read it: top-1 at a 3-epoch budget."""
+    return {"mode": mode, "target": target, "seed": seed, "flops_ratio": target, "top1": {"3": top1}}
+
+
 def test_interpolation_on_a_piecewise_linear_curve():
     points = [(0.90, 2.0), (0.80, 1.0), (0.85, 1.4)]  # unsorted on purpose
     assert _interpolate(points, 0.875) == pytest.approx(1.7)
@@ -20,11 +25,8 @@ def test_interpolation_on_a_piecewise_linear_curve():
 
 
 def test_compare_reads_flops_mode_at_equal_top1_and_equal_latency_per_seed():
-    def run(mode, target, seed, top1):
-        return {"mode": mode, "target": target, "seed": seed, "flops_ratio": target, "top1": {"3": top1}}
-
-    records = [run("flops", 0.6, 0, 0.90), run("flops", 0.4, 0, 0.80), run("latency", 0.5, 0, 0.85),
-               run("flops", 0.6, 1, 0.70), run("flops", 0.4, 1, 0.60), run("latency", 0.5, 1, 0.95)]
+    records = [_run("flops", 0.6, 0, 0.90), _run("flops", 0.4, 0, 0.80), _run("latency", 0.5, 0, 0.85),
+               _run("flops", 0.6, 1, 0.70), _run("flops", 0.4, 1, 0.60), _run("latency", 0.5, 1, 0.95)]
     latency = {"flops:0.6:0": 2.0, "flops:0.4:0": 1.0, "latency:0.5:0": 1.2,
                "flops:0.6:1": 2.0, "flops:0.4:1": 1.0, "latency:0.5:1": 1.2}
     rows = compare(records, latency, "3")
@@ -39,11 +41,8 @@ def test_compare_reads_flops_mode_at_equal_top1_and_equal_latency_per_seed():
 
 
 def test_pooled_reads_the_mean_latency_mode_point_against_the_mean_flops_curve():
-    def run(mode, target, seed, top1):
-        return {"mode": mode, "target": target, "seed": seed, "flops_ratio": target, "top1": {"3": top1}}
-
-    records = [run("flops", 0.6, 0, 0.90), run("flops", 0.4, 0, 0.80), run("latency", 0.5, 0, 0.86),
-               run("flops", 0.6, 1, 0.80), run("flops", 0.4, 1, 0.70), run("latency", 0.5, 1, 0.84)]
+    records = [_run("flops", 0.6, 0, 0.90), _run("flops", 0.4, 0, 0.80), _run("latency", 0.5, 0, 0.86),
+               _run("flops", 0.6, 1, 0.80), _run("flops", 0.4, 1, 0.70), _run("latency", 0.5, 1, 0.84)]
     latency = {"flops:0.6:0": 2.0, "flops:0.4:0": 1.0, "latency:0.5:0": 1.1,
                "flops:0.6:1": 2.2, "flops:0.4:1": 1.2, "latency:0.5:1": 1.3}
     (row,) = pooled(records, latency, "3")
