@@ -44,6 +44,7 @@ from wgates_plugin.app.training import count_params, evaluate
 from wgates_plugin.efficiency import Timing, measure_ms
 from wgates_plugin.errors import ConfigError
 from wgates_plugin.export import prune_groups
+from wgates_plugin.files import tensors_digest
 
 from . import learned
 from .methods import METHODS, PruneContext, Pruned, prunable_layers
@@ -125,6 +126,9 @@ def prepare(name: str, setup: Setup, data: Data) -> ModelState:
     p = setup.protocol
     base, info = baseline(name, build, p, data, setup.cache, setup.progress)
     base.eval()
+    # the baseline's identity: its cache key names the recipe, not the weights (a re-trained baseline
+    # has the same key and other weights), so runs record this and are paired only on equal digests
+    info["weights_sha256"] = tensors_digest(base.state_dict())[:16]
     x = torch.zeros(1, 3, p.size, p.size)
     state = ModelState(name, base, info, x, prunable_layers(base, x, p.prune_shortcuts), count_macs(base, x),
                        count_params(base),
@@ -198,6 +202,7 @@ def run_one(state: ModelState, method: str, budget: float, seed: int, setup: Set
         "model": state.name, "method": method, "budget": budget, "seed": seed, "flops_ratio": ratio,
         "macs": macs, "params": count_params(model), "params_ratio": count_params(model) / state.params,
         "steps_used": pruned.steps_used, "prune_seconds": round(seconds, 2),
+        "baseline_sha256": state.info["weights_sha256"],
     }
     if method != "scratch":
         record["top1_pruned_raw"] = evaluate(model, data.test())

@@ -25,7 +25,9 @@ from typing import Any
 
 import torch
 
-from . import compare, learned
+from wgates_plugin.errors import ConfigError
+
+from . import compare, learned, report
 from .methods import METHODS
 from .models import MODELS
 from .protocol import Protocol, make_data
@@ -83,6 +85,62 @@ def rival_fn(name: str) -> Any:
                                                            steps=ctx.steps if cap is None else min(cap, ctx.steps)))
 
 
+def _screen(budget_epochs: list[float], distill: float) -> Protocol:
+    return dataclasses.replace(Protocol(), budget_epochs=tuple(budget_epochs), distill=distill, **SCREEN)
+
+
+def _side(spec: str) -> tuple[str, float]:
+    """``"variant"`` or ``"variant@distill"`` (the distillation share the runs were made with)."""
+    name, _, share = spec.partition("@")
+    if name not in VARIANTS and name not in RIVALS and name not in compare.ALL_METHODS:
+        raise ConfigError(f"{spec!r}: no variant, rival or method {name!r} (see --variants)")
+    try:
+        return name, float(share) if share else 0.0
+    except ValueError:
+        raise ConfigError(f"{spec!r}: the share after '@' must be a number (e.g. l1@0.5)") from None
+
+
+def paired_report(rows: list[dict], pairs: list[tuple[str, str]], keys: dict[float, str]) -> str:
+    """Markdown: for each pair ``(a, b)``, validation top-1 of both and ``a - b`` per seed at every point.
+
+    ``keys`` maps a distillation share to the protocol key its runs were recorded under. A seed is
+    paired only where both runs exist on the same baseline (equal ``baseline_sha256``); rows without a
+    recorded baseline are left out, and the count of rows left out is stated.
+    """
+    def runs(spec: str) -> dict[tuple[float, int], dict]:
+        name, share = _side(spec)
+        if share not in keys:
+            raise ConfigError(f"{spec!r}: no protocol key for distill={share} (known: {sorted(keys)})")
+        return {(r["budget"], r["seed"]): r for r in rows
+                if r["variant"] == name and r.get("protocol_key") == keys[share] and r.get("baseline_sha256")}
+
+    unrecorded = sum(1 for r in rows if not r.get("baseline_sha256"))
+    out = [f"Rows without a recorded baseline, left out: {unrecorded}.", ""]
+    for a, b in pairs:
+        ra, rb = runs(a), runs(b)
+        common = sorted(k for k in ra if k in rb and ra[k]["baseline_sha256"] == rb[k]["baseline_sha256"])
+        out += [f"**{a} − {b}** (validation top-1, points)", "",
+                "| FLOPs | point | " + a + " | " + b + " | difference per seed |", "|---|---|---|---|---|"]
+        for budget in sorted({k[0] for k in common}, reverse=True):
+            seeds = [k for k in common if k[0] == budget]
+            epochs = sorted({e for k in seeds for e in ra[k]["val"]}, key=float)
+            for point in [None, *epochs]:
+                def value(r: dict, point: str | None = point) -> float | None:
+                    return r["val_pruned"] if point is None else r["val"].get(point)
+
+                both = [(value(ra[k]), value(rb[k])) for k in seeds
+                        if value(ra[k]) is not None and value(rb[k]) is not None]
+                if not both:
+                    continue
+                label = "right after pruning + BN" if point is None else f"@ {point} epochs"
+                mean_a = 100 * sum(x for x, _ in both) / len(both)
+                mean_b = 100 * sum(y for _, y in both) / len(both)
+                diffs = [100 * (x - y) for x, y in both]
+                out.append(f"| {budget:.0%} | {label} | {mean_a:.1f} | {mean_b:.1f} | {report.verdict(diffs)} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="resnet20", choices=MODELS)
@@ -96,9 +154,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--distill", type=float, default=0.0,
                     help="knowledge distillation from the baseline for every variant and rival (share of the loss)")
+    ap.add_argument("--report", nargs=2, action="append", metavar=("A", "B"),
+                    help="print A minus B paired per seed on one baseline from the recorded runs (no training); "
+                         "a side is a variant, or variant@share for its runs with distillation, e.g. l1@0.5")
     args = ap.parse_args(argv)
+    if args.report:
+        shares = {0.0, args.distill, *(_side(s)[1] for pair in args.report for s in pair)}
+        keys = {share: compare.Setup((args.model,), (), (), (), _screen(args.budget_epochs, share), args.out,
+                                     args.cache, trace_seeds=()).protocol_key() for share in shares}
+        rows = [json.loads(line) for line in (args.out / "runs.jsonl").read_text().splitlines() if line.strip()]
+        print(paired_report([r for r in rows if r["model"] == args.model], [tuple(p) for p in args.report], keys))
+        return
     torch.set_num_threads(args.threads)
-    protocol = dataclasses.replace(Protocol(), budget_epochs=tuple(args.budget_epochs), distill=args.distill, **SCREEN)
+    protocol = _screen(args.budget_epochs, args.distill)
     setup = compare.Setup((args.model,), tuple(args.budgets), tuple(args.seeds), tuple(args.variants), protocol,
                           args.out, args.cache, trace_seeds=())
     data = make_data(protocol)
@@ -108,8 +176,11 @@ def main(argv: list[str] | None = None) -> None:
     done = set()
     if runs.exists():
         rows = [json.loads(line) for line in runs.read_text().splitlines() if line.strip()]
+        # a run counts as done only on this very baseline (rows recorded before baselines were
+        # identified carry no digest and are run again: a re-trained baseline has the same cache key)
         done = {(r["model"], r["budget"], r["seed"], r["variant"]) for r in rows
-                if r.get("protocol_key") == setup.protocol_key()}
+                if r.get("protocol_key") == setup.protocol_key()
+                and r.get("baseline_sha256") == state.info["weights_sha256"]}
     original = compare.method_fn
     for budget in args.budgets:
         for seed in args.seeds:
@@ -124,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
                 row = {"protocol_key": setup.protocol_key(), "model": args.model, "budget": budget, "seed": seed,
                        "variant": name, "flops_ratio": record["flops_ratio"], "steps_used": record["steps_used"],
                        "val_pruned_raw": record.get("top1_pruned_raw"), "val_pruned": record.get("top1_pruned"),
-                       "val": record["top1"], "seconds": round(time.perf_counter() - start, 1)}
+                       "val": record["top1"], "seconds": round(time.perf_counter() - start, 1),
+                       "distill": args.distill, "baseline_sha256": record["baseline_sha256"]}
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 with runs.open("a") as f:
                     f.write(json.dumps(row) + "\n")

@@ -126,13 +126,21 @@ def summary(name: str, groups: dict[tuple[str, float], dict[str, list[dict]]], e
 
 
 def paired(ours: list[dict], rival: list[dict], epoch: str | None) -> str:
-    """The per-seed differences ``ours - rival`` at ``epoch`` (None: right after pruning + BN) and the verdict."""
+    """The per-seed differences ``ours - rival`` at ``epoch`` (None: right after pruning + BN) and the verdict.
+
+    A seed is paired only where both runs started from the same baseline (equal ``baseline_sha256``,
+    where both recorded it)."""
     def value(r: dict) -> float | None:
         return r.get("top1_pruned") if epoch is None else r["top1"].get(epoch)
 
-    theirs = {r["seed"]: value(r) for r in rival}
-    diffs = [100 * (value(r) - theirs[r["seed"]]) for r in sorted(ours, key=lambda r: r["seed"])  # type: ignore[operator]
-             if value(r) is not None and theirs.get(r["seed"]) is not None]
+    def same_baseline(r: dict, t: dict) -> bool:  # runs recorded before baselines were identified pair as before
+        a, b = r.get("baseline_sha256"), t.get("baseline_sha256")
+        return a is None or b is None or a == b
+
+    theirs = {r["seed"]: r for r in rival}
+    diffs = [100 * (value(r) - value(theirs[r["seed"]])) for r in sorted(ours, key=lambda r: r["seed"])  # type: ignore[operator]
+             if value(r) is not None and r["seed"] in theirs and value(theirs[r["seed"]]) is not None
+             and same_baseline(r, theirs[r["seed"]])]
     if not diffs:
         return "—"
     return verdict(diffs)

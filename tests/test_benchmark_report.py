@@ -30,6 +30,14 @@ def test_a_paired_verdict_needs_three_seeds_and_skips_unpaired_ones():
     assert report.paired(ours, rival, "1") == "**wins** +10.00 (+10.00 / +10.00 / +10.00)"
 
 
+def test_seeds_run_on_different_baselines_are_not_paired():
+    ours, rival = _runs("wgates", [0.9, 0.9, 0.9, 0.9]), _runs("l1", [0.8, 0.8, 0.8, 0.7])
+    for r in ours + rival:
+        r["baseline_sha256"] = "a"
+    rival[3]["baseline_sha256"] = "b"  # seed 3's rival started from a re-trained baseline
+    assert report.paired(ours, rival, "1") == "**wins** +10.00 (+10.00 / +10.00 / +10.00)"
+
+
 def test_table_shows_mean_and_std_and_a_dash_for_missing_budgets():
     runs = _runs("l1", [0.9, 0.92])
     runs[0]["top1"]["3"], runs[1]["top1"]["3"] = None, None  # pruning alone exceeded that budget
