@@ -36,7 +36,8 @@ TraceEval = Callable[[nn.Module], float]  # calibrated top-1 of the (gated) mode
 
 def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float, weight_decay: float,
            predictor: LatencyPredictor | None = None, trace_eval: TraceEval | None = None, eval_every: int = 8,
-           freeze_stable: int = 0, cost_model: Any = None, **options: Any) -> Pruned:
+           freeze_stable: int = 0, cost_model: Any = None, weight_schedule: str = Recipe.weight_schedule,
+           **options: Any) -> Pruned:
     """W-Gates in target mode: gates and weights trained jointly for ``ctx.steps``, then frozen on budget.
 
     FLOPs mode (``predictor=None``) lands the FLOPs budget exactly. Latency mode trains against an
@@ -48,6 +49,7 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
         ctx: the pruning context (``ctx.model`` is trained in place and keeps no hooks afterwards).
         gate_lr: Adam learning rate of the gates.
         weight_lr / momentum / weight_decay: SGD on the weights during gate training.
+        weight_schedule: ``Recipe.weight_schedule`` (constant or cosine ``weight_lr`` over the gate steps).
         predictor: an LPNet of ``ctx.model``'s architecture (latency mode at equal FLOPs).
         cost_model: a measured-latency model source (``LatencyTable`` or ``LatencyPredictor``): latency
             mode *at the latency budget* — ``ctx.budget`` is then a fraction of the measured latency, and
@@ -72,7 +74,8 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
     wg = WGates(model, x, target=target, efficiency=efficiency, **options)
     _check_same_layers(wg, ctx)
     kd = ctx.distill
-    recipe = Recipe(gate_steps=ctx.steps, gate_lr=gate_lr, weight_lr=weight_lr, momentum=momentum,
+    recipe = Recipe(gate_steps=ctx.steps, gate_lr=gate_lr, weight_lr=weight_lr, weight_schedule=weight_schedule,
+                    momentum=momentum,
                     weight_decay=weight_decay, freeze_stable=freeze_stable, distill=kd.weight if kd else 0.0,
                     temperature=kd.temperature if kd else 4.0)
     trace = train_wgates(model, wg, ctx, recipe, trace_eval, eval_every)

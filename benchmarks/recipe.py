@@ -47,6 +47,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "wg_warm_lr1e-3_g156": {"warm_start": True, "gate_lr": 1e-3, "steps": 156},
     "wg_warm_g156": {"warm_start": True, "steps": 156},
     "wg_warm_lr1e-3_g78": {"warm_start": True, "gate_lr": 1e-3, "steps": 78},
+    # the weights' lr decays (cosine) to 0 over the gate steps: they settle on the mask that is frozen
+    "wg_warm_lr1e-3_cos": {"warm_start": True, "gate_lr": 1e-3, "weight_schedule": "cosine"},
     # soft-to-hard annealing: sigmoid(k s) gates, k rising geometrically from 4 to the binary limit over
     # the gating epoch (312 steps of the subset), so freezing changes (almost) nothing
     "wg_warm_lr1e-3_anneal": {"warm_start": True, "gate_lr": 1e-3, "activation": "sigmoid", "sigmoid_k": 4.0,
@@ -85,8 +87,9 @@ def rival_fn(name: str) -> Any:
                                                            steps=ctx.steps if cap is None else min(cap, ctx.steps)))
 
 
-def _screen(budget_epochs: list[float], distill: float) -> Protocol:
-    return dataclasses.replace(Protocol(), budget_epochs=tuple(budget_epochs), distill=distill, **SCREEN)
+def _screen(budget_epochs: list[float], distill: float, prune_epochs: float = Protocol.prune_epochs) -> Protocol:
+    return dataclasses.replace(Protocol(), budget_epochs=tuple(budget_epochs), distill=distill,
+                               prune_epochs=prune_epochs, **SCREEN)
 
 
 def _side(spec: str) -> tuple[str, float]:
@@ -149,6 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variants", nargs="+", default=["uniform", "l1", "wg_default", "wg_warm_lr1e-3"],
                     choices=sorted(VARIANTS) + sorted(RIVALS) + list(compare.ALL_METHODS))
     ap.add_argument("--budget-epochs", nargs="+", type=float, default=[1.0, 3.0])
+    ap.add_argument("--prune-epochs", type=float, default=Protocol.prune_epochs,
+                    help="pruning-time training of every method, in epochs of the subset (the test-set "
+                         "comparison's 'fashion' preset uses 0.5)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/recipe"))
     ap.add_argument("--cache", type=Path, default=Path(".cache/benchmarks"))
     ap.add_argument("--threads", type=int, default=2)
@@ -160,13 +166,14 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.report:
         shares = {0.0, args.distill, *(_side(s)[1] for pair in args.report for s in pair)}
-        keys = {share: compare.Setup((args.model,), (), (), (), _screen(args.budget_epochs, share), args.out,
+        keys = {share: compare.Setup((args.model,), (), (), (), _screen(args.budget_epochs, share, args.prune_epochs),
+                                     args.out,
                                      args.cache, trace_seeds=()).protocol_key() for share in shares}
         rows = [json.loads(line) for line in (args.out / "runs.jsonl").read_text().splitlines() if line.strip()]
         print(paired_report([r for r in rows if r["model"] == args.model], [tuple(p) for p in args.report], keys))
         return
     torch.set_num_threads(args.threads)
-    protocol = _screen(args.budget_epochs, args.distill)
+    protocol = _screen(args.budget_epochs, args.distill, args.prune_epochs)
     setup = compare.Setup((args.model,), tuple(args.budgets), tuple(args.seeds), tuple(args.variants), protocol,
                           args.out, args.cache, trace_seeds=())
     data = make_data(protocol)

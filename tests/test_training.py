@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+from wgates_plugin import WGates
 from wgates_plugin.app.data import load_digits, loaders
 from wgates_plugin.app.training import (
     Recipe,
@@ -17,6 +20,7 @@ from wgates_plugin.app.training import (
     measure_latency,
     prune_and_finetune,
     recalibrate_bn,
+    train_gates,
     train_steps,
 )
 from wgates_plugin.efficiency import SimulatedClock
@@ -154,10 +158,37 @@ def test_measure_latency_restores_state_and_orders_models():
     ("bn_batches", 0, r"bn_batches=0 must be an int >= 1"),
     ("gate_lr", -1e-3, r"gate_lr=-0.001 must be a number >= 0"),
     ("finetune_steps", 1.5, r"finetune_steps=1.5 must be an int >= 0"),
+    ("weight_schedule", "linear", r"weight_schedule='linear' is not one of 'constant', 'cosine'"),
 ])
 def test_recipe_validates(field, value, match):
     with pytest.raises(ConfigError, match=match):
         Recipe(**{field: value})
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cosine_weight_schedule_halves_the_second_of_two_gate_steps(seed):
+    """Plain SGD (no momentum, no decay), gates fixed (lr 0): with two gate steps the cosine schedule's
+    second step is exactly half the constant schedule's, from the same point with the same gradient."""
+    torch.manual_seed(seed)
+    base = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    batches = [(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])) for _ in range(2)]
+    x = torch.zeros(1, 3, 8, 8)
+
+    def weights_after(steps: int, schedule: str) -> torch.Tensor:
+        model = copy.deepcopy(base)
+        wg = WGates(model, x, target=0.5)
+        recipe = Recipe(gate_steps=steps, gate_lr=0.0, weight_lr=0.1, momentum=0.0, weight_decay=0.0,
+                        weight_schedule=schedule)
+        train_gates(model, wg, batches, recipe, progress=False)
+        wg.remove()
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    first = weights_after(1, "constant")
+    assert torch.equal(weights_after(1, "cosine"), first)  # the first step is at the full rate
+    constant, cosine = weights_after(2, "constant") - first, weights_after(2, "cosine") - first
+    assert constant.abs().max() > 0
+    torch.testing.assert_close(2 * cosine, constant, rtol=1e-5, atol=1e-6)  # float32 rounding of weights ~1
 
 
 @pytest.fixture(scope="module")

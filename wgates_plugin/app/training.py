@@ -274,6 +274,9 @@ def measure_latency(model: nn.Module, example_input: torch.Tensor, threads: int 
 
 
 # ---------------------------------------------------------------------------- the end-to-end recipe
+WEIGHT_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Every knob of :func:`prune_and_finetune`, with its default.
@@ -285,7 +288,10 @@ class Recipe:
             (``WGatesConfig.warm_start``), so the rate refines a ranking instead of having to close
             channels quickly: chosen on Fashion-MNIST's validation split (ResNet-20, 25 % and 12 %
             FLOPs, 5 seeds, ``python -m benchmarks.recipe``), where 1e-3 beat 1e-2 and 3e-4.
-        weight_lr: SGD learning rate of the weights during gate training (constant).
+        weight_lr: SGD learning rate of the weights during gate training.
+        weight_schedule: how ``weight_lr`` changes over the gate steps: ``"constant"``, or ``"cosine"``
+            (decay to 0 by the last gate step, so the weights settle on the mask that is frozen
+            instead of ending on a step of size ``weight_lr``).
         finetune_lr: initial SGD learning rate of fine-tuning (cosine decay to 0).
         momentum: SGD momentum (both phases).
         weight_decay: SGD L2 penalty (both phases).
@@ -306,6 +312,7 @@ class Recipe:
     finetune_steps: int = 100
     gate_lr: float = 1e-3
     weight_lr: float = 0.01
+    weight_schedule: str = "constant"
     finetune_lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -323,6 +330,9 @@ class Recipe:
             check_number(name, value, f">= {low}", integer=True, type_error=ConfigError)
         for name in ("gate_lr", "weight_lr", "finetune_lr", "momentum", "weight_decay"):
             check_number(name, getattr(self, name), ">= 0", type_error=ConfigError)
+        if self.weight_schedule not in WEIGHT_SCHEDULES:
+            raise ConfigError(f"weight_schedule={self.weight_schedule!r} is not one of "
+                              f"{', '.join(map(repr, WEIGHT_SCHEDULES))}")
         check_number("distill", self.distill, "[0, 1]", what="", type_error=ConfigError)
         check_number("temperature", self.temperature, "> 0", type_error=ConfigError)
         check_number("latency_tolerance", self.latency_tolerance, "(0, 0.5)", what="", type_error=ConfigError)
@@ -395,9 +405,11 @@ def train_gates(model: nn.Module, wg: WGates, loader: Iterable, recipe: Recipe, 
                           "cost_ratio": live["cost"], "multiplier": wg.multiplier.value})
         return {"flops": f"{live['flops']:.3f}"}
 
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(weights, T_max=recipe.gate_steps)
+                if recipe.weight_schedule == "cosine" and recipe.gate_steps else None)
     train_steps(model, loader, [weights, gates], recipe.gate_steps, extra_loss=wg.efficiency_loss,
-                callback=log, progress=progress, desc="gates", stop=settled if recipe.freeze_stable else None,
-                distill=recipe.distillation(teacher))
+                scheduler=schedule, callback=log, progress=progress, desc="gates",
+                stop=settled if recipe.freeze_stable else None, distill=recipe.distillation(teacher))
     return trace
 
 
