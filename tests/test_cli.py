@@ -132,3 +132,17 @@ def test_demo_arguments():
     assert {k: getattr(full, k) for k in FULL} == FULL
     quick = demo_args(build_parser().parse_args(["demo", "--quick", "--out", "elsewhere"]))
     assert {k: getattr(quick, k) for k in QUICK} == QUICK and str(quick.out) == "elsewhere"
+
+
+def test_weight_schedule_reaches_the_recipe_and_a_bad_one_is_refused(capsys):
+    from wgates_plugin.app.cli import build_parser
+    from wgates_plugin.app.commands.prune import build_recipe
+
+    parser = build_parser()
+    base = ["prune", "--model", "resnet18", "--out", "x"]
+    assert build_recipe(parser.parse_args(base)).weight_schedule == "constant"
+    assert build_recipe(parser.parse_args([*base, "--weight-schedule", "cosine"])).weight_schedule == "cosine"
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args([*base, "--weight-schedule", "linear"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'linear' (choose from" in capsys.readouterr().err

@@ -26,7 +26,7 @@ from ..models import Architecture, model_from_spec, parse_model_spec
 from ..onnx_runtime import format_deployment, require_onnx
 from ..serialization import RECIPE_FILE, WEIGHTS_FILE, load_pruned, load_weights, read_recipe, save_pruned
 from ..summary import PLOT_FILE, SUMMARY_FILE, write_summary
-from ..training import Recipe, Stage, finetune_phase, fit, prune_phase
+from ..training import WEIGHT_SCHEDULES, Recipe, Stage, finetune_phase, fit, prune_phase
 from .export_onnx import DEPLOYMENT_FILE, add_deployment_arguments, deploy, timing_of
 from .lpnet import add_latency_arguments, format_latency, latency_efficiency, latency_report
 
@@ -79,6 +79,9 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start with every gate open (the paper) instead of at the target's magnitude ranking")
     parser.add_argument("--weight-lr", type=float, default=r.weight_lr,
                         help=f"SGD lr of the weights while gates train (default {r.weight_lr})")
+    parser.add_argument("--weight-schedule", choices=WEIGHT_SCHEDULES, default=r.weight_schedule,
+                        help="the weights' lr over the gate steps: constant, or cosine to 0 (better right after "
+                             f"pruning, not after fine-tuning; default {r.weight_schedule})")
     parser.add_argument("--finetune-lr", type=float, default=r.finetune_lr,
                         help=f"initial SGD lr of fine-tuning, cosine decay (default {r.finetune_lr})")
     parser.add_argument("--distill", type=float, default=r.distill, metavar="WEIGHT",
@@ -120,7 +123,8 @@ def build_wgates(args: argparse.Namespace, model: nn.Module, example_inputs: tor
 
 def build_recipe(args: argparse.Namespace) -> Any:
     return Recipe(gate_steps=args.steps, finetune_steps=args.finetune_steps, gate_lr=args.gate_lr,
-                  weight_lr=args.weight_lr, finetune_lr=args.finetune_lr, bn_batches=args.bn_batches,
+                  weight_lr=args.weight_lr, weight_schedule=args.weight_schedule,
+                  finetune_lr=args.finetune_lr, bn_batches=args.bn_batches,
                   distill=args.distill, temperature=args.temperature)
 
 
