@@ -38,7 +38,8 @@ def demo_args(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(
         model="resnet18", data="digits", size=32, weights=None, train_lr=0.05, flops_target=0.5,
         gate_lr=r.gate_lr, warm_start=True, distill=r.distill, temperature=r.temperature,
-        weight_lr=r.weight_lr, finetune_lr=r.finetune_lr, batch_size=64, round_to=1, onnx=False,
+        weight_lr=r.weight_lr, weight_schedule=r.weight_schedule, finetune_lr=r.finetune_lr,
+        batch_size=64, round_to=1, onnx=False,
         **run_options, **schedule)
 
 
