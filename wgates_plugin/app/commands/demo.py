@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..training import Recipe
 from . import prune
 from .prune import add_run_arguments
 
@@ -30,17 +29,15 @@ def register(subparsers: Any) -> None:
 
 
 def demo_args(args: argparse.Namespace) -> argparse.Namespace:
-    """The full ``wgates prune`` arguments the demo runs with."""
+    """The full ``wgates prune`` arguments the demo runs with: prune's own defaults (so a new prune option
+    reaches the demo with its default), the demo's model and schedule, and the run options given."""
 
-    r = Recipe()
-    schedule = QUICK if args.quick else FULL
+    parser = argparse.ArgumentParser(prog="wgates prune")
+    prune.add_arguments(parser)
+    full = parser.parse_args(["--model", "resnet18", "--out", str(args.out)])
     run_options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "quick")}  # --out, --seed, ...
-    return argparse.Namespace(
-        model="resnet18", data="digits", size=32, weights=None, train_lr=0.05, flops_target=0.5,
-        gate_lr=r.gate_lr, warm_start=True, distill=r.distill, temperature=r.temperature,
-        weight_lr=r.weight_lr, weight_schedule=r.weight_schedule, finetune_lr=r.finetune_lr,
-        batch_size=64, round_to=1, onnx=False,
-        **run_options, **schedule)
+    vars(full).update(data="digits", size=32, flops_target=0.5, **run_options, **(QUICK if args.quick else FULL))
+    return full
 
 
 def run(args: argparse.Namespace) -> int:

@@ -36,6 +36,12 @@ def register(subparsers: Any) -> None:
         "prune", help="prune a torchvision model to a FLOPs budget with W-Gates",
         description="Train W-Gates on a torchvision classification model under a FLOPs budget, remove the "
                     "closed channels, fine-tune, and save the pruned model with a JSON report.")
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every ``wgates prune`` option (``wgates demo`` takes its defaults from here too)."""
     add_model_arguments(parser)
     add_recipe_arguments(parser)
     add_latency_arguments(parser)
@@ -44,7 +50,6 @@ def register(subparsers: Any) -> None:
                         help="also export the pruned model to ONNX (model.onnx), check its outputs in onnxruntime and "
                              "time the unpruned and pruned model in PyTorch and onnxruntime (the onnx extra)")
     add_deployment_arguments(parser)
-    parser.set_defaults(func=run)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
