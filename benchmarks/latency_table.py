@@ -5,7 +5,8 @@ For each model, on one device and protocol:
 1. **Samples**: pruned candidates measured whole (as for the LPNet, resumable; shared with
    ``benchmarks.latency_mode`` when the work folder is).
 2. **LPNet**: a network LPNet trained on 80 % of the candidates (the default split), scored on the
-   held-out 20 %.
+   held-out 20 %; with ``--select-weight-decay``, a second one whose weight decay is chosen by 4-fold
+   cross-validation on the 80 % (``train_predictor(weight_decays=...)``), scored on the same 20 %.
 3. **Table**: every layer a gate moves, timed alone over ``points`` channel counts per varying axis
    (:func:`~wgates_plugin.profiling.collect_table`), scored on *the same* held-out candidates.
 4. **Noise floor**: held-out candidates measured a second time, scored against their first
@@ -35,7 +36,14 @@ from typing import Any
 import torch
 
 from wgates_plugin import WGates, count_macs
-from wgates_plugin.efficiency import FitConfig, LatencyTable, Timing, device_name, latency_errors
+from wgates_plugin.efficiency import (
+    WEIGHT_DECAY_GRID,
+    FitConfig,
+    LatencyTable,
+    Timing,
+    device_name,
+    latency_errors,
+)
 from wgates_plugin.efficiency.lpnet import split_indices
 from wgates_plugin.errors import BudgetError
 from wgates_plugin.profiling import collect_table, train_predictor
@@ -66,6 +74,7 @@ class Setup:
     seed: int = 0
     statistic: str = "median"
     paired: bool = False
+    weight_decays: tuple[float, ...] = ()  # non-empty: also an LPNet whose weight decay is chosen among these by CV
 
     @property
     def timing(self) -> Timing:
@@ -137,6 +146,13 @@ def run(setup: Setup) -> dict[str, Any]:
         start = time.perf_counter()
         lpnet, report = train_predictor(samples, "network", FitConfig(epochs=setup.epochs, seed=setup.seed))
         fit_seconds = time.perf_counter() - start
+        selected = None
+        if setup.weight_decays:
+            start = time.perf_counter()
+            lpnet_cv, cv_report = train_predictor(samples, "network", FitConfig(epochs=setup.epochs, seed=setup.seed),
+                                                  weight_decays=setup.weight_decays)
+            selected = {**cv_report["network"], "weight_decay": cv_report["weight_decay"]["network"],
+                        "fit_s": time.perf_counter() - start}
         _, test = split_indices(len(samples.records), 0.2, 0)  # train_predictor's held-out candidates
         held_out = [samples.records[i] for i in test]
         table = _table(setup, name, x)
@@ -149,12 +165,16 @@ def run(setup: Setup) -> dict[str, Any]:
                                       [r["ms"] for r in held_out])
         out["models"][name] = {
             "lpnet": report["network"], "table": table_errors.asdict(), "n_test": len(held_out),
+            **({"lpnet_cv": selected} if selected else {}),
             "noise": noise_floor(lm, name, setup.size, samples),
             "cost": {"lpnet": {"networks": rate["measured"], "collect_s": rate["seconds"], "fit_s": fit_seconds},
                      "table": {"layer_measurements": table.info["measurements"], "tables": table.info["tables"],
                                "layers": table.info["layers"], "collect_s": table.info["seconds"]}},
         }
-        out["networks"] += _networks(setup, name, x, {"latency mode (LPNet)": lpnet, "latency mode (table)": table})
+        cost_models = {"latency mode (LPNet)": lpnet, "latency mode (table)": table}
+        if selected:
+            cost_models["latency mode (LPNet, weight decay by CV)"] = lpnet_cv
+        out["networks"] += _networks(setup, name, x, cost_models)
     return out
 
 
@@ -167,11 +187,18 @@ def markdown(result: dict[str, Any]) -> str:
              "| model | predictor (same held-out candidates) | n | MAPE % | within ±5 % | within ±10 % | Spearman | "
              "max % |", "|---|---|---|---|---|---|---|---|"]
     for name, m in result["models"].items():
-        for label, key in (("network LPNet", "lpnet"), ("per-layer table", "table"), ("noise floor (re-measured)",
-                                                                                   "noise")):
+        rows = [("network LPNet", "lpnet")]
+        if "lpnet_cv" in m:
+            rows.append((f"network LPNet, weight decay {m['lpnet_cv']['weight_decay']['chosen']:g} by CV", "lpnet_cv"))
+        for label, key in (*rows, ("per-layer table", "table"), ("noise floor (re-measured)", "noise")):
             e = m[key]
             lines.append(f"| {name} | {label} | {e['n']} | {e['mape']:.2f} | {100 * e['within_5']:.1f} | "
                          f"{100 * e['within_10']:.1f} | {e['spearman']:.4f} | {e['max_ape']:.1f} |")
+    for name, m in result["models"].items():
+        if "lpnet_cv" in m:
+            scores = ", ".join(f"{float(k):g}: {v:.2f} %" for k, v in m["lpnet_cv"]["weight_decay"]["cv_mape"].items())
+            lines += ["", f"{name}: 4-fold CV MAPE on the training candidates by weight decay: {scores} "
+                          f"(fits {m['lpnet_cv']['fit_s']:.0f} s)."]
     lines += ["", "| model | cost model | what is measured | seconds |", "|---|---|---|---|"]
     for name, m in result["models"].items():
         c = m["cost"]
@@ -209,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, help="batch size of every timed forward (default 8)")
     parser.add_argument("--targets", type=float, nargs="+", help="latency targets of the networks each cost model "
                                                                  "produces (fractions of the unpruned latency)")
+    parser.add_argument("--select-weight-decay", type=float, nargs="*", metavar="WD",
+                        help="also fit an LPNet whose weight decay is chosen among these by 4-fold cross-validation "
+                             "on the training candidates (no values: the library's default grid)")
     parser.add_argument("--json", help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
     setup = QUICK if args.quick else Setup()
@@ -221,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         setup = replace(setup, models=tuple(args.models))
     if args.targets:
         setup = replace(setup, targets=tuple(args.targets))
+    if args.select_weight_decay is not None:
+        setup = replace(setup, weight_decays=tuple(args.select_weight_decay) or WEIGHT_DECAY_GRID)
     result = run(setup)
     print(markdown(result))
     if args.json:

@@ -49,3 +49,19 @@ def test_a_target_below_the_devices_floor_is_recorded_with_its_reason_and_the_ru
     assert all(reason.startswith("target=0.01 is unreachable") for reason in unreachable.values())
     assert [r["method"] for r in result["networks"] if "unreachable" not in r] == ["baseline"]
     assert "| resnet18 | 0.01 | latency mode (table) | unreachable: target=0.01" in latency_table.markdown(result)
+
+
+def test_an_lpnet_with_the_weight_decay_chosen_by_cv_is_scored_on_the_same_candidates(tmp_path):
+    setup = replace(latency_table.QUICK, work=str(tmp_path), targets=(0.5,), weight_decays=(0.0, 1e-2))
+    with SimulatedClock(seconds_per_mac=1e-9, seconds_per_layer=2e-5):
+        result = latency_table.run(setup)
+    m = result["models"]["resnet18"]
+    cv = m["lpnet_cv"]
+    assert cv["n"] == m["lpnet"]["n"] == m["n_test"] == 2
+    assert set(cv["weight_decay"]["cv_mape"]) == {"0.0", "0.01"} and cv["weight_decay"]["chosen"] in (0.0, 0.01)
+    if cv["weight_decay"]["chosen"] == 0.0:  # the same fit as the plain LPNet: the same held-out figures
+        assert cv["mape"] == m["lpnet"]["mape"]
+    assert "latency mode (LPNet, weight decay by CV)" in {r["method"] for r in result["networks"]}
+    text = latency_table.markdown(result)
+    assert f"| resnet18 | network LPNet, weight decay {cv['weight_decay']['chosen']:g} by CV | 2 |" in text
+    assert "4-fold CV MAPE on the training candidates by weight decay: 0: " in text

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -25,7 +27,7 @@ from wgates_plugin.efficiency import (
     latency_errors,
     measure_ms,
 )
-from wgates_plugin.efficiency.lpnet import fit_lpnet, split_indices
+from wgates_plugin.efficiency.lpnet import fit_lpnet, select_weight_decay, split_indices
 from wgates_plugin.profiling import CandidateSpace, collect_latency, evaluate_predictor, train_predictor
 
 FAST = Timing(warmup=1, repeats=2, threads=1)
@@ -46,11 +48,15 @@ def clock():
 
 
 @pytest.fixture(scope="module")
-def collected(tmp_path_factory):
+def samples_file(tmp_path_factory):
+    return tmp_path_factory.mktemp("lat") / "r10.jsonl"
+
+
+@pytest.fixture(scope="module")
+def collected(samples_file):
     """24 measured candidates (with block timings) of a one-block-per-stage BasicBlock ResNet."""
     model, x = resnet(BasicBlock), torch.randn(2, 3, 32, 32)
-    path = tmp_path_factory.mktemp("lat") / "r10.jsonl"
-    samples = collect_latency(model, x, path, 24, batch=2, timing=FAST, blocks=True, progress=False)
+    samples = collect_latency(model, x, samples_file, 24, batch=2, timing=FAST, blocks=True, progress=False)
     return model, x, samples
 
 
@@ -115,6 +121,43 @@ def test_split_is_a_disjoint_80_20_partition():
         split_indices(3)
 
 
+def test_weight_decay_selection_scores_every_value_on_the_same_folds_and_keeps_the_lowest():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(40, 3, generator=gen)
+    y = 2 + 3 * x[:, 0] + 0.2 * torch.rand(40, generator=gen)  # ms, noisy
+    fit = FitConfig(hidden=(16, 16), epochs=20)
+    chosen, scores = select_weight_decay(x, y, fit, grid=(0.0, 0.1, 10.0), folds=4)
+    assert list(scores) == [0.0, 0.1, 10.0]
+    assert chosen == FitConfig(hidden=(16, 16), epochs=20, weight_decay=min(scores, key=scores.get))
+    # each score is the mean held-out MAPE of the four fold fits, the folds a seeded permutation
+    parts = np.array_split(np.random.default_rng(0).permutation(40), 4)
+    by_hand = []
+    for k, held in enumerate(parts):
+        kept = np.concatenate([p for j, p in enumerate(parts) if j != k])
+        net = fit_lpnet(x[kept], y[kept], FitConfig(hidden=(16, 16), epochs=20, weight_decay=0.1))
+        with torch.no_grad():
+            by_hand.append(latency_errors(net(x[held]).numpy(), y[held].numpy()).mape)
+    assert scores[0.1] == pytest.approx(float(np.mean(by_hand)), rel=1e-12)
+
+
+@pytest.mark.parametrize("grid, folds, match", [
+    ((), 4, r"grid=\(\) must be a non-empty list of distinct weight decays >= 0"),
+    ((0.0, -1e-3), 4, r"grid=\(0.0, -0.001\) must be"),
+    ((1e-3, 1e-3), 4, r"grid=\(0.001, 0.001\) must be"),
+    ((0.0,), 1, r"folds=1 must be an integer in \[2, 5\] for 10 samples"),
+    ((0.0,), 6, r"folds=6 must be an integer in \[2, 5\]"),
+    ((0.0,), 2.0, r"folds=2.0 must be an integer"),
+])
+def test_weight_decay_selection_refuses_a_bad_grid_or_fold_count(grid, folds, match):
+    with pytest.raises(ConfigError, match=match):
+        select_weight_decay(torch.rand(10, 2), torch.ones(10), QUICK_FIT, grid=grid, folds=folds)
+
+
+def test_a_negative_weight_decay_is_refused():
+    with pytest.raises(ConfigError, match=r"weight_decay=-0.1 must be >= 0"):
+        FitConfig(weight_decay=-0.1)
+
+
 # ---------------------------------------------------------------------------- training from samples
 def test_report_is_the_held_out_error_of_the_saved_predictor(collected, network):
     _, _, samples = collected
@@ -124,6 +167,42 @@ def test_report_is_the_held_out_error_of_the_saved_predictor(collected, network)
     held_out = [samples.records[i] for i in test]
     predicted = [predictor.predict_record(r, samples.reference) for r in held_out]
     assert report["network"] == latency_errors(predicted, [r["ms"] for r in held_out]).asdict()
+
+
+@pytest.mark.parametrize("kind", ["network", "block"])
+def test_weight_decay_is_chosen_on_training_candidates_only(collected, kind):
+    """The choice and its scores are the same whatever the held-out candidates measured: they never see them."""
+    _, _, samples = collected
+    _, test = split_indices(len(samples.records), 0.2, 0)
+    changed = copy.deepcopy(samples)
+    for i in test:
+        changed.records[i]["ms"] *= 7.0
+        for b in changed.records[i].get("blocks", []):
+            b["ms"] *= 7.0
+    grid = (0.0, 1e-2)
+    first, report = train_predictor(samples, kind, QUICK_FIT, weight_decays=grid)
+    _, other = train_predictor(changed, kind, QUICK_FIT, weight_decays=grid)
+    types = ["network"] if kind == "network" else first.types
+    assert set(report["weight_decay"]) == set(types)
+    assert report["weight_decay"] == other["weight_decay"]
+    for t in types:
+        c = report["weight_decay"][t]
+        assert list(c["cv_mape"]) == ["0.0", "0.01"] and c["chosen"] == float(min(c["cv_mape"], key=c["cv_mape"].get))
+    assert first.info["weight_decay"] == report["weight_decay"]  # saved with the predictor
+    assert report["network"] != other["network"]  # the held-out figures do see the change
+
+
+def test_lpnet_train_cli_selects_the_weight_decay_and_prints_the_choice(collected, samples_file, tmp_path, capsys):
+    from wgates_plugin.app.cli import main
+
+    out, report = tmp_path / "n.lpnet", tmp_path / "r.json"
+    assert main(["lpnet", "train", "--samples", str(samples_file), "--out", str(out), "--epochs", "20",
+                 "--hidden", "16", "16", "--select-weight-decay", "0", "0.01", "--report", str(report)]) == 0
+    written = json.loads(report.read_text())
+    chosen = written["weight_decay"]["network"]["chosen"]
+    assert chosen in (0.0, 0.01)
+    assert f"network: weight decay {chosen} chosen by cross-validation on the training candidates" in \
+        capsys.readouterr().out
 
 
 def test_block_report_scores_blocks_and_their_sums(block):

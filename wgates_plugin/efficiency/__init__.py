@@ -10,7 +10,15 @@ from .base import EfficiencyModel
 from .blocks import BlockEncoder, find_blocks
 from .flops import FlopsModel, LayerShape, count_macs, record_layer_shapes
 from .latency import LatencyModel, LatencyPredictor, MeasuredLatency, architecture_hash
-from .lpnet import FitConfig, LatencyErrors, LPNet, latency_errors, split_indices
+from .lpnet import (
+    WEIGHT_DECAY_GRID,
+    FitConfig,
+    LatencyErrors,
+    LPNet,
+    latency_errors,
+    select_weight_decay,
+    split_indices,
+)
 from .table import LatencyTable, TableModel
 from .timing import (
     SimulatedClock,
@@ -29,6 +37,7 @@ __all__ = [
     "SimulatedClock",
     "LatencyContextError",
     "BlockEncoder", "find_blocks", "architecture_hash",
-    "LPNet", "FitConfig", "LatencyErrors", "latency_errors", "split_indices",
+    "LPNet", "FitConfig", "LatencyErrors", "latency_errors", "split_indices", "select_weight_decay",
+    "WEIGHT_DECAY_GRID",
     "LatencyPredictor", "LatencyModel", "MeasuredLatency", "LatencyTable", "TableModel",
 ]

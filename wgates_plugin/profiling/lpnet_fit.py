@@ -7,13 +7,21 @@ scored on the blocks of networks it never saw, and on those networks' summed lat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..efficiency.latency import KINDS, LatencyPredictor
-from ..efficiency.lpnet import FitConfig, LatencyErrors, LPNet, fit_lpnet, latency_errors, split_indices
+from ..efficiency.lpnet import (
+    FitConfig,
+    LatencyErrors,
+    fit_lpnet,
+    latency_errors,
+    select_weight_decay,
+    split_indices,
+)
 from ..efficiency.table import LatencyTable
 from ..errors import ConfigError
 from .samples import LatencySamples
@@ -28,6 +36,7 @@ def train_predictor(
     test_fraction: float = 0.2,
     split_seed: int = 0,
     progress: bool = False,
+    weight_decays: Sequence[float] | None = None,
 ) -> tuple[LatencyPredictor, dict[str, Any]]:
     """Fit an LPNet of ``kind`` on ``samples``; return it and its held-out report.
 
@@ -39,10 +48,16 @@ def train_predictor(
         test_fraction: share of candidates held out (the paper's 20 %).
         split_seed: seed of the split.
         progress: show a progress bar per LPNet.
+        weight_decays: when given, each LPNet's ``fit.weight_decay`` is chosen from these by 4-fold
+            cross-validation on the *training* candidates (:func:`~wgates_plugin.efficiency.lpnet.
+            select_weight_decay`; for the block kind, on each type's blocks of the training candidates),
+            so the held-out figures stay a test the choice never saw.
 
     Returns:
         The predictor and ``{'network': LatencyErrors.asdict(), 'blocks': {type: ...}, 'n_train',
-        'n_test'}`` on the held-out candidates (``'blocks'`` for the block kind only).
+        'n_test'}`` on the held-out candidates (``'blocks'`` for the block kind only); with
+        ``weight_decays``, also ``'weight_decay': {type: {'chosen', 'cv_mape': {value: MAPE %}}}``
+        (type ``'network'`` for the network kind).
 
     Raises:
         ConfigError: unknown kind, too few samples, no reference, or no block timings for ``block``.
@@ -53,14 +68,26 @@ def train_predictor(
     train_recs = [reference] + [samples.records[i] for i in train]
     test_recs = [samples.records[i] for i in test]
     if kind == "network":
-        types, nets = ["network"], [_fit_network(samples, train_recs, fit, progress)]
+        types, data = ["network"], [_network_data(samples, train_recs)]
     else:
         types = list(samples.context["blocks"]["features"])
-        nets = [_fit_block_type(t, train_recs, fit, progress) for t in types]
+        data = [_block_data(t, train_recs) for t in types]
+    nets, chosen = [], {}
+    for t, (x, y) in zip(types, data):
+        own = fit
+        if weight_decays is not None:
+            own, scores = select_weight_decay(x, y, fit, weight_decays, folds=min(4, x.shape[0] // 2))
+            chosen[t] = {"chosen": own.weight_decay, "cv_mape": scores}
+        nets.append(fit_lpnet(x, y, own, progress))
     info = {"reference": reference, "fit": fit.asdict(),
             "split": {"test_fraction": test_fraction, "seed": split_seed}}
+    if chosen:
+        info["weight_decay"] = {t: {"chosen": c["chosen"], "cv_mape": {str(k): v for k, v in c["cv_mape"].items()}}
+                                for t, c in chosen.items()}
     predictor = LatencyPredictor(kind, types, nets, samples.context, info)
     report = _report(predictor, reference, test_recs) | {"n_train": len(train_recs), "n_test": len(test_recs)}
+    if chosen:
+        report["weight_decay"] = info["weight_decay"]
     predictor.info["report"] = report
     return predictor, report
 
@@ -76,18 +103,20 @@ def _check(samples: LatencySamples, kind: str) -> dict[str, Any]:
     return samples.reference
 
 
-def _fit_network(samples: LatencySamples, records: list[dict], fit: FitConfig, progress: bool) -> LPNet:
+def _network_data(samples: LatencySamples, records: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network LPNet's encodings ``(N, G)`` (kept fractions) and latencies ``(N,)`` of ``records``."""
     sizes = torch.tensor(samples.context["sizes"], dtype=torch.float32)
     x = torch.tensor([r["counts"] for r in records], dtype=torch.float32) / sizes  # (N, G)
     y = torch.tensor([r["ms"] for r in records], dtype=torch.float32)  # (N,)
-    return fit_lpnet(x, y, fit, progress)
+    return x, y
 
 
-def _fit_block_type(block_type: str, records: list[dict], fit: FitConfig, progress: bool) -> LPNet:
+def _block_data(block_type: str, records: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A block type's features ``(N, F)`` and latencies ``(N,)`` over the blocks of ``records``."""
     rows = [b for r in records for b in r["blocks"] if b["type"] == block_type]
     x = torch.tensor([b["features"] for b in rows], dtype=torch.float32)  # (N, F)
     y = torch.tensor([b["ms"] for b in rows], dtype=torch.float32)  # (N,)
-    return fit_lpnet(x, y, fit, progress)
+    return x, y
 
 
 def _report(predictor: LatencyPredictor, reference: dict, records: list[dict]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import torch
 
 from ...config import BudgetMode, LayerBounds, WGatesConfig
 from ...efficiency.latency import LatencyModel, LatencyPredictor, MeasuredLatency
-from ...efficiency.lpnet import FitConfig, LatencyErrors
+from ...efficiency.lpnet import WEIGHT_DECAY_GRID, FitConfig, LatencyErrors
 from ...efficiency.table import LatencyTable
 from ...efficiency.timing import STATISTICS, Timing
 from ...errors import ConfigError, MissingFileError
@@ -121,6 +121,10 @@ def _train_parser(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
     p.add_argument("--hidden", type=int, nargs=2, default=(128, 128), help="hidden widths (default 128 128)")
     p.add_argument("--mse", action="store_true", help="MSE on milliseconds instead of on log-latency")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="Adam's L2 weight decay (default 0)")
+    p.add_argument("--select-weight-decay", type=float, nargs="*", metavar="WD",
+                   help="choose the weight decay among these by 4-fold cross-validation on the training "
+                        f"candidates (no values: {' '.join(map(str, WEIGHT_DECAY_GRID))}); overrides --weight-decay")
     p.add_argument("--test-fraction", type=float, default=0.2, help="held-out share of candidates (0.2)")
     p.add_argument("--seed", type=int, default=0, help="split and initialization seed (default 0)")
     p.add_argument("--report", help="also write the held-out report to this JSON file")
@@ -194,10 +198,17 @@ def _check_outputs(args: argparse.Namespace, *flags: str) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     _check_outputs(args, "out", "report")
-    fit = FitConfig(tuple(args.hidden), not args.mse, args.epochs, args.lr, seed=args.seed)
+    fit = FitConfig(tuple(args.hidden), not args.mse, args.epochs, args.lr, weight_decay=args.weight_decay,
+                    seed=args.seed)
+    grid = args.select_weight_decay
+    if grid is not None and not grid:
+        grid = WEIGHT_DECAY_GRID
     predictor, report = train_predictor(load_samples(args.samples), args.kind, fit, args.test_fraction,
-                                        args.seed, progress=True)
+                                        args.seed, progress=True, weight_decays=grid)
     predictor.save(args.out)
+    for t, c in report.get("weight_decay", {}).items():
+        scores = ", ".join(f"{k}: {v:.2f} %" for k, v in c["cv_mape"].items())
+        print(f"{t}: weight decay {c['chosen']} chosen by cross-validation on the training candidates ({scores})")
     _print_report(report, f"{args.kind} LPNet, held-out {report['n_test']} of "
                           f"{report['n_test'] + report['n_train']} candidates")
     _write(args.report, report)
