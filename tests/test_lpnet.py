@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import re
@@ -27,8 +28,8 @@ from wgates_plugin.efficiency import (
     latency_errors,
     measure_ms,
 )
-from wgates_plugin.efficiency.lpnet import fit_lpnet, select_weight_decay, split_indices
-from wgates_plugin.profiling import CandidateSpace, collect_latency, evaluate_predictor, train_predictor
+from wgates_plugin.efficiency.lpnet import WEIGHT_DECAY_GRID, fit_lpnet, select_weight_decay, split_indices
+from wgates_plugin.profiling import CandidateSpace, collect_latency, evaluate_predictor, load_samples, train_predictor
 
 FAST = Timing(warmup=1, repeats=2, threads=1)
 QUICK_FIT = FitConfig(hidden=(32, 32), epochs=60)
@@ -196,13 +197,34 @@ def test_lpnet_train_cli_selects_the_weight_decay_and_prints_the_choice(collecte
     from wgates_plugin.app.cli import main
 
     out, report = tmp_path / "n.lpnet", tmp_path / "r.json"
-    assert main(["lpnet", "train", "--samples", str(samples_file), "--out", str(out), "--epochs", "20",
-                 "--hidden", "16", "16", "--select-weight-decay", "0", "0.01", "--report", str(report)]) == 0
+    common = ["lpnet", "train", "--samples", str(samples_file), "--epochs", "20", "--hidden", "16", "16", "--force"]
+    assert main([*common, "--out", str(out), "--select-weight-decay", "0", "0.01", "--report", str(report)]) == 0
     written = json.loads(report.read_text())
     chosen = written["weight_decay"]["network"]["chosen"]
-    assert chosen in (0.0, 0.01)
+    assert chosen in (0.0, 0.01) and list(written["weight_decay"]["network"]["cv_mape"]) == ["0.0", "0.01"]
     assert f"network: weight decay {chosen} chosen by cross-validation on the training candidates" in \
         capsys.readouterr().out
+    # by default the library's grid is tried; a fixed --weight-decay skips the selection
+    assert main([*common, "--out", str(out), "--report", str(report)]) == 0
+    assert list(json.loads(report.read_text())["weight_decay"]["network"]["cv_mape"]) == \
+        [str(v) for v in WEIGHT_DECAY_GRID]
+    assert main([*common, "--out", str(out), "--weight-decay", "0.01", "--report", str(report)]) == 0
+    assert "weight_decay" not in json.loads(report.read_text())
+    assert LatencyPredictor.load(out).info["fit"]["weight_decay"] == 0.01
+    few = tmp_path / "few.jsonl"  # the reference and 5 candidates: too few for the default cross-validation
+    lines = samples_file.read_text().splitlines(keepends=True)
+    few.write_text("".join(lines[:7]))
+    assert len(load_samples(few)) == 5 and load_samples(few).reference is not None
+    assert main([*common, "--samples", str(few), "--out", str(out), "--report", str(report)]) == 0
+    assert "5 candidates are too few to cross-validate the weight decay (>= 10); weight decay 0 used" in \
+        capsys.readouterr().out and "weight_decay" not in json.loads(report.read_text())
+    with pytest.raises(ConfigError, match=r"needs >= 4 training samples, got 3 \(network\); fix the weight decay"):
+        four = load_samples(few)
+        train_predictor(dataclasses.replace(four, records=four.records[:4]), "network", QUICK_FIT,
+                        weight_decays=(0.0, 1e-2))
+    with pytest.raises(SystemExit):  # one way of setting it, not both
+        main([*common, "--out", str(out), "--weight-decay", "0.01", "--select-weight-decay", "0"])
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_block_report_scores_blocks_and_their_sums(block):

@@ -76,6 +76,9 @@ def train_predictor(
     for t, (x, y) in zip(types, data):
         own = fit
         if weight_decays is not None:
+            if x.shape[0] < 4:
+                raise ConfigError(f"choosing the weight decay by cross-validation needs >= 4 training samples, got "
+                                  f"{x.shape[0]} ({t}); fix the weight decay instead")
             own, scores = select_weight_decay(x, y, fit, weight_decays, folds=min(4, x.shape[0] // 2))
             chosen[t] = {"chosen": own.weight_decay, "cv_mape": scores}
         nets.append(fit_lpnet(x, y, own, progress))

@@ -121,10 +121,12 @@ def _train_parser(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
     p.add_argument("--hidden", type=int, nargs=2, default=(128, 128), help="hidden widths (default 128 128)")
     p.add_argument("--mse", action="store_true", help="MSE on milliseconds instead of on log-latency")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="Adam's L2 weight decay (default 0)")
-    p.add_argument("--select-weight-decay", type=float, nargs="*", metavar="WD",
-                   help="choose the weight decay among these by 4-fold cross-validation on the training "
-                        f"candidates (no values: {' '.join(map(str, WEIGHT_DECAY_GRID))}); overrides --weight-decay")
+    decay = p.add_mutually_exclusive_group()
+    decay.add_argument("--weight-decay", type=float,
+                       help="Adam's L2 weight decay, fixed (default: chosen by cross-validation)")
+    decay.add_argument("--select-weight-decay", type=float, nargs="+", metavar="WD",
+                       help="the weight decays tried by 4-fold cross-validation on the training candidates, the "
+                            f"default way of choosing it (default {' '.join(map(str, WEIGHT_DECAY_GRID))})")
     p.add_argument("--test-fraction", type=float, default=0.2, help="held-out share of candidates (0.2)")
     p.add_argument("--seed", type=int, default=0, help="split and initialization seed (default 0)")
     p.add_argument("--report", help="also write the held-out report to this JSON file")
@@ -196,14 +198,22 @@ def _check_outputs(args: argparse.Namespace, *flags: str) -> None:
         check_writable(path.parent, f"the folder of --{flag}")
 
 
+#: the default cross-validation of the weight decay is skipped below this many candidates (its folds
+#: would score one or two networks each); an explicit --select-weight-decay still tries
+MIN_CV_CANDIDATES = 10
+
+
 def _train(args: argparse.Namespace) -> int:
     _check_outputs(args, "out", "report")
-    fit = FitConfig(tuple(args.hidden), not args.mse, args.epochs, args.lr, weight_decay=args.weight_decay,
+    fit = FitConfig(tuple(args.hidden), not args.mse, args.epochs, args.lr, weight_decay=args.weight_decay or 0.0,
                     seed=args.seed)
-    grid = args.select_weight_decay
-    if grid is not None and not grid:
-        grid = WEIGHT_DECAY_GRID
-    predictor, report = train_predictor(load_samples(args.samples), args.kind, fit, args.test_fraction,
+    samples = load_samples(args.samples)
+    grid = None if args.weight_decay is not None else (args.select_weight_decay or WEIGHT_DECAY_GRID)
+    if grid is not None and not args.select_weight_decay and len(samples.records) < MIN_CV_CANDIDATES:
+        print(f"{len(samples.records)} candidates are too few to cross-validate the weight decay "
+              f"(>= {MIN_CV_CANDIDATES}); weight decay 0 used")
+        grid = None
+    predictor, report = train_predictor(samples, args.kind, fit, args.test_fraction,
                                         args.seed, progress=True, weight_decays=grid)
     predictor.save(args.out)
     for t, c in report.get("weight_decay", {}).items():
