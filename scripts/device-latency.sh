@@ -33,4 +33,4 @@ run() {  # name, then benchmarks.latency_table's options
         --json "$OUT/$name.json" "$@" | tee "$OUT/$name.md" || echo "$name: exit $?" | tee -a "$OUT/device.txt"
 }
 run latency_table --size 224 --batch 8 "$@"
-run latency_table_paired --size 224 --batch 8 --paired --statistic iqm "$@"
+run latency_table_paired --size 224 --batch 8 --paired --statistic iqm --select-weight-decay "$@"
