@@ -204,6 +204,7 @@ def test_lpnet_train_cli_selects_the_weight_decay_and_prints_the_choice(collecte
     assert chosen in (0.0, 0.01) and list(written["weight_decay"]["network"]["cv_mape"]) == ["0.0", "0.01"]
     assert f"network: weight decay {chosen} chosen by cross-validation on the training candidates" in \
         capsys.readouterr().out
+    assert LatencyPredictor.load(out).info["fit"]["weight_decay"] == chosen  # what the saved net was fitted with
     # by default the library's grid is tried; a fixed --weight-decay skips the selection
     assert main([*common, "--out", str(out), "--report", str(report)]) == 0
     assert list(json.loads(report.read_text())["weight_decay"]["network"]["cv_mape"]) == \

@@ -8,6 +8,7 @@ scored on the blocks of networks it never saw, and on those networks' summed lat
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -82,7 +83,9 @@ def train_predictor(
             own, scores = select_weight_decay(x, y, fit, weight_decays, folds=min(4, x.shape[0] // 2))
             chosen[t] = {"chosen": own.weight_decay, "cv_mape": scores}
         nets.append(fit_lpnet(x, y, own, progress))
-    info = {"reference": reference, "fit": fit.asdict(),
+    # the settings the saved net was fitted with (a block predictor's chosen decays are per type, below)
+    fitted = replace(fit, weight_decay=chosen["network"]["chosen"]) if "network" in chosen else fit
+    info = {"reference": reference, "fit": fitted.asdict(),
             "split": {"test_fraction": test_fraction, "seed": split_seed}}
     if chosen:
         info["weight_decay"] = {t: {"chosen": c["chosen"], "cv_mape": {str(k): v for k, v in c["cv_mape"].items()}}
