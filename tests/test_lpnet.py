@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from wgates_plugin import ConfigError, MeasurementError, WGates
+from wgates_plugin import ConfigError, ConfigTypeError, MeasurementError, WGates
 from wgates_plugin.efficiency import (
     FitConfig,
     LatencyContextError,
@@ -145,12 +145,13 @@ def test_weight_decay_selection_scores_every_value_on_the_same_folds_and_keeps_t
     ((), 4, r"grid=\(\) must be a non-empty list of distinct weight decays >= 0"),
     ((0.0, -1e-3), 4, r"grid=\(0.0, -0.001\) must be"),
     ((1e-3, 1e-3), 4, r"grid=\(0.001, 0.001\) must be"),
-    ((0.0,), 1, r"folds=1 must be an integer in \[2, 5\] for 10 samples"),
-    ((0.0,), 6, r"folds=6 must be an integer in \[2, 5\]"),
-    ((0.0,), 2.0, r"folds=2.0 must be an integer"),
+    ((0.0,), 1, r"folds=1 must be an int, for 10 samples \(every fold scores >= 2 of them\), in \[2, 5\]"),
+    ((0.0,), 6, r"folds=6 must be an int, for 10 samples .* in \[2, 5\]"),
+    ((0.0,), 2.0, r"folds=2.0 must be an int, for 10 samples"),
 ])
 def test_weight_decay_selection_refuses_a_bad_grid_or_fold_count(grid, folds, match):
-    with pytest.raises(ConfigError, match=match):
+    error = ConfigTypeError if isinstance(folds, float) else ConfigError  # a fold count that is not an int
+    with pytest.raises(error, match=match):
         select_weight_decay(torch.rand(10, 2), torch.ones(10), QUICK_FIT, grid=grid, folds=folds)
 
 

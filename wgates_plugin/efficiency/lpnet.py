@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import trange
 
 from ..errors import ConfigError
+from ..utils import check_number
 from .timing import fixed_threads
 
 __all__ = ["LPNet", "FitConfig", "fit_lpnet", "select_weight_decay", "WEIGHT_DECAY_GRID", "LatencyErrors",
@@ -188,9 +189,8 @@ def select_weight_decay(x: torch.Tensor, y: torch.Tensor, fit: FitConfig = FitCo
     if not values or any(not v >= 0 for v in values) or len(set(values)) != len(values):
         raise ConfigError(f"grid={tuple(grid)!r} must be a non-empty list of distinct weight decays >= 0")
     n = int(x.shape[0])
-    if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= n // 2:
-        raise ConfigError(f"folds={folds!r} must be an integer in [2, {n // 2}] for {n} samples "
-                          "(every fold scores >= 2 of them)")
+    check_number("folds", folds, f"[2, {n // 2}]", integer=True,
+                 what=f"an int, for {n} samples (every fold scores >= 2 of them),")
     parts = np.array_split(np.random.default_rng(seed).permutation(n), folds)
     scores: dict[float, float] = {}
     for value in values:
