@@ -5,7 +5,10 @@ The device is **onnxruntime on the CPU** (what a deployment measures; ``Timing(r
 the network a depthwise one (``mobilenet_v2``, CIFAR adaptation, see :mod:`benchmarks.models`). Both modes
 use the same recipe (the W-Gates defaults of the comparison harness: warm start, Adam on the gates,
 ``prune_epochs`` of joint training, BN re-calibration, then fine-tuning to the total budget) and
-``round_to`` (kept counts multiples of 8, onnxruntime's channel blocking). They differ in one thing:
+``round_to`` (kept counts multiples of 8, onnxruntime's channel blocking). They differ in one thing
+(by default; ``--flops-round-to 1 --round-to auto`` sets FLOPs mode at the library's default, any
+count, against latency mode on the multiple its table measured on the device,
+:func:`~wgates_plugin.profiling.measure_alignment`):
 
 - **FLOPs mode** prunes to a FLOPs target (``flops_targets``);
 - **latency mode** prunes to a latency target (``latency_targets``, fractions of the unpruned model's
@@ -37,9 +40,12 @@ from typing import Any
 import torch
 
 from wgates_plugin import count_macs
+from wgates_plugin.app.commands.lpnet import round_to_arg
 from wgates_plugin.app.training import evaluate
 from wgates_plugin.efficiency import LatencyTable, Timing, device_name
+from wgates_plugin.errors import ConfigError
 from wgates_plugin.profiling import CandidateSpace, collect_table
+from wgates_plugin.utils import check_number
 
 from . import latency_mode, learned
 from .latency_mode import side_by_side
@@ -59,7 +65,8 @@ class Setup:
     flops_targets: tuple[float, ...] = (0.6, 0.45, 0.3, 0.2)
     latency_targets: tuple[float, ...] = (0.45, 0.3)
     seeds: tuple[int, ...] = (0, 1, 2)
-    round_to: int = 8
+    round_to: int | str = 8
+    flops_round_to: int = 8
     dataset: str = "fashion-mnist"
     train_size: int = 10000
     prune_epochs: float = 1.0
@@ -120,11 +127,14 @@ def run_one(setup: Setup, p: Protocol, data: Any, base: torch.nn.Module, x: torc
                        prunable_layers(base, x), p.tolerance)
     sgd = {"weight_lr": p.finetune_lr, "momentum": p.momentum, "weight_decay": p.weight_decay}
     start = time.perf_counter()
-    pruned = learned.wgates(ctx, gate_lr=p.gate_lr, cost_model=table if mode == "latency" else None,
-                            round_to=setup.round_to, **sgd)
+    latency = mode == "latency"
+    pruned = learned.wgates(ctx, gate_lr=p.gate_lr, cost_model=table if latency else None,
+                            round_to=table.round_to if latency else setup.flops_round_to, **sgd)
     seconds = time.perf_counter() - start
     model = pruned.model
-    record = {"mode": mode, "target": target, "seed": seed, "flops_ratio": count_macs(model, x) / count_macs(base, x),
+    record = {"mode": mode, "target": target, "seed": seed,
+              "round_to": table.round_to if latency else setup.flops_round_to,
+              "flops_ratio": count_macs(model, x) / count_macs(base, x),
               "steps_used": pruned.steps_used, "prune_seconds": round(seconds, 1),
               "kept": pruned.info["kept"],
               "top1_pruned_raw": evaluate(model, data.test()), "top1_pruned": calibrated_top1(model, data, seed, p)}
@@ -245,11 +255,16 @@ def _pct(value: float | None) -> float | None:
 
 def markdown(result: dict[str, Any]) -> str:
     s, b = result["setup"], result["baseline"]
+    alignment = result.get("table", {}).get("alignment")
     budget = f"{s['budget_epochs']:g}"
     lines = [f"Device `{result['device']}`, torch {result['torch']}; {s['model']}, batch {s['latency_batch']}, "
              f"{s['threads']} thread(s), {'CPU' if s['threads'] == 1 else 'wall'} clock, median of {s['rounds']} "
              f"interleaved rounds (each a median of {s['repeats']}).",
-             f"Baseline: top-1 {100 * b['top1']:.2f} %, {b['latency_ms']:.3f} ms in onnxruntime.", "",
+             f"Baseline: top-1 {100 * b['top1']:.2f} %, {b['latency_ms']:.3f} ms in onnxruntime.",
+             f"round_to: FLOPs mode {s.get('flops_round_to', s['round_to'])}, latency mode {s['round_to']}"
+             + (f" (measured: {alignment['round_to']}; ms per GMAC by multiple: " + ", ".join(
+                 f"{c['round_to']}: {c['ms_per_gmac']:.1f}" for c in alignment["candidates"]) + ")"
+                if alignment else "") + ".", "",
              f"| seed | mode | target | FLOPs ratio | onnxruntime ms | latency ratio | top-1 % after pruning | "
              f"top-1 % at {budget} epochs |", "|---|---|---|---|---|---|---|---|"]
     for r in sorted(result["runs"], key=lambda r: (r["seed"], r["mode"], -r["target"])):
@@ -286,12 +301,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="runs.jsonl and result.json go (and resume) here")
     parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--report", action="store_true", help="only time and report the runs recorded so far")
+    parser.add_argument("--round-to", type=round_to_arg,
+                        help="latency mode's (and the table's) channel multiple, or 'auto': measured on the device "
+                             f"(default {Setup.round_to})")
+    parser.add_argument("--flops-round-to", type=int,
+                        help=f"FLOPs mode's channel multiple (default {Setup.flops_round_to})")
+    parser.add_argument("--flops-targets", type=float, nargs="+")
     args = parser.parse_args(argv)
     setup = QUICK if args.quick else Setup()
     if args.out:
         setup = replace(setup, out=args.out)
     if args.seeds:
         setup = replace(setup, seeds=tuple(args.seeds))
+    if args.round_to is not None:
+        setup = replace(setup, round_to=args.round_to)
+    if args.flops_round_to is not None:
+        check_number("--flops-round-to", args.flops_round_to, ">= 1", integer=True, type_error=ConfigError)
+        setup = replace(setup, flops_round_to=args.flops_round_to)
+    if args.flops_targets:
+        setup = replace(setup, flops_targets=tuple(args.flops_targets))
     if args.report:
         setup = replace(setup, seeds=())
     result = run(setup)

@@ -58,10 +58,14 @@ def test_pooled_reads_the_mean_latency_mode_point_against_the_mean_flops_curve()
 
 def test_the_quick_run_on_the_simulated_device(tmp_path):
     setup = replace(latency_pareto.QUICK, out=str(tmp_path / "out"), cache=str(tmp_path / "cache"), runtime="pytorch",
-                    model="resnet20", round_to=1)
-    with SimulatedClock(seconds_per_mac=1e-9, seconds_per_layer=2e-5):
+                    model="resnet20", round_to="auto", flops_round_to=1)
+    # a device whose convs are 3 x slower per MAC off 8-channel blocks: latency mode's table measures it
+    with SimulatedClock(seconds_per_mac=1e-9, seconds_per_layer=2e-5, block=8, unaligned_factor=3.0):
         result = latency_pareto.run(setup)
     runs = {(r["mode"], r["target"]): r for r in result["runs"]}
+    assert result["table"]["alignment"]["round_to"] == 8
+    assert {r["mode"]: r["round_to"] for r in result["runs"]} == {"flops": 1, "latency": 8}
+    assert all(k % 8 == 0 or k == full for k, full in runs[("latency", 0.4)]["kept"].values())
     assert set(runs) == {("flops", 0.5), ("flops", 0.3), ("latency", 0.4)}
     assert runs[("flops", 0.5)]["flops_ratio"] == pytest.approx(0.5, rel=0.05)
     latency = runs[("latency", 0.4)]
@@ -69,6 +73,7 @@ def test_the_quick_run_on_the_simulated_device(tmp_path):
     assert latency["latency_ratio"] == pytest.approx(0.4, rel=0.03)  # and the final re-timing agrees
     assert len(result["comparison"]) == 1 and result["table"]["scale"] == pytest.approx(1.0, rel=1e-4)
     assert "| 0 | latency | 0.4 |" in latency_pareto.markdown(result)
+    assert "round_to: FLOPs mode 1, latency mode auto (measured: 8;" in latency_pareto.markdown(result)
 
 
 def test_the_harness_refuses_two_latency_models_at_once():

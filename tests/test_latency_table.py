@@ -24,7 +24,7 @@ from wgates_plugin.efficiency.table import grid
 from wgates_plugin.efficiency.timing import SimulatedClock, Timing
 from wgates_plugin.errors import ConfigError, ConfigTypeError, FileFormatError, LatencyContextError, MeasurementError
 from wgates_plugin.latency_landing import land_on_latency
-from wgates_plugin.profiling import collect_table
+from wgates_plugin.profiling import collect_table, measure_alignment
 from wgates_plugin.profiling.candidates import CandidateSpace
 
 X = torch.zeros(1, 3, 32, 32)
@@ -264,6 +264,27 @@ def test_cli_table_eval_and_prune(tmp_path, capsys):
     assert "two latency models; pass one" in capsys.readouterr().err
 
 
+def test_cli_round_to_auto_measures_the_multiple_and_prunes_on_it(tmp_path, capsys):
+    table, out = tmp_path / "t.json", tmp_path / "pruned"
+    common = ["--model", "resnet18", "--input-size", "32", "--batch", "2", "--warmup", "0", "--repeats", "1"]
+    with blocked_clock(8):
+        assert main(["lpnet", "table", *common, "--points", "3", "--round-to", "auto", "--out", str(table)]) == 0
+        assert LatencyTable.load(table).round_to == 8
+        assert main(["prune", "--model", "resnet18", "--size", "32", "--latency-table", str(table),
+                     "--latency-target", "0.5", "--latency-batch", "2", "--round-to", "auto", "--train-steps", "2",
+                     "--steps", "3", "--finetune-steps", "1", "--bn-batches", "1", "--out", str(out),
+                     "--no-progress"]) == 0
+    kept = json.loads((out / "report.json").read_text())["kept"]
+    assert kept and all(k % 8 == 0 or k == full for k, full in kept.values())
+    assert any(k < full for k, full in kept.values())
+    capsys.readouterr()
+    assert main(["prune", "--model", "resnet18", "--round-to", "auto", "--out", str(tmp_path / "x")]) == 2
+    assert "--round-to auto takes the channel multiple a latency table measured" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["prune", "--model", "resnet18", "--round-to", "fast", "--out", str(tmp_path / "y")])
+    assert "'fast' is not a positive integer or 'auto'" in capsys.readouterr().err
+
+
 def test_cli_collects_paired_samples_with_the_statistic_asked_for(tmp_path, capsys):
     from wgates_plugin.profiling import load_samples
 
@@ -333,3 +354,64 @@ def test_a_device_whose_thinner_networks_are_not_faster_cannot_be_calibrated():
     with pytest.raises(MeasurementError, match="thinner networks did not measure faster.*HINT"):
         with SlowerWhenThinnerClock(seconds_per_mac=1e-9, seconds_per_layer=2e-5):
             collect_table(model, X, batch=2, timing=TIMING, points=3, progress=False)
+
+
+# --------------------------------------------------------------------------- channel alignment ('auto')
+def blocked_clock(block=8, factor=4.0):
+    """A simulated device whose convs cost ``factor`` times as much per MAC at channel counts off ``block``."""
+    return SimulatedClock(seconds_per_mac=1e-9, seconds_per_layer=2e-5, block=block, unaligned_factor=factor)
+
+
+@pytest.mark.parametrize(("block", "expected"), [(1, 1), (4, 4), (8, 8), (16, 16)])
+def test_measure_alignment_finds_the_devices_channel_block(block, expected):
+    model = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    with blocked_clock(block):
+        found = measure_alignment(model, X, batch=2, timing=TIMING)
+    assert found["round_to"] == expected
+    space = CandidateSpace(model, X)
+    for point in found["candidates"]:
+        r = point["round_to"]
+        space.check_counts(point["counts"])
+        # every count a multiple of r and, where the group had room below its aligned count, not of 2 r
+        assert all(c % r == 0 for c in point["counts"])
+        assert sum(c % (2 * r) != 0 for c in point["counts"]) >= len(point["counts"]) // 2
+        assert point["ms_per_gmac"] == pytest.approx(1e9 * point["ms"] / point["macs"])
+
+
+def test_alignment_is_the_smallest_multiple_within_the_tolerance_of_the_best():
+    model = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    with blocked_clock(8, factor=1.05):  # a 5 % penalty: within a 10 % tolerance, beyond a 1 % one
+        loose = measure_alignment(model, X, batch=2, timing=TIMING, tolerance=0.1)
+        strict = measure_alignment(model, X, batch=2, timing=TIMING, tolerance=0.001)
+    assert loose["round_to"] == 1 and strict["round_to"] == 8
+    best = min(p["ms_per_gmac"] for p in strict["candidates"])
+    chosen = next(p for p in strict["candidates"] if p["round_to"] == 8)
+    assert chosen["ms_per_gmac"] <= 1.001 * best
+    assert all(p["ms_per_gmac"] > 1.001 * best for p in strict["candidates"] if p["round_to"] < 8)
+
+
+def test_a_table_collected_with_round_to_auto_is_on_the_measured_multiple(tmp_path):
+    model = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    with blocked_clock(8):
+        table = collect_table(model, X, batch=2, timing=TIMING, points=3, progress=False, round_to="auto")
+    assert table.round_to == 8 and table.info["alignment"]["round_to"] == 8
+    for t in table.tables.values():
+        for axis, full in ((t.c_in, t.spec.in_channels), (t.c_out, t.spec.out_channels)):
+            assert all(c % 8 == 0 or c == full for c in axis)
+    table.save(tmp_path / "t.json")
+    assert LatencyTable.load(tmp_path / "t.json").round_to == 8
+    with clock():  # no blocking on this device: every count stays open
+        assert collect_table(model, X, batch=2, timing=TIMING, points=3, progress=False, round_to="auto").round_to == 1
+
+
+def test_bad_alignment_arguments_are_refused():
+    model = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    for value in (0, "fast", 2.5, True):
+        with pytest.raises(ConfigError, match=rf"round_to={value!r} must be an integer >= 1 or 'auto'"):
+            collect_table(model, X, round_to=value, progress=False)
+    with pytest.raises(ConfigError, match=r"candidates=\(1, 1\) must be distinct integers >= 1"):
+        measure_alignment(model, X, candidates=(1, 1))
+    with pytest.raises(ConfigError, match="fraction=1.0 must be in"):
+        measure_alignment(model, X, fraction=1.0)
+    with pytest.raises(ConfigError, match="unaligned_factor=0.5 must be"):
+        SimulatedClock(block=8, unaligned_factor=0.5)

@@ -211,6 +211,12 @@ class LatencyTable:
     def scale(self) -> float:
         return float(self.calibration["scale"])
 
+    @property
+    def round_to(self) -> int:
+        """The channel multiple the grid was collected at: prune with ``WGates(round_to=table.round_to)``
+        (with ``collect_table(round_to='auto')``, the one measured on the device, ``info['alignment']``)."""
+        return int(self.info.get("round_to", 1))
+
     # ------------------------------------------------------------------ binding
     def for_model(self, model: nn.Module, example_inputs: torch.Tensor, groups: Sequence[ChannelGroup] | None = None,
                   *, config: WGatesConfig | None = None, device: str | torch.device | None = None,

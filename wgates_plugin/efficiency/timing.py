@@ -167,6 +167,10 @@ class SimulatedClock:
     makes latency differ from FLOPs, as on real hardware. Nothing else moves it, so measured latencies
     are exact functions of the architecture and the batch, whatever else the machine is doing.
 
+    With ``block > 1`` it also models a kernel library with channel blocking (onnxruntime's NCHWc, SIMD
+    lanes): a Conv2d whose input or output channel count is not a multiple of ``block`` costs
+    ``unaligned_factor`` times as much per MAC.
+
     Used as a context manager, it is injected into :func:`measure_ms` (see :func:`use_clock`).
 
     Example:
@@ -177,11 +181,15 @@ class SimulatedClock:
         0.106912
     """
 
-    def __init__(self, seconds_per_mac: float = 1e-9, seconds_per_layer: float = 1e-5) -> None:
+    def __init__(self, seconds_per_mac: float = 1e-9, seconds_per_layer: float = 1e-5, *, block: int = 1,
+                 unaligned_factor: float = 1.0) -> None:
         for name, value in (("seconds_per_mac", seconds_per_mac), ("seconds_per_layer", seconds_per_layer)):
             check_number(name, value, ">= 0", what="a finite number", type_error=ConfigError)
+        check_number("block", block, ">= 1", integer=True, type_error=ConfigError)
+        check_number("unaligned_factor", unaligned_factor, ">= 1", what="a finite number", type_error=ConfigError)
         self.seconds_per_mac = float(seconds_per_mac)
         self.seconds_per_layer = float(seconds_per_layer)
+        self.block, self.unaligned_factor = int(block), float(unaligned_factor)
         self.now = 0.0
         self._active: list[contextlib.ExitStack] = []
 
@@ -193,11 +201,13 @@ class SimulatedClock:
         if isinstance(module, nn.Conv2d) and isinstance(output, torch.Tensor):
             kh, kw = module.kernel_size
             macs = output.numel() * (module.in_channels // module.groups) * kh * kw  # per output element
+            unaligned = module.in_channels % self.block or module.out_channels % self.block
+            factor = self.unaligned_factor if unaligned else 1.0
         elif isinstance(module, nn.Linear) and isinstance(output, torch.Tensor):
-            macs = output.numel() * module.in_features
+            macs, factor = output.numel() * module.in_features, 1.0
         else:
             return 0.0
-        return self.seconds_per_mac * macs + self.seconds_per_layer
+        return self.seconds_per_mac * factor * macs + self.seconds_per_layer
 
     def _advance(self, module: nn.Module, _args: tuple, output: Any) -> None:
         self.now += self.cost(module, output)

@@ -9,7 +9,8 @@ from .candidates import CandidateSpace
 from .lpnet_fit import evaluate_predictor, evaluate_table, train_predictor
 from .profiler import capture_block_inputs, collect_latency, time_blocks
 from .samples import LatencySamples, SampleWriter, load_samples
-from .tables import collect_table
+from .tables import collect_table, measure_alignment
 
 __all__ = ["CandidateSpace", "collect_latency", "time_blocks", "capture_block_inputs", "LatencySamples",
-           "SampleWriter", "load_samples", "train_predictor", "evaluate_predictor", "evaluate_table", "collect_table"]
+           "SampleWriter", "load_samples", "train_predictor", "evaluate_predictor", "evaluate_table", "collect_table",
+           "measure_alignment"]

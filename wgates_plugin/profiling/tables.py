@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
+from ..efficiency.flops import count_macs
 from ..efficiency.latency import context_timing, measure_in_context, measurement_context
 from ..efficiency.table import LatencyTable, LayerSpec, LayerTable, grid, varying_layers
 from ..efficiency.timing import Timing, fixed_threads, measure_times
@@ -36,7 +37,10 @@ if TYPE_CHECKING:
 
     from ..config import WGatesConfig
 
-__all__ = ["collect_table"]
+__all__ = ["collect_table", "measure_alignment", "ALIGNMENTS"]
+
+ALIGNMENTS = (1, 2, 4, 8, 16)
+"""The channel multiples ``round_to='auto'`` tries (SIMD lanes and NCHWc blocks are 4, 8 or 16 wide)."""
 
 
 def collect_table(
@@ -48,7 +52,7 @@ def collect_table(
     batch: int = 8,
     timing: Timing | None = None,
     points: int = 6,
-    round_to: int = 1,
+    round_to: int | str = 1,
     calibrate: int = 3,
     model_name: str | None = None,
     progress: bool = True,
@@ -62,7 +66,9 @@ def collect_table(
         config: selects the gated groups, as for ``WGates``.
         device / batch / timing: where and how every latency is measured (default :class:`Timing`).
         points: grid points per varying axis (>= 2): kept fractions ``0, 1/(points-1), ..., 1``.
-        round_to: grid counts are multiples of it (with the full width), to match ``WGates(round_to=...)``.
+        round_to: grid counts are multiples of it (with the full width), to match ``WGates(round_to=...)``;
+            ``'auto'``: the multiple this device wants, measured first by :func:`measure_alignment`
+            (stored in ``info['alignment']``; :attr:`LatencyTable.round_to` is what to prune with).
         calibrate: whole networks timed to fit the tables' scale: the unpruned one and ``calibrate - 1``
             uniformly thinned ones (every group at kept fractions evenly spaced in (0, 1)); 1 fits
             nothing (scale 1, the remainder only).
@@ -71,13 +77,16 @@ def collect_table(
 
     Raises:
         ConfigTypeError: ``example_inputs`` is not a 4-D tensor.
-        ConfigError: ``points``, ``round_to``, ``batch`` or ``calibrate`` out of range.
+        ConfigError: ``points``, ``round_to``, ``batch`` or ``calibrate`` out of range (``round_to``: an int
+            >= 1 or ``'auto'``).
         MeasurementError: the thinned networks did not measure faster than the unpruned one (no scale fits).
     """
     if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() != 4:
         raise ConfigTypeError("example_inputs must be an image tensor (N, C, H, W) for a latency table")
     check_number("points", points, ">= 2", integer=True, what="an integer", type_error=ConfigError)
-    check_number("round_to", round_to, ">= 1", integer=True, what="an integer", type_error=ConfigError)
+    if round_to != "auto" and not (isinstance(round_to, int) and not isinstance(round_to, bool) and round_to >= 1):
+        raise ConfigError(f"round_to={round_to!r} must be an integer >= 1 or 'auto' (the multiple measured on the "
+                          "device, see measure_alignment)")
     check_number("batch", batch, ">= 1", integer=True, what="an integer", type_error=ConfigError)
     check_number("calibrate", calibrate, ">= 1", integer=True, what="an integer", type_error=ConfigError)
     timing = timing or Timing()
@@ -87,7 +96,7 @@ def collect_table(
 
 
 def _collect(model: nn.Module, example_inputs: torch.Tensor, config: WGatesConfig | None, device: str | torch.device,
-             batch: int, timing: Timing, points: int, round_to: int, calibrate: int, model_name: str | None,
+             batch: int, timing: Timing, points: int, round_to: int | str, calibrate: int, model_name: str | None,
              progress: bool) -> LatencyTable:
     start = time.perf_counter()
     space = CandidateSpace(model, example_inputs, config)
@@ -97,7 +106,11 @@ def _collect(model: nn.Module, example_inputs: torch.Tensor, config: WGatesConfi
         "groups": [g.name for g in groups], "sizes": [int(g.size) for g in groups]}
     unique = {s.key(): s for _, s in specs}
     tables: dict[str, LayerTable] = {}
+    alignment = None
     with fixed_threads(timing.resolved_threads()):
+        if round_to == "auto":
+            alignment = _alignment(space, context)
+            round_to = alignment["round_to"]
         bar = tqdm(unique.items(), desc="latency table", unit="layer", disable=not progress)
         for key, spec in bar:
             tables[key] = _measure_spec(spec, points, round_to, batch, device, timing)
@@ -108,7 +121,83 @@ def _collect(model: nn.Module, example_inputs: torch.Tensor, config: WGatesConfi
     measurements = sum(len(t.c_in) * len(t.c_out) for t in tables.values())
     table.info = {"points": points, "round_to": round_to, "calibrate": calibrate, "measurements": measurements,
                   "layers": len(specs), "tables": len(tables), "seconds": round(time.perf_counter() - start, 3)}
+    if alignment is not None:
+        table.info["alignment"] = alignment
     return table
+
+
+def measure_alignment(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    *,
+    config: WGatesConfig | None = None,
+    device: str | torch.device = "cpu",
+    batch: int = 8,
+    timing: Timing | None = None,
+    candidates: tuple[int, ...] = ALIGNMENTS,
+    fraction: float = 0.5,
+    tolerance: float = 0.1,
+) -> dict[str, Any]:
+    """The channel multiple this device's kernels want: whole networks timed with counts at each alignment.
+
+    For every candidate ``r`` one network is built whose every group keeps a multiple of ``r`` but not of
+    ``2 r`` channels, just below the count at ``fraction`` of its width rounded to the largest candidate
+    (e.g. 31, 30, 28, 24 and 16 below 32). Each is timed whole and scored in milliseconds (of the timed
+    batch) per GMAC (of one input), ``ms_per_gmac``; the answer is the smallest ``r`` whose score is
+    within ``1 + tolerance`` of the best. Where kernels fall off a fast path at unaligned widths
+    (onnxruntime's NCHWc blocks of 8 or 16 channels, depthwise layers especially; benchmarks/RESULTS.md,
+    "Deployment"), the unaligned networks cost more per MAC and a larger multiple wins; where they do
+    not, the answer is 1 and pruning keeps every count open.
+
+    Returns:
+        ``{'round_to': r, 'fraction', 'tolerance', 'candidates': [{'round_to', 'counts', 'macs', 'ms',
+        'ms_per_gmac'}, ...]}``.
+
+    Raises:
+        ConfigError: ``candidates`` not distinct ints >= 1, ``fraction`` outside (0, 1), ``tolerance`` < 0.
+    """
+    if (not isinstance(candidates, (tuple, list)) or not candidates or len(set(candidates)) != len(candidates)
+            or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in candidates)):
+        raise ConfigError(f"candidates={candidates!r} must be distinct integers >= 1, e.g. {ALIGNMENTS}")
+    check_number("fraction", fraction, "(0, 1)", what="", type_error=ConfigError)
+    check_number("tolerance", tolerance, ">= 0", type_error=ConfigError)
+    if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() != 4:
+        raise ConfigTypeError("example_inputs must be an image tensor (N, C, H, W) to measure alignment")
+    timing = timing or Timing()
+    with kept_modes(model):
+        model.eval()
+        space = CandidateSpace(model, example_inputs, config)
+        context = measurement_context(model, example_inputs, timing, device, batch, None)
+        with fixed_threads(timing.resolved_threads()):
+            return _alignment(space, context, tuple(sorted(candidates)), fraction, tolerance)
+
+
+def _alignment(space: CandidateSpace, context: dict[str, Any], candidates: tuple[int, ...] = ALIGNMENTS,
+               fraction: float = 0.5, tolerance: float = 0.1) -> dict[str, Any]:
+    summary = context_timing(context).summary
+    points = []
+    for r in candidates:
+        counts = [_unaligned(b, fraction, r, candidates[-1]) for b in space.bounds]
+        net = space.build(counts)
+        ms = summary(measure_in_context(net, context))
+        macs = count_macs(net, space.example_inputs)
+        points.append({"round_to": r, "counts": counts, "macs": macs, "ms": ms, "ms_per_gmac": 1e9 * ms / macs})
+    best = min(p["ms_per_gmac"] for p in points)
+    chosen = next(p["round_to"] for p in points if p["ms_per_gmac"] <= (1 + tolerance) * best)
+    return {"round_to": chosen, "fraction": fraction, "tolerance": tolerance, "candidates": points}
+
+
+def _unaligned(bounds: Any, fraction: float, r: int, largest: int) -> int:
+    """A count of a group near ``fraction`` of its width that is a multiple of ``r`` (and of the group's
+    unit) but not of ``2 r``: the largest such count below the ``largest``-aligned one, within bounds
+    (the aligned count itself where the group has no room below it)."""
+    base = _thinned(bounds, fraction, largest)
+    step = math.lcm(bounds.tie, r)
+    low = max(bounds.low * bounds.tie, step)
+    count = (base - 1) // step * step
+    while count >= low and count % (2 * r) == 0:
+        count -= step
+    return count if count >= low else base
 
 
 def _calibration(table: LatencyTable, space: CandidateSpace, calibrate: int, round_to: int) -> dict[str, Any]:

@@ -104,8 +104,10 @@ def _table_parser(sub: Any) -> None:
     _measurement_arguments(p)
     p.add_argument("--points", type=int, default=6,
                    help="grid points per varying channel axis, kept fractions 0..1 (default 6)")
-    p.add_argument("--round-to", type=int, default=1,
-                   help="grid channel counts are multiples of it, as pruning with --round-to (default 1)")
+    p.add_argument("--round-to", type=round_to_arg, default=1, metavar="N|auto",
+                   help="grid channel counts are multiples of it, as pruning with --round-to; 'auto': the "
+                        "multiple this device's kernels want, measured first (prune with --round-to auto) "
+                        "(default 1)")
     p.add_argument("--out", required=True, help="latency table file to write (JSON)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
     p.set_defaults(func=_table)
@@ -265,6 +267,34 @@ def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-target", type=float, default=None, metavar="FRACTION",
                         help="latency budget as a fraction of the original model's measured latency, in (0, 1] "
                              "(needs --lpnet or --latency-table; replaces --flops-target)")
+
+
+def round_to_arg(text: str) -> int | str:
+    """``--round-to``: a positive integer, or ``'auto'``."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer or 'auto'")
+    return value
+
+
+def resolved_round_to(args: argparse.Namespace) -> int:
+    """``--round-to`` for pruning: the number given, or with ``auto`` the multiple ``--latency-table`` measured.
+
+    Raises:
+        ConfigError: ``auto`` without a latency table (only a table collected on the device knows it).
+    """
+    if args.round_to != "auto":
+        return int(args.round_to)
+    table = getattr(args, "latency_table", None)
+    if table is None:
+        raise ConfigError("--round-to auto takes the channel multiple a latency table measured on the device "
+                          "('wgates lpnet table --round-to auto'): pass --latency-table, or a number")
+    return LatencyTable.load(table).round_to
 
 
 def latency_efficiency(args: argparse.Namespace, model: Any, example_inputs: Any) -> Any:

@@ -28,7 +28,14 @@ from ..serialization import RECIPE_FILE, WEIGHTS_FILE, load_pruned, load_weights
 from ..summary import PLOT_FILE, SUMMARY_FILE, write_summary
 from ..training import WEIGHT_SCHEDULES, Recipe, Stage, finetune_phase, fit, prune_phase
 from .export_onnx import DEPLOYMENT_FILE, add_deployment_arguments, deploy, timing_of
-from .lpnet import add_latency_arguments, format_latency, latency_efficiency, latency_report
+from .lpnet import (
+    add_latency_arguments,
+    format_latency,
+    latency_efficiency,
+    latency_report,
+    resolved_round_to,
+    round_to_arg,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -77,9 +84,10 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-steps", type=int, default=r.finetune_steps,
                         help=f"fine-tuning steps of the pruned model (default {r.finetune_steps})")
     parser.add_argument("--gate-lr", type=float, default=r.gate_lr, help=f"Adam lr of the gates (default {r.gate_lr})")
-    parser.add_argument("--round-to", type=int, default=1, metavar="N",
+    parser.add_argument("--round-to", type=round_to_arg, default=1, metavar="N|auto",
                         help="kept channel counts a multiple of N (or all of a layer's): 8 or 16 keep onnxruntime's "
-                             "and SIMD kernels fast (default 1: any count)")
+                             "and SIMD kernels fast; 'auto': the multiple the --latency-table measured on the "
+                             "device (default 1: any count)")
     parser.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                         help="start with every gate open (the paper) instead of at the target's magnitude ranking")
     parser.add_argument("--weight-lr", type=float, default=r.weight_lr,
@@ -119,11 +127,11 @@ def build_wgates(args: argparse.Namespace, model: nn.Module, example_inputs: tor
     mode at ``args.latency_target`` with the LPNet of ``args.lpnet``."""
 
     latency = latency_efficiency(args, model, example_inputs)
+    round_to = resolved_round_to(args)
     if latency is not None:
         return WGates(model, example_inputs, target=args.latency_target, efficiency=latency,
-                      warm_start=args.warm_start, round_to=args.round_to)
-    return WGates(model, example_inputs, target=args.flops_target, warm_start=args.warm_start,
-                  round_to=args.round_to)
+                      warm_start=args.warm_start, round_to=round_to)
+    return WGates(model, example_inputs, target=args.flops_target, warm_start=args.warm_start, round_to=round_to)
 
 
 def build_recipe(args: argparse.Namespace) -> Any:
