@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..efficiency.flops import count_macs
 from ..efficiency.latency import context_timing, measure_in_context, measurement_context
 from ..efficiency.table import LatencyTable, LayerSpec, LayerTable, grid, varying_layers
-from ..efficiency.timing import Timing, fixed_threads, measure_times
+from ..efficiency.timing import Timing, fixed_threads, measure_interleaved, measure_times
 from ..errors import ConfigError, ConfigTypeError, MeasurementError
 from ..utils import check_number, kept_modes
 from .candidates import CandidateSpace
@@ -142,12 +142,12 @@ def measure_alignment(
 
     For every candidate ``r`` one network is built whose every group keeps a multiple of ``r`` but not of
     ``2 r`` channels, just below the count at ``fraction`` of its width rounded to the largest candidate
-    (e.g. 31, 30, 28, 24 and 16 below 32). Each is timed whole and scored in milliseconds (of the timed
-    batch) per GMAC (of one input), ``ms_per_gmac``; the answer is the smallest ``r`` whose score is
-    within ``1 + tolerance`` of the best. Where kernels fall off a fast path at unaligned widths
-    (onnxruntime's NCHWc blocks of 8 or 16 channels, depthwise layers especially; benchmarks/RESULTS.md,
-    "Deployment"), the unaligned networks cost more per MAC and a larger multiple wins; where they do
-    not, the answer is 1 and pruning keeps every count open.
+    (e.g. 31, 30, 28, 24 and 16 below 32). They are timed whole, in turns, and each is scored in
+    milliseconds (of the timed batch) per GMAC (of one input), ``ms_per_gmac``; the answer is the
+    smallest ``r`` whose score is within ``1 + tolerance`` of the best. Where kernels fall off a fast
+    path at unaligned widths (onnxruntime's NCHWc blocks of 8 or 16 channels, depthwise layers
+    especially; benchmarks/RESULTS.md, "Deployment"), the unaligned networks cost more per MAC and a
+    larger multiple wins; where they do not, the answer is 1 and pruning keeps every count open.
 
     Returns:
         ``{'round_to': r, 'fraction', 'tolerance', 'candidates': [{'round_to', 'counts', 'macs', 'ms',
@@ -174,14 +174,15 @@ def measure_alignment(
 
 def _alignment(space: CandidateSpace, context: dict[str, Any], candidates: tuple[int, ...] = ALIGNMENTS,
                fraction: float = 0.5, tolerance: float = 0.1) -> dict[str, Any]:
-    summary = context_timing(context).summary
+    timing = context_timing(context)
+    counts = [[_unaligned(b, fraction, r, candidates[-1]) for b in space.bounds] for r in candidates]
+    nets = [space.build(c) for c in counts]
+    x = torch.randn(context["batch"], *context["input_shape"], device=context["device"].split(":")[0])
+    times = measure_interleaved(nets, x, timing)  # in turns: a drift of the machine falls on all alike
     points = []
-    for r in candidates:
-        counts = [_unaligned(b, fraction, r, candidates[-1]) for b in space.bounds]
-        net = space.build(counts)
-        ms = summary(measure_in_context(net, context))
-        macs = count_macs(net, space.example_inputs)
-        points.append({"round_to": r, "counts": counts, "macs": macs, "ms": ms, "ms_per_gmac": 1e9 * ms / macs})
+    for r, c, net, t in zip(candidates, counts, nets, times):
+        ms, macs = timing.summary(t), count_macs(net, space.example_inputs)
+        points.append({"round_to": r, "counts": c, "macs": macs, "ms": ms, "ms_per_gmac": 1e9 * ms / macs})
     best = min(p["ms_per_gmac"] for p in points)
     chosen = next(p["round_to"] for p in points if p["ms_per_gmac"] <= (1 + tolerance) * best)
     return {"round_to": chosen, "fraction": fraction, "tolerance": tolerance, "candidates": points}
