@@ -20,6 +20,7 @@ from torch import nn
 
 from wgates_plugin import WGates
 from wgates_plugin.app.training import Recipe, evaluate, recalibrate_bn, train_gates
+from wgates_plugin.app.training import settle as settle_exported
 from wgates_plugin.budget import Budget, land
 from wgates_plugin.efficiency import FitConfig, LatencyPredictor, Timing
 from wgates_plugin.errors import BudgetError, ConfigError
@@ -37,7 +38,7 @@ TraceEval = Callable[[nn.Module], float]  # calibrated top-1 of the (gated) mode
 def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float, weight_decay: float,
            predictor: LatencyPredictor | None = None, trace_eval: TraceEval | None = None, eval_every: int = 8,
            freeze_stable: int = 0, cost_model: Any = None, weight_schedule: str = Recipe.weight_schedule,
-           **options: Any) -> Pruned:
+           settle: float = Recipe.settle, weight_anneal: float = Recipe.weight_anneal, **options: Any) -> Pruned:
     """W-Gates in target mode: gates and weights trained jointly for ``ctx.steps``, then frozen on budget.
 
     FLOPs mode (``predictor=None``) lands the FLOPs budget exactly. Latency mode trains against an
@@ -50,6 +51,9 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
         gate_lr: Adam learning rate of the gates.
         weight_lr / momentum / weight_decay: SGD on the weights during gate training.
         weight_schedule: ``Recipe.weight_schedule`` (constant or cosine ``weight_lr`` over the gate steps).
+        weight_anneal: ``Recipe.weight_anneal`` (the share of the gate steps a cosine schedule decays over).
+        settle: ``Recipe.settle``: the share of ``ctx.steps`` that trains the exported network at its frozen
+            widths (cosine lr to 0) before it is handed back; those steps are charged too.
         predictor: an LPNet of ``ctx.model``'s architecture (latency mode at equal FLOPs).
         cost_model: a measured-latency model source (``LatencyTable`` or ``LatencyPredictor``): latency
             mode *at the latency budget* — ``ctx.budget`` is then a fraction of the measured latency, and
@@ -75,7 +79,7 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
     _check_same_layers(wg, ctx)
     kd = ctx.distill
     recipe = Recipe(gate_steps=ctx.steps, gate_lr=gate_lr, weight_lr=weight_lr, weight_schedule=weight_schedule,
-                    momentum=momentum,
+                    momentum=momentum, settle=settle, weight_anneal=weight_anneal,
                     weight_decay=weight_decay, freeze_stable=freeze_stable, distill=kd.weight if kd else 0.0,
                     temperature=kd.temperature if kd else 4.0)
     trace = train_wgates(model, wg, ctx, recipe, trace_eval, eval_every)
@@ -97,7 +101,10 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
             "predicted_cost_ratio": wg.cost_ratio(),
             "removed": {k: v.tolist() for k, v in wg.removal_plan().items()}, "eval_seconds": eval_seconds}
     wg.remove()
-    return Pruned(pruned, wg.steps, info)  # the steps gate training used (all, or until it settled)
+    settled = settle_exported(pruned, ctx.train_loader, recipe, progress=False,
+                              teacher=ctx.distill.teacher if ctx.distill else None)
+    info["settle_steps"] = settled
+    return Pruned(pruned, wg.steps + settled, info)  # the steps used: gate training (all, or until stable) + settling
 
 
 def _timed_eval(trace_eval: TraceEval | None, model: nn.Module, key: str) -> tuple[dict[str, Any], float]:

@@ -387,3 +387,17 @@ def test_hyper_parameters_are_used(two_block):
 def test_docstring_examples_run(name):
     result = doctest.testmod(importlib.import_module(name))
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize(("steps", "share", "gating"), [(4, 0.5, 2), (4, 0.25, 3), (3, 0.0, 3)])
+def test_wgates_charges_its_settling_steps_and_lands_the_budget(resnet20, steps, share, gating):
+    """The harness's W-Gates spends ``settle`` of its steps on the exported network (which keeps its widths,
+    so the budget still holds) and reports every step it drew, gates and settling together."""
+    from benchmarks import learned
+    loader = CountingLoader(batches(2))
+    ctx = context(resnet20, 0.5, steps=steps, loader=loader)
+    out = learned.wgates(ctx, gate_lr=1e-3, weight_lr=0.01, momentum=0.9, weight_decay=5e-4, settle=share)
+    assert out.steps_used == steps == loader.drawn
+    assert out.info["settle_steps"] == steps - gating
+    assert abs(count_macs(out.model, X) / count_macs(resnet20, X) / 0.5 - 1) <= 0.02
+    assert {n: widths(out.model)[n] for n in RESNET20_SHORTCUTS} == RESNET20_SHORTCUTS

@@ -17,7 +17,7 @@ from PIL import Image
 from wgates_plugin.app.cli import main
 from wgates_plugin.app.data import folder_splits, load_digits, loaders
 from wgates_plugin.app.serialization import load_pruned
-from wgates_plugin.app.training import count_params, evaluate
+from wgates_plugin.app.training import Recipe, count_params, evaluate
 from wgates_plugin.efficiency import count_macs
 
 TINY = ["--steps", "3", "--finetune-steps", "2", "--bn-batches", "2", "--latency-batch", "4", "--no-progress"]
@@ -146,3 +146,21 @@ def test_weight_schedule_reaches_the_recipe_and_a_bad_one_is_refused(capsys):
         parser.parse_args([*base, "--weight-schedule", "linear"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'linear' (choose from" in capsys.readouterr().err
+
+
+def test_settle_and_weight_anneal_reach_the_recipe_and_bad_shares_are_refused():
+    from wgates_plugin.app.cli import build_parser
+    from wgates_plugin.app.commands.prune import build_recipe
+    from wgates_plugin.errors import ConfigError
+
+    parser = build_parser()
+    base = ["prune", "--model", "resnet18", "--out", "x"]
+    default = build_recipe(parser.parse_args(base))
+    assert (default.settle, default.weight_anneal) == (Recipe().settle, Recipe().weight_anneal)
+    chosen = build_recipe(parser.parse_args([*base, "--settle", "0.25", "--weight-schedule", "cosine",
+                                             "--weight-anneal", "0.5"]))
+    assert (chosen.settle, chosen.weight_schedule, chosen.weight_anneal) == (0.25, "cosine", 0.5)
+    with pytest.raises(ConfigError, match=r"settle=1\.0 must be in \[0, 1\)"):
+        build_recipe(parser.parse_args([*base, "--settle", "1"]))
+    with pytest.raises(ConfigError, match=r"weight_anneal=0\.0 must be in \(0, 1\]"):
+        build_recipe(parser.parse_args([*base, "--weight-anneal", "0"]))

@@ -20,8 +20,10 @@ from wgates_plugin.app.training import (
     measure_latency,
     prune_and_finetune,
     recalibrate_bn,
+    settle,
     train_gates,
     train_steps,
+    weight_anneal_factor,
 )
 from wgates_plugin.efficiency import SimulatedClock
 from wgates_plugin.errors import ConfigError
@@ -191,6 +193,71 @@ def test_cosine_weight_schedule_halves_the_second_of_two_gate_steps(seed):
     torch.testing.assert_close(2 * cosine, constant, rtol=1e-5, atol=1e-6)  # float32 rounding of weights ~1
 
 
+@pytest.mark.parametrize(("steps", "share", "split"), [(156, 0.25, (117, 39)), (156, 0.0, (156, 0)),
+                                                       (4, 0.5, (2, 2)), (3, 0.99, (0, 3)), (0, 0.5, (0, 0))])
+def test_recipe_split_gives_settle_its_share_of_the_gate_steps(steps, share, split):
+    recipe = Recipe(gate_steps=steps, settle=share)
+    assert recipe.split() == split and sum(split) == steps
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, float("nan")])
+def test_recipe_rejects_a_settle_share_outside_0_1(bad):
+    with pytest.raises(ConfigError, match=r"settle=.* must be in \[0, 1\)"):
+        Recipe(settle=bad)
+
+
+def _two_conv(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_settling_trains_the_gates_for_their_share_then_the_exported_network_at_its_widths(seed):
+    """With settle=0.5 of 4 gate steps, the gates take 2 steps; ``settle`` then trains the exported network for
+    the other 2 with the weights' cosine schedule from ``weight_lr`` (exactly ``fit``'s), its widths unchanged."""
+    model = _two_conv(seed)
+    batches = [(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])) for _ in range(4)]
+    x = torch.zeros(1, 3, 8, 8)
+    recipe = Recipe(gate_steps=4, settle=0.5, gate_lr=1e-2, weight_lr=0.1, momentum=0.0, weight_decay=0.0)
+    wg = WGates(model, x, target=0.5)
+    train_gates(model, wg, batches, recipe, progress=False)
+    assert wg.steps == 2  # the gates' share only
+    wg.freeze()
+    exported = wg.export()
+    wg.remove()
+    widths = [m.out_channels for m in exported.modules() if isinstance(m, nn.Conv2d)]
+    before, by_hand = copy.deepcopy(exported), copy.deepcopy(exported)
+    assert settle(exported, batches, recipe, progress=False) == 2
+    assert [m.out_channels for m in exported.modules() if isinstance(m, nn.Conv2d)] == widths
+    opt = torch.optim.SGD(by_hand.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=2)
+    train_steps(by_hand, batches, opt, 2, scheduler=sched, progress=False)
+    for ours, theirs in zip(exported.state_dict().values(), by_hand.state_dict().values()):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    assert any(not torch.equal(a, b) for a, b in zip(exported.parameters(), before.parameters()))
+    assert settle(exported, batches, Recipe(gate_steps=4), progress=False) == 0  # settle=0: nothing to do
+
+
+@pytest.mark.parametrize("steps", [1, 2, 7, 156])
+def test_weight_anneal_over_all_steps_is_torchs_cosine_and_a_share_holds_the_rate_first(steps):
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    full = weight_anneal_factor(steps, 1.0)
+    for step in range(steps + 1):
+        assert full(step) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-12)
+        opt.step()
+        sched.step()
+    quarter = weight_anneal_factor(8, 0.25)
+    assert [quarter(i) for i in range(9)] == [1.0] * 7 + [pytest.approx(0.5), pytest.approx(0.0, abs=1e-15)]
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.5])
+def test_recipe_rejects_a_weight_anneal_share_outside_0_1(bad):
+    with pytest.raises(ConfigError, match=r"weight_anneal=.* must be in \(0, 1\]"):
+        Recipe(weight_anneal=bad)
+
+
 @pytest.fixture(scope="module")
 def small_digits():
     train, test = load_digits(size=16)
@@ -217,3 +284,17 @@ def test_prune_and_finetune_end_to_end(small_digits):
     kept, size = report["kept"]["layer1.0.conv1"]
     assert result.model.layer1[0].conv1.out_channels == kept <= size == 64
     assert not result.wgates._handles  # the gates are detached from the trained baseline
+
+
+def test_prune_and_finetune_with_settle_reports_the_exported_and_the_settled_network(small_digits):
+    train_loader, test_loader = small_digits
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    x = torch.zeros(1, 3, 16, 16)
+    recipe = Recipe(gate_steps=4, finetune_steps=0, bn_batches=2, log_every=1, gate_lr=1e-2, settle=0.5)
+    result = prune_and_finetune(model, x, train_loader, test_loader, target=0.5, recipe=recipe, progress=False)
+    report = result.report
+    assert 0.49 <= report["flops_ratio"] <= 0.5  # the settling steps keep the frozen widths: the budget holds
+    assert set(report["top1"]) == {"baseline", "gated", "exported", "pruned", "recalibrated", "finetuned"}
+    assert [t["step"] for t in report["trace"]] == [0, 1]  # two gate steps, two settling steps
+    assert result.wgates.steps == 2

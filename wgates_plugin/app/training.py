@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -292,6 +293,9 @@ class Recipe:
         weight_schedule: how ``weight_lr`` changes over the gate steps: ``"constant"``, or ``"cosine"``
             (decay to 0 by the last gate step, so the weights settle on the mask that is frozen
             instead of ending on a step of size ``weight_lr``).
+        weight_anneal: with ``weight_schedule="cosine"``, the share of the gate steps, at their end, over
+            which the decay runs (1: all of them; 0.25: ``weight_lr`` held for the first three quarters,
+            then decayed to 0 over the last, while the gates keep training).
         finetune_lr: initial SGD learning rate of fine-tuning (cosine decay to 0).
         momentum: SGD momentum (both phases).
         weight_decay: SGD L2 penalty (both phases).
@@ -300,6 +304,12 @@ class Recipe:
         freeze_stable: end gate training early once the cost is within the target and the keep masks
             have not changed for this many steps (0: train all ``gate_steps``); the steps left go to
             fine-tuning the exported model.
+        settle: share of ``gate_steps`` spent after the freeze, inside the pruning phase: the exported
+            network is trained at its frozen widths with the weights' lr decaying (cosine) from
+            ``weight_lr`` to 0, so the network the pruning phase hands back sits in a minimum for its
+            own mask instead of ending on a step of size ``weight_lr`` taken for a mask that was still
+            moving (Gate Decorator's Tick-Tock and gradual pruning's fine-tuning between pruning steps
+            do the same). 0: every gate step trains the gates (:meth:`split`).
         distill / temperature: share of knowledge distillation from the unpruned model in the loss of
             gate training and fine-tuning (:class:`Distillation`; 0: plain cross-entropy), and its
             temperature.
@@ -313,12 +323,14 @@ class Recipe:
     gate_lr: float = 1e-3
     weight_lr: float = 0.01
     weight_schedule: str = "constant"
+    weight_anneal: float = 1.0
     finetune_lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
     bn_batches: int = 20
     log_every: int = 10
     freeze_stable: int = 0
+    settle: float = 0.0
     distill: float = 0.0
     temperature: float = 4.0
     latency_tolerance: float = 0.03
@@ -333,9 +345,17 @@ class Recipe:
         if self.weight_schedule not in WEIGHT_SCHEDULES:
             raise ConfigError(f"weight_schedule={self.weight_schedule!r} is not one of "
                               f"{', '.join(map(repr, WEIGHT_SCHEDULES))}")
+        check_number("weight_anneal", self.weight_anneal, "(0, 1]", what="", type_error=ConfigError)
+        check_number("settle", self.settle, "[0, 1)", what="", type_error=ConfigError)
         check_number("distill", self.distill, "[0, 1]", what="", type_error=ConfigError)
         check_number("temperature", self.temperature, "> 0", type_error=ConfigError)
         check_number("latency_tolerance", self.latency_tolerance, "(0, 0.5)", what="", type_error=ConfigError)
+
+    def split(self) -> tuple[int, int]:
+        """``gate_steps`` as (steps training the gates, steps settling the exported network): ``settle``'s share,
+        rounded, goes to the second."""
+        settling = min(round(self.settle * self.gate_steps), self.gate_steps)
+        return self.gate_steps - settling, settling
 
     def distillation(self, teacher: nn.Module | None) -> Distillation | None:
         """The distillation loss from ``teacher`` (the unpruned model), or None when ``distill`` is 0."""
@@ -368,11 +388,24 @@ def describe(model: nn.Module, example_inputs: Any, loader: Iterable | None,
     return out
 
 
+def weight_anneal_factor(steps: int, share: float) -> Callable[[int], float]:
+    """The factor on ``weight_lr`` after ``step`` scheduler steps of ``steps``: 1 until the last ``share`` of
+    them, then a cosine decay reaching 0 at ``steps`` (``share=1`` is ``CosineAnnealingLR(T_max=steps)``)."""
+    span = max(round(share * steps), 1)
+    start = steps - span
+
+    def factor(step: int) -> float:
+        return 1.0 if step <= start else 0.5 * (1 + math.cos(math.pi * min(step - start, span) / span))
+    return factor
+
+
 def train_gates(model: nn.Module, wg: WGates, loader: Iterable, recipe: Recipe, progress: bool = True,
                 on_step: StepCallback | None = None, teacher: nn.Module | None = None) -> list[dict]:
     """Joint training: SGD on the weights, Adam on the gates, task loss + ``wg.efficiency_loss()``.
 
-    Every step ends with the target-mode multiplier step (``wg.update_multiplier()``), then
+    Trains for the gate share of ``recipe.gate_steps`` (:meth:`Recipe.split`; all of them unless
+    ``recipe.settle``: the rest is :func:`settle`'s, after the freeze). Every step ends with the
+    target-mode multiplier step (``wg.update_multiplier()``), then
     ``on_step(step, {"loss": ..., "extra": ...})`` if given. With ``recipe.freeze_stable``, training
     ends once the cost is within the target and the masks were stable that long (``wg.steps`` counts
     the steps taken). With ``recipe.distill`` and a ``teacher``, the task loss distills from it.
@@ -386,6 +419,7 @@ def train_gates(model: nn.Module, wg: WGates, loader: Iterable, recipe: Recipe, 
     gates = torch.optim.Adam(wg.parameters(), lr=recipe.gate_lr)
     trace: list[dict] = []
     stable = {"mask": None, "steps": 0}
+    steps = recipe.split()[0]
 
     def settled() -> bool:
         mask = torch.cat(wg.keep_masks())
@@ -400,17 +434,29 @@ def train_gates(model: nn.Module, wg: WGates, loader: Iterable, recipe: Recipe, 
         if on_step is not None:
             on_step(step, stats)
         live = {"flops": wg.flops_ratio(), "cost": wg.cost_ratio()}
-        if step % recipe.log_every == 0 or step == recipe.gate_steps - 1:
+        if step % recipe.log_every == 0 or step == steps - 1:
             trace.append({"step": step, "loss": stats["loss"], "flops_ratio": live["flops"],
                           "cost_ratio": live["cost"], "multiplier": wg.multiplier.value})
         return {"flops": f"{live['flops']:.3f}"}
 
-    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(weights, T_max=recipe.gate_steps)
-                if recipe.weight_schedule == "cosine" and recipe.gate_steps else None)
-    train_steps(model, loader, [weights, gates], recipe.gate_steps, extra_loss=wg.efficiency_loss,
+    schedule = (torch.optim.lr_scheduler.LambdaLR(weights, weight_anneal_factor(steps, recipe.weight_anneal))
+                if recipe.weight_schedule == "cosine" and steps else None)
+    train_steps(model, loader, [weights, gates], steps, extra_loss=wg.efficiency_loss,
                 scheduler=schedule, callback=log, progress=progress, desc="gates",
                 stop=settled if recipe.freeze_stable else None, distill=recipe.distillation(teacher))
     return trace
+
+
+def settle(pruned: nn.Module, loader: Iterable, recipe: Recipe, progress: bool = True,
+           teacher: nn.Module | None = None) -> int:
+    """The settling share of the gate steps (``recipe.settle``): train the exported network ``pruned`` at its
+    frozen widths, SGD with the weights' lr decaying (cosine) from ``recipe.weight_lr`` to 0. Returns the steps
+    taken (0 when ``recipe.settle`` is 0)."""
+    steps = recipe.split()[1]
+    if steps:
+        fit(pruned, loader, steps, recipe.weight_lr, recipe.momentum, recipe.weight_decay, progress, desc="settle",
+            distill=recipe.distillation(teacher))
+    return steps
 
 
 def prune_and_finetune(
@@ -428,8 +474,9 @@ def prune_and_finetune(
     """Prune ``model`` to a FLOPs budget with W-Gates and fine-tune it: the whole recipe.
 
     Steps: measure the baseline → attach :class:`~wgates_plugin.WGates` (target mode, ``target`` of
-    the FLOPs) → train gates and weights jointly for ``recipe.gate_steps`` → ``freeze()`` (lands the
-    budget exactly) → ``export()`` (a physically smaller copy, verified) → re-calibrate BN →
+    the FLOPs) → train gates and weights jointly for ``recipe.gate_steps`` (less the ``recipe.settle``
+    share) → ``freeze()`` (lands the budget exactly) → ``export()`` (a physically smaller copy,
+    verified) → :func:`settle` it for the rest of the gate steps → re-calibrate BN →
     fine-tune for ``recipe.finetune_steps`` → measure again. ``model`` itself is trained in place
     during the gate phase and its gate hooks are removed at the end.
 
@@ -448,8 +495,8 @@ def prune_and_finetune(
     Returns:
         A :class:`PruneResult`. ``report`` holds ``before`` / ``after`` (params, macs, top1,
         latency_s), ``flops_ratio`` (after / before MACs), ``top1`` at every stage (baseline, gated,
-        pruned, recalibrated, finetuned), ``kept`` (group → [kept, channels]), the gate-training
-        ``trace``, the ``recipe`` and wall ``seconds`` per phase.
+        exported (only with ``recipe.settle``), pruned, recalibrated, finetuned), ``kept`` (group →
+        [kept, channels]), the gate-training ``trace``, the ``recipe`` and wall ``seconds`` per phase.
     """
     recipe = recipe or Recipe()
     stage = prune_phase(model, example_inputs, train_loader, test_loader, target, recipe, wgates, latency_input,
@@ -507,6 +554,9 @@ def prune_phase(model: nn.Module, example_inputs: Any, train_loader: Iterable, t
         wg.freeze()
         pruned = wg.export()
     wg.remove()
+    if recipe.split()[1]:
+        top1["exported"] = _maybe_eval(pruned, test_loader)
+        settle(pruned, train_loader, recipe, progress, teacher)
     top1["pruned"] = _maybe_eval(pruned, test_loader)
     recalibrate_bn(pruned, train_loader, recipe.bn_batches)
     top1["recalibrated"] = _maybe_eval(pruned, test_loader)

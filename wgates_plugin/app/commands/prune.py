@@ -95,6 +95,12 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-schedule", choices=WEIGHT_SCHEDULES, default=r.weight_schedule,
                         help="the weights' lr over the gate steps: constant, or cosine to 0 (better right after "
                              f"pruning, not after fine-tuning; default {r.weight_schedule})")
+    parser.add_argument("--weight-anneal", type=float, default=r.weight_anneal, metavar="SHARE",
+                        help="with --weight-schedule cosine, the share of the gate steps, at their end, that the "
+                             f"decay runs over, in (0, 1] (default {r.weight_anneal:g}: all of them)")
+    parser.add_argument("--settle", type=float, default=r.settle, metavar="SHARE",
+                        help="share of --steps spent after the freeze training the exported network at its widths "
+                             f"(cosine lr from --weight-lr to 0), in [0, 1) (default {r.settle:g})")
     parser.add_argument("--finetune-lr", type=float, default=r.finetune_lr,
                         help=f"initial SGD lr of fine-tuning, cosine decay (default {r.finetune_lr})")
     parser.add_argument("--distill", type=float, default=r.distill, metavar="WEIGHT",
@@ -137,7 +143,8 @@ def build_wgates(args: argparse.Namespace, model: nn.Module, example_inputs: tor
 def build_recipe(args: argparse.Namespace) -> Any:
     return Recipe(gate_steps=args.steps, finetune_steps=args.finetune_steps, gate_lr=args.gate_lr,
                   weight_lr=args.weight_lr, weight_schedule=args.weight_schedule,
-                  finetune_lr=args.finetune_lr, bn_batches=args.bn_batches,
+                  weight_anneal=args.weight_anneal, settle=args.settle, finetune_lr=args.finetune_lr,
+                  bn_batches=args.bn_batches,
                   distill=args.distill, temperature=args.temperature)
 
 
