@@ -37,7 +37,8 @@ TraceEval = Callable[[nn.Module], float]  # calibrated top-1 of the (gated) mode
 
 def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float, weight_decay: float,
            predictor: LatencyPredictor | None = None, trace_eval: TraceEval | None = None, eval_every: int = 8,
-           freeze_stable: int = 0, cost_model: Any = None, weight_schedule: str = Recipe.weight_schedule,
+           freeze_stable: int = 0, freeze_flips: float = 0.0, cost_model: Any = None,
+           weight_schedule: str = Recipe.weight_schedule,
            settle: float = Recipe.settle, weight_anneal: float = Recipe.weight_anneal, **options: Any) -> Pruned:
     """W-Gates in target mode: gates and weights trained jointly for ``ctx.steps``, then frozen on budget.
 
@@ -80,7 +81,8 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
     kd = ctx.distill
     recipe = Recipe(gate_steps=ctx.steps, gate_lr=gate_lr, weight_lr=weight_lr, weight_schedule=weight_schedule,
                     momentum=momentum, settle=settle, weight_anneal=weight_anneal,
-                    weight_decay=weight_decay, freeze_stable=freeze_stable, distill=kd.weight if kd else 0.0,
+                    weight_decay=weight_decay, freeze_stable=freeze_stable,
+                    freeze_flips=freeze_flips, distill=kd.weight if kd else 0.0,
                     temperature=kd.temperature if kd else 4.0)
     trace = train_wgates(model, wg, ctx, recipe, trace_eval, eval_every)
     gated, timed = _timed_eval(trace_eval, model, "top1_before_freeze")

@@ -56,6 +56,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the weights' lr held, then decayed (cosine) to 0 over the last quarter of the gate steps, gates training
     "wg_warm_lr1e-3_costail25": {"warm_start": True, "gate_lr": 1e-3, "weight_schedule": "cosine",
                                  "weight_anneal": 0.25},
+    # early freeze once 8 steps changed at most 2 % of the gated channels (the exact rule never fires)
+    "wg_warm_lr1e-3_freeze8_2pct": {"warm_start": True, "gate_lr": 1e-3, "freeze_stable": 8, "freeze_flips": 0.02},
     # soft-to-hard annealing: sigmoid(k s) gates, k rising geometrically from 4 to the binary limit over
     # the gating epoch (312 steps of the subset), so freezing changes (almost) nothing
     "wg_warm_lr1e-3_anneal": {"warm_start": True, "gate_lr": 1e-3, "activation": "sigmoid", "sigmoid_k": 4.0,

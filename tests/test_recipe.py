@@ -86,3 +86,27 @@ def test_annealing_raises_the_sigmoid_scale_geometrically_to_hard_gates():
     assert torch.all((soft < 1e-6) | (soft > 1 - 1e-6))  # the gates are 0/1 to float precision before freezing
     with pytest.raises(ConfigError, match="anneal_steps=5 anneals the sigmoid's scale: it needs activation='sigmoid'"):
         WGatesConfig(target=0.5, anneal_steps=5)
+
+
+@pytest.mark.parametrize(("flips", "steps"), [(0.0, 4), (0.03, 3)])
+def test_early_freeze_tolerates_its_share_of_flipping_channels(flips, steps):
+    """Scripted masks A, A', A', A', ... (A' flips one of the 48 channels of A): with freeze_stable=2 an exact rule
+    restarts its count at A' and freezes after step 4; allowing 3 % of the channels to differ from A, after 3."""
+    torch.manual_seed(0)
+    model = small_cnn()
+    wg = WGates(model, torch.randn(2, 3, 8, 8), target=0.5, warm_start=True)
+    first = torch.cat(wg.keep_masks())
+    assert 1 <= 0.03 * first.numel() < 2  # one flip is within the 3 %, two are not
+    flipped = first.clone()
+    flipped[0] = 1 - flipped[0]
+    script = iter([first] + [flipped] * 50)
+    wg.keep_masks = lambda: [next(script)]  # type: ignore[method-assign]
+    loader = [(torch.randn(4, 3, 8, 8), torch.randint(0, 4, (4,))) for _ in range(3)]
+    recipe = Recipe(gate_steps=50, gate_lr=0.0, weight_lr=0.0, freeze_stable=2, freeze_flips=flips)
+    train_gates(model, wg, loader, recipe, progress=False)
+    assert wg.steps == steps
+
+
+def test_a_freeze_flips_share_outside_0_1_is_refused():
+    with pytest.raises(ConfigError, match=r"freeze_flips=1 must be in \[0, 1\)"):
+        Recipe(freeze_flips=1)

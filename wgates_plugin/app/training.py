@@ -304,6 +304,9 @@ class Recipe:
         freeze_stable: end gate training early once the cost is within the target and the keep masks
             have not changed for this many steps (0: train all ``gate_steps``); the steps left go to
             fine-tuning the exported model.
+        freeze_flips: with ``freeze_stable``, the share of the gated channels that may differ from the
+            mask the stable stretch began with (0: none may change). The masks of a channel at the
+            threshold keep flipping while the weights train, so an exact rule may never fire.
         settle: share of ``gate_steps`` spent after the freeze, inside the pruning phase: the exported
             network is trained at its frozen widths with the weights' lr decaying (cosine) from
             ``weight_lr`` to 0, so the network the pruning phase hands back sits in a minimum for its
@@ -330,6 +333,7 @@ class Recipe:
     bn_batches: int = 20
     log_every: int = 10
     freeze_stable: int = 0
+    freeze_flips: float = 0.0
     settle: float = 0.0
     distill: float = 0.0
     temperature: float = 4.0
@@ -345,6 +349,7 @@ class Recipe:
         if self.weight_schedule not in WEIGHT_SCHEDULES:
             raise ConfigError(f"weight_schedule={self.weight_schedule!r} is not one of "
                               f"{', '.join(map(repr, WEIGHT_SCHEDULES))}")
+        check_number("freeze_flips", self.freeze_flips, "[0, 1)", what="", type_error=ConfigError)
         check_number("weight_anneal", self.weight_anneal, "(0, 1]", what="", type_error=ConfigError)
         check_number("settle", self.settle, "[0, 1)", what="", type_error=ConfigError)
         check_number("distill", self.distill, "[0, 1]", what="", type_error=ConfigError)
@@ -421,10 +426,14 @@ def train_gates(model: nn.Module, wg: WGates, loader: Iterable, recipe: Recipe, 
     stable = {"mask": None, "steps": 0}
     steps = recipe.split()[0]
 
-    def settled() -> bool:
+    def settled() -> bool:  # within the target, and within freeze_flips of the mask the stable stretch began with
         mask = torch.cat(wg.keep_masks())
-        same = stable["mask"] is not None and torch.equal(mask, stable["mask"])  # type: ignore[arg-type]
-        stable["mask"], stable["steps"] = mask, (stable["steps"] + 1 if same else 0)  # type: ignore[operator]
+        ref = stable["mask"]
+        flips = mask.numel() if ref is None else int((mask != ref).sum())  # type: ignore[union-attr]
+        if flips <= recipe.freeze_flips * mask.numel():
+            stable["steps"] += 1  # type: ignore[operator]
+        else:
+            stable["mask"], stable["steps"] = mask, 0
         target = wg.config.target
         within = target is not None and wg.cost_ratio() <= target * (1 + wg.config.tolerance)
         return bool(recipe.freeze_stable) and within and stable["steps"] >= recipe.freeze_stable  # type: ignore[operator]
