@@ -2,8 +2,9 @@
 
 Every run goes through the comparison harness (:func:`benchmarks.compare.run_one`) with
 ``Protocol.evaluate_on='val'``, so no figure here reads the test set. A variant is W-Gates with some
-of its levers set (``warm_start``, ``ramp_steps``, ``freeze_stable``, the gate learning rate, a cap
-on the gating steps); a rival is any method of the harness, or one with its own knob changed
+of its levers set (``warm_start``, ``ramp_steps``, ``freeze_stable`` / ``freeze_flips``, the weights'
+schedule, ``settle``, the gate learning rate, a cap on the gating steps); a rival is any method of the
+harness, or one with its own knob changed
 (``slim_1e-2``: Network Slimming with L1 strength 1e-2; ``depgraph_3e-3``: DepGraph's group-norm
 strength), so the rivals' knobs are chosen on validation too. Results are appended to
 ``benchmarks/results/recipe/runs.jsonl``; a (model, budget, seed, variant) already there is skipped,
