@@ -50,10 +50,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "wg_warm_lr1e-3_g78": {"warm_start": True, "gate_lr": 1e-3, "steps": 78},
     # the weights' lr decays (cosine) to 0 over the gate steps: they settle on the mask that is frozen
     "wg_warm_lr1e-3_cos": {"warm_start": True, "gate_lr": 1e-3, "weight_schedule": "cosine"},
-    # the last quarter (half) of the gate steps trains the exported network at its frozen widths, the
+    # the last quarter of the gate steps trains the exported network at its frozen widths, the
     # weights' lr decaying (cosine) to 0: the pruning phase hands back a settled network
     "wg_warm_lr1e-3_settle25": {"warm_start": True, "gate_lr": 1e-3, "settle": 0.25},
-    "wg_warm_lr1e-3_settle50": {"warm_start": True, "gate_lr": 1e-3, "settle": 0.5},
     # the weights' lr held, then decayed (cosine) to 0 over the last quarter of the gate steps, gates training
     "wg_warm_lr1e-3_costail25": {"warm_start": True, "gate_lr": 1e-3, "weight_schedule": "cosine",
                                  "weight_anneal": 0.25},

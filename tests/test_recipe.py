@@ -110,3 +110,13 @@ def test_early_freeze_tolerates_its_share_of_flipping_channels(flips, steps):
 def test_a_freeze_flips_share_outside_0_1_is_refused():
     with pytest.raises(ConfigError, match=r"freeze_flips=1 must be in \[0, 1\)"):
         Recipe(freeze_flips=1)
+
+
+def test_weight_anneal_and_freeze_flips_without_the_lever_they_shape_are_refused():
+    with pytest.raises(ConfigError, match=r"weight_anneal=0\.25 shapes the cosine weight schedule: it needs "
+                                          r"weight_schedule='cosine', not 'constant'"):
+        Recipe(weight_anneal=0.25)
+    with pytest.raises(ConfigError, match=r"freeze_flips=0\.02 loosens the early freeze: it needs freeze_stable >= 1"):
+        Recipe(freeze_flips=0.02)
+    assert Recipe(weight_schedule="cosine", weight_anneal=0.25).weight_anneal == 0.25
+    assert Recipe(freeze_stable=8, freeze_flips=0.02).freeze_flips == 0.02

@@ -352,6 +352,12 @@ class Recipe:
         check_number("freeze_flips", self.freeze_flips, "[0, 1)", what="", type_error=ConfigError)
         check_number("weight_anneal", self.weight_anneal, "(0, 1]", what="", type_error=ConfigError)
         check_number("settle", self.settle, "[0, 1)", what="", type_error=ConfigError)
+        if self.weight_anneal != 1.0 and self.weight_schedule != "cosine":
+            raise ConfigError(f"weight_anneal={self.weight_anneal!r} shapes the cosine weight schedule: it needs "
+                              f"weight_schedule='cosine', not {self.weight_schedule!r}")
+        if self.freeze_flips and not self.freeze_stable:
+            raise ConfigError(f"freeze_flips={self.freeze_flips!r} loosens the early freeze: it needs freeze_stable "
+                              ">= 1 (0 turns the early freeze off)")
         check_number("distill", self.distill, "[0, 1]", what="", type_error=ConfigError)
         check_number("temperature", self.temperature, "> 0", type_error=ConfigError)
         check_number("latency_tolerance", self.latency_tolerance, "(0, 0.5)", what="", type_error=ConfigError)
