@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from wgates_plugin import WGates
-from wgates_plugin.app.training import Recipe, evaluate, recalibrate_bn, train_gates
+from wgates_plugin.app.training import Distillation, Recipe, evaluate, recalibrate_bn, train_gates
 from wgates_plugin.app.training import settle as settle_exported
 from wgates_plugin.budget import Budget, land
 from wgates_plugin.efficiency import FitConfig, LatencyPredictor, Timing
@@ -27,6 +27,7 @@ from wgates_plugin.errors import BudgetError, ConfigError
 from wgates_plugin.gate_decorator import GateDecorator, TickTock
 from wgates_plugin.latency_landing import land_on_latency
 from wgates_plugin.profiling import collect_latency, train_predictor
+from wgates_plugin.utils import check_number
 
 from .methods import PruneContext, Pruned
 
@@ -39,7 +40,8 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
            predictor: LatencyPredictor | None = None, trace_eval: TraceEval | None = None, eval_every: int = 8,
            freeze_stable: int = 0, freeze_flips: float = 0.0, cost_model: Any = None,
            weight_schedule: str = Recipe.weight_schedule,
-           settle: float = Recipe.settle, weight_anneal: float = Recipe.weight_anneal, **options: Any) -> Pruned:
+           settle: float = Recipe.settle, weight_anneal: float = Recipe.weight_anneal, self_distill: float = 0.0,
+           **options: Any) -> Pruned:
     """W-Gates in target mode: gates and weights trained jointly for ``ctx.steps``, then frozen on budget.
 
     FLOPs mode (``predictor=None``) lands the FLOPs budget exactly. Latency mode trains against an
@@ -55,6 +57,11 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
         weight_anneal: ``Recipe.weight_anneal`` (the share of the gate steps a cosine schedule decays over).
         settle: ``Recipe.settle``: the share of ``ctx.steps`` that trains the exported network at its frozen
             widths (cosine lr to 0) before it is handed back; those steps are charged too.
+        self_distill: share of knowledge distillation from the unpruned model (a copy taken before the
+            gates attach) in the loss of W-Gates' own steps only, gate training and settling: the
+            network it hands back has learned from the unpruned one, and the harness's fine-tuning
+            stays plain cross-entropy, as for every other method. 0: none. Exclusive with the
+            protocol's ``distill`` (``ctx.distill``), which distils in every method's training.
         predictor: an LPNet of ``ctx.model``'s architecture (latency mode at equal FLOPs).
         cost_model: a measured-latency model source (``LatencyTable`` or ``LatencyPredictor``): latency
             mode *at the latency budget* — ``ctx.budget`` is then a fraction of the measured latency, and
@@ -76,15 +83,15 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
     if options.get("mode") == "paper":  # alpha alone decides the widths (the Table VI sweep): no target
         target = None
     reference = copy.deepcopy(model).eval() if cost_model is not None else None  # unpruned, hook-free
+    kd = _own_distillation(ctx, model, self_distill)
     wg = WGates(model, x, target=target, efficiency=efficiency, **options)
     _check_same_layers(wg, ctx)
-    kd = ctx.distill
     recipe = Recipe(gate_steps=ctx.steps, gate_lr=gate_lr, weight_lr=weight_lr, weight_schedule=weight_schedule,
                     momentum=momentum, settle=settle, weight_anneal=weight_anneal,
                     weight_decay=weight_decay, freeze_stable=freeze_stable,
                     freeze_flips=freeze_flips, distill=kd.weight if kd else 0.0,
                     temperature=kd.temperature if kd else 4.0)
-    trace = train_wgates(model, wg, ctx, recipe, trace_eval, eval_every)
+    trace = train_wgates(model, wg, ctx, recipe, trace_eval, eval_every, teacher=kd.teacher if kd else None)
     gated, timed = _timed_eval(trace_eval, model, "top1_before_freeze")
     landed = wg.config.target
     if cost_model is not None:
@@ -103,10 +110,21 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
             "predicted_cost_ratio": wg.cost_ratio(),
             "removed": {k: v.tolist() for k, v in wg.removal_plan().items()}, "eval_seconds": eval_seconds}
     wg.remove()
-    settled = settle_exported(pruned, ctx.train_loader, recipe, progress=False,
-                              teacher=ctx.distill.teacher if ctx.distill else None)
+    settled = settle_exported(pruned, ctx.train_loader, recipe, progress=False, teacher=kd.teacher if kd else None)
     info["settle_steps"] = settled
     return Pruned(pruned, wg.steps + settled, info)  # the steps used: gate training (all, or until stable) + settling
+
+
+def _own_distillation(ctx: PruneContext, model: nn.Module, share: float) -> Distillation | None:
+    """The distillation W-Gates' own steps use: the protocol's (``ctx.distill``), or with ``share`` > 0 one
+    from a hook-free copy of the unpruned ``model`` (temperature 4, the protocol's default)."""
+    check_number("self_distill", share, "[0, 1]", what="", type_error=ConfigError)
+    if share and ctx.distill is not None:
+        raise ConfigError(f"self_distill={share!r} distils in W-Gates' own steps only; the protocol already distils "
+                          f"in every method's training (distill={ctx.distill.weight!r}): set one of them")
+    if share:
+        return Distillation(copy.deepcopy(model).eval(), share, 4.0)
+    return ctx.distill
 
 
 def _timed_eval(trace_eval: TraceEval | None, model: nn.Module, key: str) -> tuple[dict[str, Any], float]:
@@ -118,7 +136,7 @@ def _timed_eval(trace_eval: TraceEval | None, model: nn.Module, key: str) -> tup
 
 
 def train_wgates(model: nn.Module, wg: WGates, ctx: PruneContext, recipe: Recipe, trace_eval: TraceEval | None,
-                 eval_every: int) -> list[dict[str, Any]]:
+                 eval_every: int, teacher: nn.Module | None = None) -> list[dict[str, Any]]:
     """:func:`~wgates_plugin.app.training.train_gates` with a live trace of FLOPs/cost/top-1."""
     trace: list[dict[str, Any]] = [_point(-1, wg, model, trace_eval)]
 
@@ -126,8 +144,7 @@ def train_wgates(model: nn.Module, wg: WGates, ctx: PruneContext, recipe: Recipe
         if (step + 1) % eval_every == 0 or step == ctx.steps - 1:
             trace.append({**_point(step, wg, model, trace_eval), "loss": stats["loss"]})
 
-    train_gates(model, wg, ctx.train_loader, recipe, progress=False, on_step=log,
-                teacher=ctx.distill.teacher if ctx.distill else None)
+    train_gates(model, wg, ctx.train_loader, recipe, progress=False, on_step=log, teacher=teacher)
     return trace
 
 

@@ -3,7 +3,7 @@
 Every run goes through the comparison harness (:func:`benchmarks.compare.run_one`) with
 ``Protocol.evaluate_on='val'``, so no figure here reads the test set. A variant is W-Gates with some
 of its levers set (``warm_start``, ``ramp_steps``, ``freeze_stable`` / ``freeze_flips``, the weights'
-schedule, ``settle``, the gate learning rate, a cap on the gating steps); a rival is any method of the
+schedule, ``settle``, ``self_distill``, the gate learning rate, a cap on the gating steps); a rival is any method of the
 harness, or one with its own knob changed
 (``slim_1e-2``: Network Slimming with L1 strength 1e-2; ``depgraph_3e-3``: DepGraph's group-norm
 strength), so the rivals' knobs are chosen on validation too. Results are appended to
@@ -55,6 +55,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "wg_warm_lr1e-3_settle25": {"warm_start": True, "gate_lr": 1e-3, "settle": 0.25},
     # the same over the last tenth (16 of 156 steps): less taken from the gates
     "wg_warm_lr1e-3_settle10": {"warm_start": True, "gate_lr": 1e-3, "settle": 0.1},
+    # distillation from the unpruned model in W-Gates' own steps only (gate training, settling); the
+    # harness's fine-tuning stays cross-entropy, as for every method (unlike --distill, which is every method's)
+    "wg_warm_lr1e-3_kdgate": {"warm_start": True, "gate_lr": 1e-3, "self_distill": 0.5},
     # the weights' lr held, then decayed (cosine) to 0 over the last quarter of the gate steps, gates training
     "wg_warm_lr1e-3_costail25": {"warm_start": True, "gate_lr": 1e-3, "weight_schedule": "cosine",
                                  "weight_anneal": 0.25},

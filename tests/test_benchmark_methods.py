@@ -401,3 +401,41 @@ def test_wgates_charges_its_settling_steps_and_lands_the_budget(resnet20, steps,
     assert out.info["settle_steps"] == steps - gating
     assert abs(count_macs(out.model, X) / count_macs(resnet20, X) / 0.5 - 1) <= 0.02
     assert {n: widths(out.model)[n] for n in RESNET20_SHORTCUTS} == RESNET20_SHORTCUTS
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_wgates_self_distill_learns_from_the_unpruned_model_alone(resnet20, seed):
+    """``self_distill=1`` makes W-Gates' own steps (gate training and settling) learn from the unpruned model's
+    outputs only, so relabelling every batch changes nothing in the network handed back; without it the labels
+    matter (so the comparison can fail)."""
+    from benchmarks import learned
+    data = batches(2, seed)
+    relabelled = [(x, (y + 1) % 10) for x, y in data]
+
+    def run(loader, share):
+        ctx = context(resnet20, 0.5, steps=3, loader=loader)
+        out = learned.wgates(ctx, gate_lr=1e-3, weight_lr=0.01, momentum=0.9, weight_decay=5e-4, settle=0.34,
+                             self_distill=share)
+        assert out.steps_used == 3 and out.info["settle_steps"] == 1
+        return out
+
+    def same(a, b) -> bool:
+        sa, sb = a.model.state_dict(), b.model.state_dict()
+        return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+    kd, kd_relabelled = run(data, 1.0), run(relabelled, 1.0)
+    assert kd.info["kept"] == kd_relabelled.info["kept"] and same(kd, kd_relabelled)
+    assert not same(run(data, 0.0), run(relabelled, 0.0))
+    assert abs(count_macs(kd.model, X) / count_macs(resnet20, X) / 0.5 - 1) <= 0.02
+
+
+def test_wgates_self_distill_rejects_bad_shares_and_the_protocols_distillation(resnet20):
+    from benchmarks import learned
+    from wgates_plugin.app.training import Distillation
+    args = {"gate_lr": 1e-3, "weight_lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}
+    with pytest.raises(ConfigError, match=r"self_distill=1\.5"):
+        learned.wgates(context(resnet20, 0.5, steps=1), self_distill=1.5, **args)
+    both = context(resnet20, 0.5, steps=1, distill=Distillation(copy.deepcopy(resnet20), 0.5, 4.0))
+    with pytest.raises(ConfigError, match=r"self_distill=0\.5 distils in W-Gates' own steps only; the protocol "
+                                          r"already distils in every method's training \(distill=0\.5\)"):
+        learned.wgates(both, self_distill=0.5, **args)
