@@ -90,7 +90,7 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
                     momentum=momentum, settle=settle, weight_anneal=weight_anneal,
                     weight_decay=weight_decay, freeze_stable=freeze_stable,
                     freeze_flips=freeze_flips, distill=kd.weight if kd else 0.0,
-                    temperature=kd.temperature if kd else 4.0)
+                    temperature=kd.temperature if kd else Recipe.temperature)
     trace = train_wgates(model, wg, ctx, recipe, trace_eval, eval_every, teacher=kd.teacher if kd else None)
     gated, timed = _timed_eval(trace_eval, model, "top1_before_freeze")
     landed = wg.config.target
@@ -117,13 +117,13 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
 
 def _own_distillation(ctx: PruneContext, model: nn.Module, share: float) -> Distillation | None:
     """The distillation W-Gates' own steps use: the protocol's (``ctx.distill``), or with ``share`` > 0 one
-    from a hook-free copy of the unpruned ``model`` (temperature 4, the protocol's default)."""
+    from a hook-free copy of the unpruned ``model`` at ``Recipe.temperature``."""
     check_number("self_distill", share, "[0, 1]", what="", type_error=ConfigError)
     if share and ctx.distill is not None:
         raise ConfigError(f"self_distill={share!r} distils in W-Gates' own steps only; the protocol already distils "
                           f"in every method's training (distill={ctx.distill.weight!r}): set one of them")
     if share:
-        return Distillation(copy.deepcopy(model).eval(), share, 4.0)
+        return Distillation(copy.deepcopy(model).eval(), share, Recipe.temperature)
     return ctx.distill
 
 
