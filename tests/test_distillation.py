@@ -13,7 +13,7 @@ from torch import nn
 
 from benchmarks.methods import DEFAULTS, PruneContext, _train
 from benchmarks.protocol import Protocol
-from wgates_plugin.app.training import Distillation, Recipe, train_steps
+from wgates_plugin.app.training import Distillation, Recipe, finetune_phase, prune_phase, train_steps
 from wgates_plugin.errors import ConfigError
 
 
@@ -87,3 +87,55 @@ def test_the_harness_flag_reaches_the_rivals_training_and_leaves_old_protocol_ke
     assert _train(ctx) == 2
     for a, b in zip(net.parameters(), teacher.parameters()):  # the distillation loss, zero here, drove the steps
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def _small_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_distill_finetune_false_distils_while_pruning_and_fine_tunes_on_the_labels(seed):
+    """With ``distill=1`` every pruning-phase step (gate training, settling) learns from the unpruned model's
+    outputs alone, so relabelling every batch leaves the pruned network unchanged. Fine-tuning then learns from
+    the labels without ``distill_finetune`` (the relabelled run ends elsewhere) and from the teacher with it (it
+    does not)."""
+    g = torch.Generator().manual_seed(seed)
+    data = [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 3, (4,), generator=g)) for _ in range(3)]
+    relabelled = [(x, (y + 1) % 3) for x, y in data]
+    x = torch.zeros(1, 3, 8, 8)
+
+    def run(loader, distill_finetune: bool) -> tuple[nn.Module, nn.Module]:
+        torch.manual_seed(seed)
+        recipe = Recipe(gate_steps=3, settle=0.34, finetune_steps=2, bn_batches=1, gate_lr=1e-2, distill=1.0,
+                        distill_finetune=distill_finetune)
+        stage = prune_phase(_small_cnn(), x, loader, None, 0.5, recipe, progress=False)
+        assert (stage.teacher is not None) == distill_finetune  # no teacher kept where none is used
+        pruned = copy.deepcopy(stage.model)
+        finetune_phase(stage, x, loader, None, recipe, progress=False)
+        return pruned, stage.model
+
+    def same(a: nn.Module, b: nn.Module) -> bool:
+        sa, sb = a.state_dict(), b.state_dict()
+        return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+    (pruned, tuned), (pruned_r, tuned_r) = run(data, False), run(relabelled, False)
+    assert same(pruned, pruned_r) and not same(tuned, tuned_r)
+    (pruned_kd, tuned_kd), (pruned_kd_r, tuned_kd_r) = run(data, True), run(relabelled, True)
+    assert same(pruned_kd, pruned) and same(pruned_kd, pruned_kd_r) and same(tuned_kd, tuned_kd_r)
+
+
+def test_distill_finetune_reaches_the_recipe_from_the_cli_and_must_be_a_bool():
+    from wgates_plugin.app.cli import build_parser
+    from wgates_plugin.app.commands.prune import build_recipe
+
+    parser = build_parser()
+    base = ["prune", "--model", "resnet18", "--out", "x", "--distill", "0.5"]
+    assert build_recipe(parser.parse_args(base)).distill_finetune is Recipe().distill_finetune
+    assert build_recipe(parser.parse_args([*base, "--no-distill-finetune"])).distill_finetune is False
+    assert build_recipe(parser.parse_args([*base, "--distill-finetune"])).distill_finetune is True
+    with pytest.raises(ConfigError, match=r"distill_finetune='no' must be True or False"):
+        Recipe(distill_finetune="no")
+    teacher = nn.Linear(2, 2)
+    assert Recipe(distill=0.5, distill_finetune=False).distillation(teacher, finetune=True) is None
+    assert Recipe(distill=0.5, distill_finetune=False).distillation(teacher).weight == 0.5

@@ -314,8 +314,10 @@ class Recipe:
             moving (Gate Decorator's Tick-Tock and gradual pruning's fine-tuning between pruning steps
             do the same). 0: every gate step trains the gates (:meth:`split`).
         distill / temperature: share of knowledge distillation from the unpruned model in the loss of
-            gate training and fine-tuning (:class:`Distillation`; 0: plain cross-entropy), and its
+            gate training, settling and fine-tuning (:class:`Distillation`; 0: plain cross-entropy), and its
             temperature.
+        distill_finetune: whether fine-tuning distils too (False: only the pruning phase, gate training and
+            settling, learns from the unpruned model; fine-tuning is plain cross-entropy).
         latency_tolerance: in latency mode (a measured-latency cost model: LPNet or table), freezing ends with the
             exported network timed on the device and the budget corrected until its measured median is within
             this relative distance of the target (:func:`~wgates_plugin.latency_landing.land_on_latency`).
@@ -337,6 +339,7 @@ class Recipe:
     settle: float = 0.0
     distill: float = 0.0
     temperature: float = 4.0
+    distill_finetune: bool = True
     latency_tolerance: float = 0.03
 
     def __post_init__(self) -> None:
@@ -360,6 +363,8 @@ class Recipe:
                               ">= 1 (0 turns the early freeze off)")
         check_number("distill", self.distill, "[0, 1]", what="", type_error=ConfigError)
         check_number("temperature", self.temperature, "> 0", type_error=ConfigError)
+        if not isinstance(self.distill_finetune, bool):
+            raise ConfigError(f"distill_finetune={self.distill_finetune!r} must be True or False")
         check_number("latency_tolerance", self.latency_tolerance, "(0, 0.5)", what="", type_error=ConfigError)
 
     def split(self) -> tuple[int, int]:
@@ -368,9 +373,10 @@ class Recipe:
         settling = min(round(self.settle * self.gate_steps), self.gate_steps)
         return self.gate_steps - settling, settling
 
-    def distillation(self, teacher: nn.Module | None) -> Distillation | None:
-        """The distillation loss from ``teacher`` (the unpruned model), or None when ``distill`` is 0."""
-        if not self.distill or teacher is None:
+    def distillation(self, teacher: nn.Module | None, finetune: bool = False) -> Distillation | None:
+        """The distillation loss from ``teacher`` (the unpruned model) in the pruning phase, or in fine-tuning
+        with ``finetune``; None when ``distill`` is 0, or in fine-tuning without ``distill_finetune``."""
+        if not self.distill or teacher is None or (finetune and not self.distill_finetune):
             return None
         return Distillation(teacher, self.distill, self.temperature)
 
@@ -580,7 +586,7 @@ def prune_phase(model: nn.Module, example_inputs: Any, train_loader: Iterable, t
               "kept": {k: list(v) for k, v in wg.kept().items()}, "trace": trace, "seconds": clock.laps}
     if landing is not None:
         report["latency_landing"] = landing.report()
-    return Stage(pruned, [list(e) for e in wg.history], report, wg, teacher)
+    return Stage(pruned, [list(e) for e in wg.history], report, wg, teacher if recipe.distill_finetune else None)
 
 
 def finetune_phase(stage: Stage, example_inputs: Any, train_loader: Iterable, test_loader: Iterable | None,
@@ -592,7 +598,7 @@ def finetune_phase(stage: Stage, example_inputs: Any, train_loader: Iterable, te
     clock = _Clock()
     pruned = stage.model
     fit(pruned, train_loader, recipe.finetune_steps, recipe.finetune_lr, recipe.momentum, recipe.weight_decay,
-        progress, desc="finetune", distill=recipe.distillation(stage.teacher))
+        progress, desc="finetune", distill=recipe.distillation(stage.teacher, finetune=True))
     clock.lap("finetune")
     after = describe(pruned, example_inputs, test_loader, latency_input, threads)
     report = copy.deepcopy(stage.report)

@@ -104,8 +104,11 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-lr", type=float, default=r.finetune_lr,
                         help=f"initial SGD lr of fine-tuning, cosine decay (default {r.finetune_lr})")
     parser.add_argument("--distill", type=float, default=r.distill, metavar="WEIGHT",
-                        help="share of knowledge distillation from the unpruned model in the loss of gate training "
-                             f"and fine-tuning, in [0, 1] (default {r.distill:g}: none)")
+                        help="share of knowledge distillation from the unpruned model in the loss of gate training, "
+                             f"settling and fine-tuning, in [0, 1] (default {r.distill:g}: none)")
+    parser.add_argument("--distill-finetune", action=argparse.BooleanOptionalAction, default=r.distill_finetune,
+                        help="whether fine-tuning distils too; --no-distill-finetune distils in the pruning phase "
+                             f"only (default {r.distill_finetune})")
     parser.add_argument("--temperature", type=float, default=r.temperature,
                         help=f"distillation temperature (default {r.temperature:g})")
     parser.add_argument("--bn-batches", type=int, default=r.bn_batches,
@@ -145,7 +148,7 @@ def build_recipe(args: argparse.Namespace) -> Any:
                   weight_lr=args.weight_lr, weight_schedule=args.weight_schedule,
                   weight_anneal=args.weight_anneal, settle=args.settle, finetune_lr=args.finetune_lr,
                   bn_batches=args.bn_batches,
-                  distill=args.distill, temperature=args.temperature)
+                  distill=args.distill, temperature=args.temperature, distill_finetune=args.distill_finetune)
 
 
 def load_data(args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
@@ -240,7 +243,8 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
     recipe = build_recipe(args)
     if done == "pruned":
         stage = ckpt.load_stage(arch)
-        stage.teacher = copy.deepcopy(model).eval() if recipe.distill else None  # the baseline, as it was
+        kd = recipe.distillation(model, finetune=True)  # the baseline, as it was, when fine-tuning distils
+        stage.teacher = copy.deepcopy(model).eval() if kd is not None else None
     else:
         train_loader, test_loader = _phase(args, train, test, 1)
         wg = build_wgates(args, model, example)
