@@ -255,13 +255,14 @@ def test_compress_needs_training_steps_and_runs_once():
         pruner.compress()
 
 
-def test_lightning_evaluator():
+@pytest.mark.parametrize("distill", [0.0, 0.5])
+def test_lightning_evaluator(distill):
     pl = pytest.importorskip("pytorch_lightning")
     if int(pl.__version__.split(".")[0]) >= 2:
         pytest.skip("NNI 3.0's LightningEvaluator needs pytorch-lightning < 2 (it sets fit_loop.max_steps)")
     model, lightning = lightning_setup(randomize_bn(cnn()), BATCHES, X, training_step, max_epochs=1)
     pruner = WGatesPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}],
-                          evaluator=lightning, training_steps=3)
+                          evaluator=lightning, training_steps=3, distill=distill)
     wrapped, masks = pruner.compress()
     assert pruner._step == 3 and all(g.is_frozen for g in pruner.wgates.gates)
     expected = eval_out(wrapped)
@@ -288,3 +289,109 @@ def test_gates_need_a_traced_model():
     pruner = WGatesPruner(cnn(), [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}])
     with pytest.raises(StateError, match=r"could not trace the model; pass dummy_input="):
         pruner.stats()
+
+
+def _relabelled_evaluator(model: nn.Module, shift: int) -> TorchEvaluator:
+    def training_func(model, optimizers, training_step, lr_schedulers=None, max_steps=None, max_epochs=None):
+        model.train()
+        for step in range(max_steps or 10):
+            x, y = BATCHES[step % len(BATCHES)]
+            optimizers.zero_grad()
+            training_step((x, (y + shift) % 10), model).backward()
+            optimizers.step()
+    opt = nni.trace(torch.optim.SGD)(model.parameters(), lr=0.05, momentum=0.9)
+    return TorchEvaluator(training_func, opt, training_step, dummy_input=X)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_distill_one_learns_from_the_unpruned_model_alone(seed):
+    """With ``distill=1`` the pruner's steps match the unpruned model's outputs only (a copy taken before
+    wrapping), so relabelling every batch changes neither the masks nor the weights; without it, it does."""
+    def run(shift: int, distill: float) -> tuple[dict, dict]:
+        torch.manual_seed(seed)
+        model = randomize_bn(cnn())
+        pruner = WGatesPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}],
+                              evaluator=_relabelled_evaluator(model, shift), training_steps=4, distill=distill)
+        _, masks = pruner.compress()
+        assert pruner._kd is None and pruner._kd_handle is None  # the teacher and its hook are gone
+        pruner.unwrap_model()
+        return masks, model.state_dict()
+
+    def same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor)
+                                            else same(a[k], b[k]) for k in a)
+
+    (masks, weights), (masks_r, weights_r) = run(0, 1.0), run(3, 1.0)
+    assert same(masks, masks_r) and same(weights, weights_r)
+    (_, plain), (_, plain_r) = run(0, 0.0), run(3, 0.0)
+    assert not same(plain, plain_r)
+    assert not same(weights, plain)  # distillation changed the training
+
+
+def test_distill_mixes_the_users_loss_with_the_softened_match_to_the_unpruned_model():
+    """One step's loss, recomputed by hand from the teacher copy and the student's logits."""
+    torch.manual_seed(0)
+    model = randomize_bn(cnn())
+    teacher = copy.deepcopy(model).eval()
+    seen = []
+
+    def recording_step(batch, model):
+        x, y = batch
+        out = model(x)
+        seen.append((out.detach(), F.cross_entropy(out, y).detach(), x))
+        return F.cross_entropy(out, y)
+
+    def training_func(model, optimizers, training_step, lr_schedulers=None, max_steps=None, max_epochs=None):
+        model.train()
+        optimizers.zero_grad()
+        seen.append(training_step(BATCHES[0], model).detach())
+        optimizers.step()
+
+    opt = nni.trace(torch.optim.SGD)(model.parameters(), lr=0.01)
+    pruner = WGatesPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], training_steps=1,
+                          evaluator=TorchEvaluator(training_func, opt, recording_step, dummy_input=X),
+                          distill=0.25, temperature=2.0)
+    efficiency = float(pruner.efficiency_loss())
+    pruner.compress()
+    (out, ce, x), patched = seen
+    with torch.no_grad():
+        target = teacher(x)
+    kl = F.kl_div(F.log_softmax(out / 2, 1), F.log_softmax(target / 2, 1), log_target=True, reduction="batchmean")
+    torch.testing.assert_close(float(patched), float(0.75 * ce + 0.25 * 4 * kl) + efficiency, rtol=1e-5, atol=1e-6)
+
+
+class DictOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = cnn()
+
+    def forward(self, x):
+        return {"logits": self.net(x)}
+
+
+@pytest.mark.parametrize(("build", "step", "match"), [
+    (DictOut, lambda batch, model: F.cross_entropy(model(batch[0])["logits"], batch[1]),
+     r"distill=0\.5 matches the model's class logits, a \(batch, classes, \.\.\.\) float tensor, and its forward "
+     r"returned dict: pass distill=0"),
+    (cnn, lambda batch, model: F.cross_entropy(model[-1](model[:-1](batch[0])), batch[1]),
+     r"distill=0\.5 distils the outputs of the pruned model's forward, and the training step computed its loss "
+     r"without calling the model in training mode"),
+])
+def test_distill_refuses_steps_it_cannot_distil_with_the_reason(build, step, match):
+    model = build()
+    opt = nni.trace(torch.optim.SGD)(model.parameters(), lr=0.01)
+    pruner = WGatesPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], training_steps=2, distill=0.5,
+                          evaluator=TorchEvaluator(make_training_func(), opt, step, dummy_input=X))
+    with pytest.raises(ConfigError, match=match):
+        pruner.compress()
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"distill": 1.5}, r"distill=1\.5 must be in \[0, 1\]"),
+    ({"distill": 0.5, "temperature": 0}, r"temperature=0 must be a number > 0"),
+])
+def test_bad_distillation_options_are_refused(options, match):
+    model = cnn()
+    with pytest.raises(ConfigError, match=match):
+        WGatesPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], evaluator=evaluator(model),
+                     training_steps=2, **options)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..distill import Distillation
 from ..efficiency import Timing, count_macs, measure_ms
 from ..efficiency.latency import MeasuredLatency
 from ..errors import ConfigError
@@ -54,45 +55,6 @@ def cycle(loader: Iterable) -> Iterator:
             yield batch
         if empty:
             raise ConfigError("the data loader yields no batch (dataset smaller than one batch with drop_last?)")
-
-
-class Distillation:
-    """Knowledge distillation from a fixed teacher (Hinton et al. 2015, "Distilling the Knowledge in a
-    Neural Network"): ``(1 - weight) * CE(student, y) + weight * T^2 * KL(softmax(teacher / T) ||
-    softmax(student / T))``. The teacher (e.g. the unpruned model) runs in eval mode under ``no_grad``
-    on the same batch; its modes are restored.
-
-    Args:
-        teacher: the model whose outputs are matched; not trained.
-        weight: share of the distillation term, in [0, 1] (0: plain cross-entropy).
-        temperature: ``T`` > 0.
-
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> from wgates_plugin.app.training import Distillation
-        >>> net = nn.Linear(4, 3)
-        >>> x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
-        >>> kd = Distillation(net, weight=1.0, temperature=2.0)
-        >>> float(kd(net(x), y, x))   # a student equal to its teacher has nothing to learn from it
-        0.0
-    """
-
-    def __init__(self, teacher: nn.Module, weight: float = 0.5, temperature: float = 4.0) -> None:
-        check_number("weight", weight, "[0, 1]", what="", type_error=ConfigError)
-        check_number("temperature", temperature, "> 0", type_error=ConfigError)
-        self.teacher, self.weight, self.temperature = teacher, float(weight), float(temperature)
-
-    def __call__(self, outputs: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        task = F.cross_entropy(outputs, labels)
-        if self.weight == 0:
-            return task
-        with torch.no_grad(), kept_modes(self.teacher):
-            target = self.teacher.eval()(inputs)
-        t = self.temperature
-        soft = F.kl_div(F.log_softmax(outputs / t, dim=1), F.log_softmax(target / t, dim=1), log_target=True,
-                        reduction="batchmean") * t * t
-        return (1 - self.weight) * task + self.weight * soft
 
 
 def train_steps(

@@ -22,6 +22,7 @@ model with the same eval outputs.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +33,7 @@ from torch import nn
 
 from ..budget import Budget
 from ..config import BudgetMode, WGatesConfig
+from ..distill import Distillation
 from ..errors import ConfigError
 from ..gates import Producer
 from ..pruner import WGates
@@ -43,6 +45,7 @@ __all__ = ["WGatesPruner"]
 
 # WGatesConfig fields a user may set; the rest follow from config_list and the budget arguments.
 OPTION_FIELDS = ("alpha", "controller_rate", "tolerance", "score_input", "weight_grad", "init_score", "warm_start")
+DISTILL, TEMPERATURE = 0.0, 4.0  # the pruner's distillation defaults (share of the loss, temperature)
 
 class WGatesPruner(GatingPruner):
     """Weight-dependent gates (W-Gates) as an NNI 3 pruner.
@@ -60,6 +63,13 @@ class WGatesPruner(GatingPruner):
         training_steps: optimizer steps of gate training; required by :meth:`compress`.
         gate_lr: Adam learning rate of the gate parameters (the decisive knob: too high closes whole
             layers within a few steps, too low never moves a gate).
+        distill / temperature: share, in [0, 1], of knowledge distillation from the unpruned model (a copy
+            taken here, before the layers are wrapped) in the loss of the pruner's own training steps, and
+            its temperature (:class:`~wgates_plugin.distill.Distillation`): the training step's loss
+            ``L`` becomes ``(1 - distill) * L + distill * T^2 * KL``, the teacher run on the inputs of the
+            model's last training-mode forward. The training step must call the pruned model itself and
+            get a ``(batch, classes, ...)`` logits tensor back; fine-tuning after ``compress()`` is the
+            user's. 0: the user's loss unchanged.
         **options: W-Gates knobs ``alpha`` (Eq. 12 weight; in target mode the initial multiplier),
             ``controller_rate``, ``tolerance``, ``score_input``, ``weight_grad``, ``init_score``
             (see :class:`~wgates_plugin.WGatesConfig`).
@@ -92,14 +102,22 @@ class WGatesPruner(GatingPruner):
     def _check_options(self, target: float | None, options: dict[str, Any]) -> dict[str, Any]:
         gate_lr = options.pop("gate_lr", 1e-3)
         check_number("gate_lr", gate_lr, "> 0", type_error=ConfigError)
+        distill, temperature = options.pop("distill", DISTILL), options.pop("temperature", TEMPERATURE)
+        check_number("distill", distill, "[0, 1]", what="", type_error=ConfigError)
+        check_number("temperature", temperature, "> 0", type_error=ConfigError)
         unknown = sorted(set(options) - set(OPTION_FIELDS))
         if unknown:
-            raise ConfigError(f"unknown option(s) {unknown}: WGatesPruner accepts gate_lr, {', '.join(OPTION_FIELDS)} "
-                              "(bounds, exclusions and ratios come from config_list)")
-        self.gate_lr = float(gate_lr)
+            raise ConfigError(f"unknown option(s) {unknown}: WGatesPruner accepts gate_lr, distill, temperature, "
+                              f"{', '.join(OPTION_FIELDS)} (bounds, exclusions and ratios come from config_list)")
+        self.gate_lr, self.distill, self.temperature = float(gate_lr), float(distill), float(temperature)
+        self._kd: Distillation | None = None
+        self._kd_handle: Any = None
+        self._seen: tuple[tuple, dict, Any] | None = None
         return options
 
     def _build_core(self, model: nn.Module, target: float | None, efficiency: Any, **options: Any) -> WGates:
+        if self.distill:  # the unpruned model, before any wrapper or gate hook is on it
+            self._kd = Distillation(copy.deepcopy(model).eval(), self.distill, self.temperature)
         mode, target = _budget_mode(self.plans, target)
         bounds = {p.name: group_bounds(plan) for plan in self.plans for p in plan.group.producers}
         config = WGatesConfig(mode=mode, target=target, prune_shortcuts=True, layer_bounds=bounds, **options)
@@ -139,6 +157,8 @@ class WGatesPruner(GatingPruner):
         evaluator.patch_optimizer_step(before_step_tasks=[optimizer.step],
                                        after_step_tasks=[optimizer.zero_grad, self._after_step])
         evaluator.patch_loss(self._patch_loss)
+        if self._kd is not None:
+            self._kd_handle = self.bound_model.register_forward_hook(self._remember, with_kwargs=True)
 
     def _fuse_postprocess(self, evaluator: Evaluator) -> None:
         if not self._compressed:
@@ -147,7 +167,31 @@ class WGatesPruner(GatingPruner):
             self._finish()
 
     def _patch_loss(self, loss: torch.Tensor, _batch: Any) -> torch.Tensor:
+        if self._kd is not None:
+            loss = self._distilled(loss)
         return loss + self.efficiency_loss().to(loss)
+
+    def _remember(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if module.training:
+            self._seen = (args, kwargs, output)
+
+    def _distilled(self, loss: torch.Tensor) -> torch.Tensor:
+        """The training step's loss mixed with distillation from the unpruned model on the same inputs."""
+        seen, self._seen = self._seen, None
+        kd = self._kd
+        assert kd is not None
+        if seen is None:
+            raise ConfigError(f"distill={self.distill!r} distils the outputs of the pruned model's forward, and the "
+                              "training step computed its loss without calling the model in training mode (a "
+                              "submodule, or eval mode?): call the model itself, or pass distill=0")
+        args, kwargs, outputs = seen
+        if not (isinstance(outputs, torch.Tensor) and outputs.is_floating_point() and outputs.dim() >= 2):
+            what = (f"a tensor of shape {tuple(outputs.shape)}" if isinstance(outputs, torch.Tensor)
+                    else type(outputs).__name__)
+            raise ConfigError(f"distill={self.distill!r} matches the model's class logits, a (batch, classes, ...) "
+                              f"float tensor, and its forward returned {what}: pass distill=0 for this model")
+        kd.teacher.to(outputs.device)
+        return kd.mix(loss, outputs, kd.targets(*args, **kwargs))
 
     def _after_step(self) -> None:
         self.core.update_multiplier()
@@ -160,7 +204,10 @@ class WGatesPruner(GatingPruner):
         return self.core.efficiency_loss()
 
     def _finish(self) -> None:
-        """Freeze the gates (landing every budget exactly) and write them into NNI's masks."""
+        """Freeze the gates (landing every budget exactly) and write them into NNI's masks; the teacher goes."""
+        if self._kd_handle is not None:
+            self._kd_handle.remove()
+        self._kd = self._kd_handle = self._seen = None
         self.core.freeze()
         self.update_masks(self.gate_masks())
         self._compressed = True

@@ -1,0 +1,62 @@
+"""Knowledge distillation from a fixed teacher, shared by the training loops and the NNI pruner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+from .utils import check_number, kept_modes
+
+__all__ = ["Distillation"]
+
+
+class Distillation:
+    """Knowledge distillation from a fixed teacher (Hinton et al. 2015, "Distilling the Knowledge in a
+    Neural Network"): ``(1 - weight) * CE(student, y) + weight * T^2 * KL(softmax(teacher / T) ||
+    softmax(student / T))``. The teacher (e.g. the unpruned model) runs in eval mode under ``no_grad``
+    on the same batch; its modes are restored.
+
+    Args:
+        teacher: the model whose outputs are matched; not trained.
+        weight: share of the distillation term, in [0, 1] (0: plain cross-entropy).
+        temperature: ``T`` > 0.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from wgates_plugin.distill import Distillation
+        >>> net = nn.Linear(4, 3)
+        >>> x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+        >>> kd = Distillation(net, weight=1.0, temperature=2.0)
+        >>> float(kd(net(x), y, x))   # a student equal to its teacher has nothing to learn from it
+        0.0
+    """
+
+    def __init__(self, teacher: nn.Module, weight: float = 0.5, temperature: float = 4.0) -> None:
+        check_number("weight", weight, "[0, 1]", what="", type_error=ConfigError)
+        check_number("temperature", temperature, "> 0", type_error=ConfigError)
+        self.teacher, self.weight, self.temperature = teacher, float(weight), float(temperature)
+
+    def __call__(self, outputs: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        task = F.cross_entropy(outputs, labels)
+        if self.weight == 0:
+            return task
+        return self.mix(task, outputs, self.targets(inputs))
+
+    def targets(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The teacher's outputs on the batch (eval mode, no gradient; its modes restored)."""
+        with torch.no_grad(), kept_modes(self.teacher):
+            return self.teacher.eval()(*args, **kwargs)
+
+    def mix(self, task: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``(1 - weight) * task + weight * T^2 * KL(softmax(targets / T) || softmax(outputs / T))``: the task
+        loss ``task`` (cross-entropy, or the user's own) mixed with the softened match of ``outputs`` to
+        ``targets`` over their class dimension (1)."""
+        t = self.temperature
+        soft = F.kl_div(F.log_softmax(outputs / t, dim=1), F.log_softmax(targets / t, dim=1), log_target=True,
+                        reduction="batchmean") * t * t
+        return (1 - self.weight) * task + self.weight * soft
