@@ -20,8 +20,8 @@ LABELS = {"uniform": "uniform width", "random": "random channels", "l1": "L1 (NN
           "slim": "Network Slimming", "taylor": "Taylor (NNI)", "depgraph": "DepGraph GroupNorm",
           "gate_decorator": "Gate Decorator", "wgates": "W-Gates FLOPs",
           "wgates_open": "W-Gates FLOPs (open start)", "wgates_latency": "W-Gates latency",
-          "scratch": "scratch (W-Gates arch.)"}
-OURS = ("wgates", "wgates_open", "wgates_latency")
+          "wgates_kd": "W-Gates FLOPs, distilling while pruning", "scratch": "scratch (W-Gates arch.)"}
+OURS = ("wgates", "wgates_open", "wgates_latency", "wgates_kd")
 
 
 def load(path: Path) -> tuple[dict[str, dict], list[dict]]:

@@ -371,7 +371,7 @@ class DictOut(nn.Module):
 
 @pytest.mark.parametrize(("build", "step", "match"), [
     (DictOut, lambda batch, model: F.cross_entropy(model(batch[0])["logits"], batch[1]),
-     r"distill=0\.5 matches the model's class logits, a \(batch, classes, \.\.\.\) float tensor, and its forward "
+     r"distill=0\.5 matches the model's class logits, a \(batch, classes\) float tensor, and its forward "
      r"returned dict: pass distill=0"),
     (cnn, lambda batch, model: F.cross_entropy(model[-1](model[:-1](batch[0])), batch[1]),
      r"distill=0\.5 distils the outputs of the pruned model's forward, and the training step computed its loss "
@@ -395,3 +395,18 @@ def test_bad_distillation_options_are_refused(options, match):
     with pytest.raises(ConfigError, match=match):
         WGatesPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], evaluator=evaluator(model),
                      training_steps=2, **options)
+
+
+def test_distill_auto_distils_class_logits_and_leaves_other_outputs_alone():
+    """The default: the share chosen on validation where the model returns ``(batch, classes)`` logits on the dummy
+    input, no distillation (and no teacher copy) where it returns anything else; either way compress() runs."""
+    from wgates_plugin.distill import DISTILL
+    for build, share in [(cnn, DISTILL), (DictOut, 0.0)]:
+        model = build()
+        step = training_step if build is cnn else (lambda b, m: F.cross_entropy(m(b[0])["logits"], b[1]))
+        opt = nni.trace(torch.optim.SGD)(model.parameters(), lr=0.01)
+        pruner = WGatesPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], training_steps=2,
+                              evaluator=TorchEvaluator(make_training_func(), opt, step, dummy_input=X))
+        assert pruner.distill == share and (pruner._kd is not None) == bool(share)
+        pruner.compress()
+        assert pruner._step == 2

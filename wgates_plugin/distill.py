@@ -11,7 +11,18 @@ from torch import nn
 from .errors import ConfigError
 from .utils import check_number, kept_modes
 
-__all__ = ["Distillation"]
+__all__ = ["Distillation", "DISTILL", "TEMPERATURE", "is_logits"]
+
+# The defaults of W-Gates' pruning-phase distillation (the CLI's Recipe and WGatesPruner): its share of the loss
+# and its temperature, chosen on Fashion-MNIST's validation split (benchmarks/RESULTS.md, "Distillation in W-Gates'
+# own steps only").
+DISTILL, TEMPERATURE = 0.5, 4.0
+
+
+def is_logits(outputs: Any) -> bool:
+    """Whether ``outputs`` are class logits, a ``(batch, classes)`` float tensor: what :class:`Distillation`
+    matches."""
+    return isinstance(outputs, torch.Tensor) and outputs.is_floating_point() and outputs.dim() == 2
 
 
 class Distillation:
@@ -36,7 +47,7 @@ class Distillation:
         0.0
     """
 
-    def __init__(self, teacher: nn.Module, weight: float = 0.5, temperature: float = 4.0) -> None:
+    def __init__(self, teacher: nn.Module, weight: float = DISTILL, temperature: float = TEMPERATURE) -> None:
         check_number("weight", weight, "[0, 1]", what="", type_error=ConfigError)
         check_number("temperature", temperature, "> 0", type_error=ConfigError)
         self.teacher, self.weight, self.temperature = teacher, float(weight), float(temperature)

@@ -33,11 +33,11 @@ from torch import nn
 
 from ..budget import Budget
 from ..config import BudgetMode, WGatesConfig
-from ..distill import Distillation
+from ..distill import DISTILL, TEMPERATURE, Distillation, is_logits
 from ..errors import ConfigError
 from ..gates import Producer
 from ..pruner import WGates
-from ..utils import check_number, device_of
+from ..utils import check_number, device_of, eval_outputs
 from .nni_front import GatingPruner, Text
 from .nni_plan import GroupPlan, group_bounds, shared_budgets
 
@@ -45,7 +45,6 @@ __all__ = ["WGatesPruner"]
 
 # WGatesConfig fields a user may set; the rest follow from config_list and the budget arguments.
 OPTION_FIELDS = ("alpha", "controller_rate", "tolerance", "score_input", "weight_grad", "init_score", "warm_start")
-DISTILL, TEMPERATURE = 0.0, 4.0  # the pruner's distillation defaults (share of the loss, temperature)
 
 class WGatesPruner(GatingPruner):
     """Weight-dependent gates (W-Gates) as an NNI 3 pruner.
@@ -67,9 +66,11 @@ class WGatesPruner(GatingPruner):
             taken here, before the layers are wrapped) in the loss of the pruner's own training steps, and
             its temperature (:class:`~wgates_plugin.distill.Distillation`): the training step's loss
             ``L`` becomes ``(1 - distill) * L + distill * T^2 * KL``, the teacher run on the inputs of the
-            model's last training-mode forward. The training step must call the pruned model itself and
-            get a ``(batch, classes, ...)`` logits tensor back; fine-tuning after ``compress()`` is the
-            user's. 0: the user's loss unchanged.
+            model's last training-mode forward; fine-tuning after ``compress()`` is the user's. A share > 0
+            needs the training step to call the model itself and get ``(batch, classes)`` logits back.
+            ``"auto"`` (default): 0.5 (the share chosen on validation) when the model's eval output on the
+            dummy input is such logits, else 0 (detectors, segmenters); ``pruner.distill`` says which.
+            0: the user's loss unchanged.
         **options: W-Gates knobs ``alpha`` (Eq. 12 weight; in target mode the initial multiplier),
             ``controller_rate``, ``tolerance``, ``score_input``, ``weight_grad``, ``init_score``
             (see :class:`~wgates_plugin.WGatesConfig`).
@@ -102,22 +103,26 @@ class WGatesPruner(GatingPruner):
     def _check_options(self, target: float | None, options: dict[str, Any]) -> dict[str, Any]:
         gate_lr = options.pop("gate_lr", 1e-3)
         check_number("gate_lr", gate_lr, "> 0", type_error=ConfigError)
-        distill, temperature = options.pop("distill", DISTILL), options.pop("temperature", TEMPERATURE)
-        check_number("distill", distill, "[0, 1]", what="", type_error=ConfigError)
+        distill, temperature = options.pop("distill", "auto"), options.pop("temperature", TEMPERATURE)
+        if distill != "auto":
+            check_number("distill", distill, "[0, 1]", what="", type_error=ConfigError)
         check_number("temperature", temperature, "> 0", type_error=ConfigError)
         unknown = sorted(set(options) - set(OPTION_FIELDS))
         if unknown:
             raise ConfigError(f"unknown option(s) {unknown}: WGatesPruner accepts gate_lr, distill, temperature, "
                               f"{', '.join(OPTION_FIELDS)} (bounds, exclusions and ratios come from config_list)")
-        self.gate_lr, self.distill, self.temperature = float(gate_lr), float(distill), float(temperature)
+        self.gate_lr, self.temperature = float(gate_lr), float(temperature)
+        self.distill: float | str = distill if distill == "auto" else float(distill)
         self._kd: Distillation | None = None
         self._kd_handle: Any = None
         self._seen: tuple[tuple, dict, Any] | None = None
         return options
 
     def _build_core(self, model: nn.Module, target: float | None, efficiency: Any, **options: Any) -> WGates:
+        if self.distill == "auto":
+            self.distill = DISTILL if is_logits(eval_outputs(model, self.dummy_input)) else 0.0
         if self.distill:  # the unpruned model, before any wrapper or gate hook is on it
-            self._kd = Distillation(copy.deepcopy(model).eval(), self.distill, self.temperature)
+            self._kd = Distillation(copy.deepcopy(model).eval(), float(self.distill), self.temperature)
         mode, target = _budget_mode(self.plans, target)
         bounds = {p.name: group_bounds(plan) for plan in self.plans for p in plan.group.producers}
         config = WGatesConfig(mode=mode, target=target, prune_shortcuts=True, layer_bounds=bounds, **options)
@@ -185,11 +190,11 @@ class WGatesPruner(GatingPruner):
                               "training step computed its loss without calling the model in training mode (a "
                               "submodule, or eval mode?): call the model itself, or pass distill=0")
         args, kwargs, outputs = seen
-        if not (isinstance(outputs, torch.Tensor) and outputs.is_floating_point() and outputs.dim() >= 2):
+        if not is_logits(outputs):
             what = (f"a tensor of shape {tuple(outputs.shape)}" if isinstance(outputs, torch.Tensor)
                     else type(outputs).__name__)
-            raise ConfigError(f"distill={self.distill!r} matches the model's class logits, a (batch, classes, ...) "
-                              f"float tensor, and its forward returned {what}: pass distill=0 for this model")
+            raise ConfigError(f"distill={self.distill!r} matches the model's class logits, a (batch, classes) float "
+                              f"tensor, and its forward returned {what}: pass distill=0 for this model")
         kd.teacher.to(outputs.device)
         return kd.mix(loss, outputs, kd.targets(*args, **kwargs))
 

@@ -104,11 +104,12 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-lr", type=float, default=r.finetune_lr,
                         help=f"initial SGD lr of fine-tuning, cosine decay (default {r.finetune_lr})")
     parser.add_argument("--distill", type=float, default=r.distill, metavar="WEIGHT",
-                        help="share of knowledge distillation from the unpruned model in the loss of gate training, "
-                             f"settling and fine-tuning, in [0, 1] (default {r.distill:g}: none)")
+                        help="share of knowledge distillation from the unpruned model in the loss of gate training "
+                             "and settling (and fine-tuning with --distill-finetune), in [0, 1] "
+                             f"(default {r.distill:g}; 0: none)")
     parser.add_argument("--distill-finetune", action=argparse.BooleanOptionalAction, default=r.distill_finetune,
-                        help="whether fine-tuning distils too; --no-distill-finetune distils in the pruning phase "
-                             f"only (default {r.distill_finetune})")
+                        help="whether fine-tuning distils too (default: no, --distill applies to the pruning phase "
+                             "only)")
     parser.add_argument("--temperature", type=float, default=r.temperature,
                         help=f"distillation temperature (default {r.temperature:g})")
     parser.add_argument("--bn-batches", type=int, default=r.bn_batches,
