@@ -38,7 +38,8 @@ def main() -> None:
             tr, te = loaders(train, test, batch_size=64, seed=seed)
             torch.manual_seed(seed)
             r = prune_and_finetune(copy.deepcopy(base), torch.zeros(1, 3, 32, 32), tr, te, target=a.target,
-                                   recipe=Recipe(gate_steps=a.steps, finetune_steps=a.finetune_steps, gate_lr=lr),
+                                   recipe=Recipe(gate_steps=a.steps, finetune_steps=a.finetune_steps, gate_lr=lr,
+                                                 distill=0.0),  # as recorded: before distillation was the default
                                    progress=False).report
             print(json.dumps({"seed": seed, "gate_lr": lr, "top1": r["top1"], "flops_ratio": r["flops_ratio"],
                               "live_flops": [t["flops_ratio"] for t in r["trace"]]}), flush=True)

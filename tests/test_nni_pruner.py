@@ -369,21 +369,99 @@ class DictOut(nn.Module):
         return {"logits": self.net(x)}
 
 
-@pytest.mark.parametrize(("build", "step", "match"), [
-    (DictOut, lambda batch, model: F.cross_entropy(model(batch[0])["logits"], batch[1]),
-     r"distill=0\.5 matches the model's class logits, a \(batch, classes\) float tensor, and its forward "
-     r"returned dict: pass distill=0"),
-    (cnn, lambda batch, model: F.cross_entropy(model[-1](model[:-1](batch[0])), batch[1]),
-     r"distill=0\.5 distils the outputs of the pruned model's forward, and the training step computed its loss "
-     r"without calling the model in training mode"),
+class TrainTupleOut(nn.Module):
+    """Logits in eval mode, ``(logits, auxiliary)`` in training mode (as torchvision's GoogLeNet / Inception)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = cnn()
+
+    def forward(self, x):
+        out = self.net(x)
+        return (out, out.detach()) if self.training else out
+
+
+def _dict_step(batch, model):
+    return F.cross_entropy(model(batch[0])["logits"], batch[1])
+
+
+def _tuple_step(batch, model):
+    return F.cross_entropy(model(batch[0])[0], batch[1])
+
+
+def _submodule_step(batch, model):
+    return F.cross_entropy(model[-1](model[:-1](batch[0])), batch[1])
+
+
+@pytest.mark.parametrize(("build", "step", "why"), [
+    (DictOut, _dict_step, r"the model's training forward returned dict, not single-label \(batch, classes\) logits"),
+    (TrainTupleOut, _tuple_step, r"the model's training forward returned tuple, not single-label \(batch, classes\) "
+                                 r"logits"),
+    (cnn, _submodule_step, r"the training step computed its loss without a training-mode forward of the model "
+                           r"itself \(a submodule called directly\?\)"),
 ])
-def test_distill_refuses_steps_it_cannot_distil_with_the_reason(build, step, match):
+def test_distill_refuses_steps_it_cannot_distil_and_auto_trains_on_without_it(build, step, why):
+    """An explicit share raises with the reason and leaves no hook or teacher behind; ``"auto"`` warns once with the
+    same reason and trains on the user's loss alone."""
+    def pruner_for(model, distill):
+        opt = nni.trace(torch.optim.SGD)(model.parameters(), lr=0.01)
+        return WGatesPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], training_steps=2,
+                            distill=distill, evaluator=TorchEvaluator(make_training_func(), opt, step, dummy_input=X))
+
     model = build()
-    opt = nni.trace(torch.optim.SGD)(model.parameters(), lr=0.01)
-    pruner = WGatesPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], training_steps=2, distill=0.5,
-                          evaluator=TorchEvaluator(make_training_func(), opt, step, dummy_input=X))
-    with pytest.raises(ConfigError, match=match):
+    pruner = pruner_for(model, 0.5)
+    hooks = dict(model._forward_hooks)  # the gates' own, while the model is wrapped
+    with pytest.raises(ConfigError, match=r"distill=0\.5 distils the model's class logits, and " + why +
+                       r": make the training step call the model and return its logits, or pass distill=0"):
         pruner.compress()
+    assert model._forward_hooks == hooks and pruner._kd is None and pruner._seen is None  # the recorder is gone
+    model = build()
+    pruner = pruner_for(model, "auto")
+    hooks = dict(model._forward_hooks)
+    if build is DictOut:  # its eval output is no logits either: auto decides against distillation up front
+        assert pruner.distill == 0.0 and pruner._kd is None
+        pruner.compress()
+        return
+    assert pruner.distill == 0.5
+    with pytest.warns(UserWarning, match=r"distill='auto' turned distillation off: " + why) as caught:
+        pruner.compress()
+    assert sum("turned distillation off" in str(w.message) for w in caught) == 1
+    assert pruner._step == 2 and pruner.distill == 0.0 and pruner._kd is None and model._forward_hooks == hooks
+
+
+def test_distill_leaves_validation_inside_the_training_function_alone():
+    """A loss computed in eval mode under ``no_grad`` (a validation pass through the patched training step) is
+    neither distilled nor refused, and the training steps around it still distil."""
+    def training_func(model, optimizers, training_step, lr_schedulers=None, max_steps=None, max_epochs=None):
+        for step in range(max_steps):
+            model.train()
+            optimizers.zero_grad()
+            training_step(BATCHES[step % len(BATCHES)], model).backward()
+            optimizers.step()
+            model.eval()
+            with torch.no_grad():
+                training_step(BATCHES[0], model)
+
+    model = cnn()
+    opt = nni.trace(torch.optim.SGD)(model.parameters(), lr=0.01)
+    calls = []
+    pruner = WGatesPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], training_steps=2, distill=0.5,
+                          evaluator=TorchEvaluator(training_func, opt, training_step, dummy_input=X))
+    original = pruner._distilled
+    pruner._distilled = lambda loss: calls.append(1) or original(loss)
+    pruner.compress()
+    assert pruner._step == 2 and len(calls) == 2  # the two training steps, not the two validation passes
+
+
+def test_no_teacher_without_an_evaluator_and_none_for_one_column_heads():
+    model = cnn()
+    pruner = WGatesPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], dummy_input=X, distill=0.5)
+    assert pruner._kd is None  # no evaluator: compress() cannot run, no copy is kept
+    head = nn.Sequential(*list(cnn())[:-1], nn.Linear(24, 1))  # one output column: a binary or regression head
+    opt = nni.trace(torch.optim.SGD)(head.parameters(), lr=0.01)
+    pruner = WGatesPruner(head, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], training_steps=1,
+                          evaluator=TorchEvaluator(make_training_func(), opt, training_step, dummy_input=X))
+    assert pruner.distill == 0.0 and pruner._kd is None
 
 
 @pytest.mark.parametrize(("options", "match"), [

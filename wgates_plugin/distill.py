@@ -20,9 +20,11 @@ DISTILL, TEMPERATURE = 0.5, 4.0
 
 
 def is_logits(outputs: Any) -> bool:
-    """Whether ``outputs`` are class logits, a ``(batch, classes)`` float tensor: what :class:`Distillation`
-    matches."""
-    return isinstance(outputs, torch.Tensor) and outputs.is_floating_point() and outputs.dim() == 2
+    """Whether ``outputs`` look like single-label class logits, a ``(batch, classes)`` float tensor with at least
+    two classes: what :class:`Distillation` matches (a one-column output, a binary or regression head, has
+    nothing to soften)."""
+    return (isinstance(outputs, torch.Tensor) and outputs.is_floating_point() and outputs.dim() == 2
+            and outputs.shape[1] >= 2)
 
 
 class Distillation:

@@ -279,8 +279,8 @@ class Recipe:
             gate training and settling (and of fine-tuning with ``distill_finetune``; :class:`Distillation`;
             0: plain cross-entropy), and its temperature. The default, 0.5 in the pruning phase only, was
             chosen on Fashion-MNIST's validation split (ResNet-20 at 50/25/12 % and ResNet-56 at 50 % FLOPs,
-            3 seeds: best right after pruning, tied after fine-tuning; ``benchmarks/RESULTS.md``,
-            "Distillation in W-Gates' own steps only").
+            3 seeds: the best mean right after pruning, a win at ResNet-56; tied after fine-tuning;
+            ``benchmarks/RESULTS.md``, "Distillation in W-Gates' own steps only").
         distill_finetune: whether fine-tuning distils too (False: only the pruning phase, gate training and
             settling, learns from the unpruned model; fine-tuning is plain cross-entropy).
         latency_tolerance: in latency mode (a measured-latency cost model: LPNet or table), freezing ends with the

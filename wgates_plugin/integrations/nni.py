@@ -33,11 +33,12 @@ from torch import nn
 
 from ..budget import Budget
 from ..config import BudgetMode, WGatesConfig
+from ..core import GateHook
 from ..distill import DISTILL, TEMPERATURE, Distillation, is_logits
 from ..errors import ConfigError
 from ..gates import Producer
 from ..pruner import WGates
-from ..utils import check_number, device_of, eval_outputs
+from ..utils import check_number, device_of, dtype_of, eval_outputs
 from .nni_front import GatingPruner, Text
 from .nni_plan import GroupPlan, group_bounds, shared_budgets
 
@@ -63,14 +64,19 @@ class WGatesPruner(GatingPruner):
         gate_lr: Adam learning rate of the gate parameters (the decisive knob: too high closes whole
             layers within a few steps, too low never moves a gate).
         distill / temperature: share, in [0, 1], of knowledge distillation from the unpruned model (a copy
-            taken here, before the layers are wrapped) in the loss of the pruner's own training steps, and
-            its temperature (:class:`~wgates_plugin.distill.Distillation`): the training step's loss
-            ``L`` becomes ``(1 - distill) * L + distill * T^2 * KL``, the teacher run on the inputs of the
-            model's last training-mode forward; fine-tuning after ``compress()`` is the user's. A share > 0
-            needs the training step to call the model itself and get ``(batch, classes)`` logits back.
-            ``"auto"`` (default): 0.5 (the share chosen on validation) when the model's eval output on the
-            dummy input is such logits, else 0 (detectors, segmenters); ``pruner.distill`` says which.
-            0: the user's loss unchanged.
+            taken here, before the layers are wrapped, when there is an evaluator to train with) in the loss
+            of the pruner's own training steps, and its temperature
+            (:class:`~wgates_plugin.distill.Distillation`): the training step's loss ``L`` becomes
+            ``(1 - distill) * L + distill * T^2 * KL``, the teacher run on the inputs of the model's last
+            training-mode forward with gradients on (steps under ``no_grad`` or in eval mode, e.g. a
+            validation loss, are left alone); fine-tuning after ``compress()`` is the user's. A share > 0
+            needs the training step to call the model itself and get single-label ``(batch, classes)``
+            logits back, and raises :class:`ConfigError` otherwise. ``"auto"`` (default): 0.5 (the share
+            chosen on validation) when the model's eval output on the dummy input is such logits, else 0
+            (detectors, segmenters, one-column heads); if a training step then turns out not to fit (a
+            train-mode output of another form, a submodule called directly, a model that cannot be
+            copied), it warns once and trains on with the user's loss alone. ``pruner.distill`` says which.
+            The copy keeps the model's own forward hooks. 0: the user's loss unchanged.
         **options: W-Gates knobs ``alpha`` (Eq. 12 weight; in target mode the initial multiplier),
             ``controller_rate``, ``tolerance``, ``score_input``, ``weight_grad``, ``init_score``
             (see :class:`~wgates_plugin.WGatesConfig`).
@@ -113,16 +119,21 @@ class WGatesPruner(GatingPruner):
                               f"{', '.join(OPTION_FIELDS)} (bounds, exclusions and ratios come from config_list)")
         self.gate_lr, self.temperature = float(gate_lr), float(temperature)
         self.distill: float | str = distill if distill == "auto" else float(distill)
+        self._auto = distill == "auto"
         self._kd: Distillation | None = None
         self._kd_handle: Any = None
+        self._kd_place: tuple[torch.device, torch.dtype] | None = None
         self._seen: tuple[tuple, dict, Any] | None = None
         return options
 
+    def _plan_layers(self, model: nn.Module, config_list: Sequence[Any], evaluator: Evaluator | None,
+                     training_steps: int | None, dummy_input: Any) -> list[dict[str, Any]]:
+        self._trains = evaluator is not None  # no evaluator, no compress(): no teacher to keep
+        return super()._plan_layers(model, config_list, evaluator, training_steps, dummy_input)
+
     def _build_core(self, model: nn.Module, target: float | None, efficiency: Any, **options: Any) -> WGates:
-        if self.distill == "auto":
-            self.distill = DISTILL if is_logits(eval_outputs(model, self.dummy_input)) else 0.0
-        if self.distill:  # the unpruned model, before any wrapper or gate hook is on it
-            self._kd = Distillation(copy.deepcopy(model).eval(), float(self.distill), self.temperature)
+        if self._trains:
+            self._make_teacher(model)
         mode, target = _budget_mode(self.plans, target)
         bounds = {p.name: group_bounds(plan) for plan in self.plans for p in plan.group.producers}
         config = WGatesConfig(mode=mode, target=target, prune_shortcuts=True, layer_bounds=bounds, **options)
@@ -144,6 +155,7 @@ class WGatesPruner(GatingPruner):
 
     def unwrap_model(self) -> None:
         """Unwrap (NNI) and remove the gate hooks: the model is plain again, its weights unmasked."""
+        self._drop_teacher()
         super().unwrap_model()
         if self._core is not None:
             self._core.remove()
@@ -154,6 +166,14 @@ class WGatesPruner(GatingPruner):
             gate.producers = [Producer(_weight_owner(m.module, wrapped), m.idxs, m.channels) for m in group.producers]
 
     # ------------------------------------------------------------------ compression
+    def compress(self, max_steps: int | None = None, max_epochs: int | None = None) -> tuple[nn.Module, Any]:
+        """See :meth:`GatingPruner.compress`; if training raises, the teacher and its hook are gone too."""
+        try:
+            return super().compress(max_steps, max_epochs)
+        except BaseException:
+            self._drop_teacher()
+            raise
+
     def _single_compress(self, max_steps: int | None, max_epochs: int | None) -> None:
         self._fusion_compress(self.training_steps, None)
 
@@ -163,7 +183,8 @@ class WGatesPruner(GatingPruner):
                                        after_step_tasks=[optimizer.zero_grad, self._after_step])
         evaluator.patch_loss(self._patch_loss)
         if self._kd is not None:
-            self._kd_handle = self.bound_model.register_forward_hook(self._remember, with_kwargs=True)
+            self._drop_hook()
+            self._kd_handle = self.bound_model.register_forward_hook(GateHook(self._remember), with_kwargs=True)
 
     def _fuse_postprocess(self, evaluator: Evaluator) -> None:
         if not self._compressed:
@@ -172,31 +193,66 @@ class WGatesPruner(GatingPruner):
             self._finish()
 
     def _patch_loss(self, loss: torch.Tensor, _batch: Any) -> torch.Tensor:
-        if self._kd is not None:
+        if self._kd is not None and torch.is_grad_enabled() and self.bound_model.training:
             loss = self._distilled(loss)
         return loss + self.efficiency_loss().to(loss)
 
+    # ------------------------------------------------------------------ distillation
+    def _make_teacher(self, model: nn.Module) -> None:
+        """The unpruned model as teacher (before any wrapper or gate hook is on it); ``"auto"`` decides first."""
+        if self._auto:
+            self.distill = DISTILL if is_logits(eval_outputs(model, self.dummy_input)) else 0.0
+        if not self.distill:
+            return
+        try:
+            teacher = copy.deepcopy(model).eval()
+        except Exception as error:  # noqa: BLE001 - whatever stops a copy, the reason is reported
+            self._refuse(f"the model could not be copied as the teacher ({type(error).__name__}: {error})")
+            return
+        self._kd = Distillation(teacher, float(self.distill), self.temperature)
+
     def _remember(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        if module.training:
+        if module.training and torch.is_grad_enabled():
             self._seen = (args, kwargs, output)
 
     def _distilled(self, loss: torch.Tensor) -> torch.Tensor:
         """The training step's loss mixed with distillation from the unpruned model on the same inputs."""
         seen, self._seen = self._seen, None
-        kd = self._kd
-        assert kd is not None
         if seen is None:
-            raise ConfigError(f"distill={self.distill!r} distils the outputs of the pruned model's forward, and the "
-                              "training step computed its loss without calling the model in training mode (a "
-                              "submodule, or eval mode?): call the model itself, or pass distill=0")
+            return self._refuse("the training step computed its loss without a training-mode forward of the model "
+                                "itself (a submodule called directly?)", loss)
         args, kwargs, outputs = seen
         if not is_logits(outputs):
             what = (f"a tensor of shape {tuple(outputs.shape)}" if isinstance(outputs, torch.Tensor)
                     else type(outputs).__name__)
-            raise ConfigError(f"distill={self.distill!r} matches the model's class logits, a (batch, classes) float "
-                              f"tensor, and its forward returned {what}: pass distill=0 for this model")
-        kd.teacher.to(outputs.device)
+            return self._refuse(f"the model's training forward returned {what}, not single-label (batch, classes) "
+                                "logits", loss)
+        kd = self._kd
+        assert kd is not None
+        place = (device_of((args, kwargs)) if args or kwargs else outputs.device, dtype_of(self.bound_model))
+        if place != self._kd_place:
+            kd.teacher.to(device=place[0], dtype=place[1])
+            self._kd_place = place
         return kd.mix(loss, outputs, kd.targets(*args, **kwargs))
+
+    def _refuse(self, why: str, loss: torch.Tensor | None = None) -> Any:
+        """An explicit share raises; ``"auto"`` warns once, turns distillation off and returns ``loss``."""
+        if not self._auto:
+            raise ConfigError(f"distill={self.distill!r} distils the model's class logits, and {why}: make the "
+                              "training step call the model and return its logits, or pass distill=0")
+        warnings.warn(f"distill='auto' turned distillation off: {why}", stacklevel=3)
+        self.distill = 0.0
+        self._drop_teacher()
+        return loss
+
+    def _drop_hook(self) -> None:
+        if self._kd_handle is not None:
+            self._kd_handle.remove()
+        self._kd_handle = self._seen = None
+
+    def _drop_teacher(self) -> None:
+        self._drop_hook()
+        self._kd = self._kd_place = None
 
     def _after_step(self) -> None:
         self.core.update_multiplier()
@@ -210,9 +266,7 @@ class WGatesPruner(GatingPruner):
 
     def _finish(self) -> None:
         """Freeze the gates (landing every budget exactly) and write them into NNI's masks; the teacher goes."""
-        if self._kd_handle is not None:
-            self._kd_handle.remove()
-        self._kd = self._kd_handle = self._seen = None
+        self._drop_teacher()
         self.core.freeze()
         self.update_masks(self.gate_masks())
         self._compressed = True
