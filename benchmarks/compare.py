@@ -17,9 +17,9 @@ Methods: ``uniform`` (same ratio everywhere, first channels), ``random``, ``l1``
 ``gate_decorator``, ``wgates`` (FLOPs mode: warm start, gate lr 1e-3, no distillation), ``wgates_open``
 (the defaults before the validation screen: every gate open, gate lr 1e-2), ``wgates_latency`` (LPNet
 latency mode, frozen at the same FLOPs), ``wgates_kd`` (the library's defaults: ``wgates`` with distillation
-from the unpruned model in W-Gates' own gate training and settling, ``self_distill`` 0.5; fine-tuning stays
-cross-entropy as for every method) and ``scratch`` (the W-Gates architecture re-initialized and trained for the
-whole budget).
+from the unpruned model in W-Gates' own gate training and settling, ``self_distill`` at the library's
+``DISTILL``, 0.5; fine-tuning stays cross-entropy as for every method) and ``scratch`` (the W-Gates
+architecture re-initialized and trained for the whole budget).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from torch import nn
 
 from wgates_plugin import count_macs
 from wgates_plugin.app.training import count_params, evaluate
+from wgates_plugin.distill import DISTILL
 from wgates_plugin.efficiency import Timing, measure_ms
 from wgates_plugin.errors import ConfigError
 from wgates_plugin.export import prune_groups
@@ -64,7 +65,6 @@ from .protocol import (
 
 ALL_METHODS = ("uniform", "random", "l1", "fpgm", "slim", "taylor", "depgraph", "gate_decorator", "wgates",
                "wgates_open", "wgates_latency", "wgates_kd", "scratch")
-SELF_DISTILL = 0.5  # wgates_kd's share, the recipe screen's wg_warm_lr1e-3_kdgate
 PRESETS: dict[str, dict[str, Any]] = {
     # The full sweep: hours on 2 cores.
     "full": {"models": ("resnet20", "resnet56", "vgg16_bn", "resnet18"), "budgets": (0.5, 0.25, 0.12),
@@ -161,7 +161,7 @@ def method_fn(method: str, state: ModelState, setup: Setup, data: Data, seed: in
     if method == "wgates_open":  # the defaults before the validation screen: every gate open, gate lr 1e-2
         return functools.partial(learned.wgates, gate_lr=1e-2, warm_start=False, trace_eval=trace, eval_every=4, **sgd)
     if method == "wgates_kd":  # the library's defaults: distilling from the unpruned model in W-Gates' own steps
-        return functools.partial(learned.wgates, gate_lr=p.gate_lr, self_distill=SELF_DISTILL, trace_eval=trace,
+        return functools.partial(learned.wgates, gate_lr=p.gate_lr, self_distill=DISTILL, trace_eval=trace,
                                  eval_every=4, **sgd)
     if method == "wgates_latency":
         return functools.partial(learned.wgates, gate_lr=p.gate_lr, predictor=state.predictor, trace_eval=trace,

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from wgates_plugin import WGates
-from wgates_plugin.app.training import Distillation, Recipe, evaluate, recalibrate_bn, train_gates
+from wgates_plugin.app.training import Recipe, evaluate, recalibrate_bn, train_gates
 from wgates_plugin.app.training import settle as settle_exported
 from wgates_plugin.budget import Budget, land
+from wgates_plugin.distill import Distillation
 from wgates_plugin.efficiency import FitConfig, LatencyPredictor, Timing
 from wgates_plugin.errors import BudgetError, ConfigError
 from wgates_plugin.gate_decorator import GateDecorator, TickTock

@@ -338,10 +338,15 @@ class Recipe:
         settling = min(round(self.settle * self.gate_steps), self.gate_steps)
         return self.gate_steps - settling, settling
 
+    @property
+    def finetune_distils(self) -> bool:
+        """Whether fine-tuning distils (``distill`` > 0 and ``distill_finetune``): whether it needs the teacher."""
+        return bool(self.distill) and self.distill_finetune
+
     def distillation(self, teacher: nn.Module | None, finetune: bool = False) -> Distillation | None:
         """The distillation loss from ``teacher`` (the unpruned model) in the pruning phase, or in fine-tuning
         with ``finetune``; None when ``distill`` is 0, or in fine-tuning without ``distill_finetune``."""
-        if not self.distill or teacher is None or (finetune and not self.distill_finetune):
+        if not self.distill or teacher is None or (finetune and not self.finetune_distils):
             return None
         return Distillation(teacher, self.distill, self.temperature)
 
@@ -551,7 +556,7 @@ def prune_phase(model: nn.Module, example_inputs: Any, train_loader: Iterable, t
               "kept": {k: list(v) for k, v in wg.kept().items()}, "trace": trace, "seconds": clock.laps}
     if landing is not None:
         report["latency_landing"] = landing.report()
-    return Stage(pruned, [list(e) for e in wg.history], report, wg, teacher if recipe.distill_finetune else None)
+    return Stage(pruned, [list(e) for e in wg.history], report, wg, teacher if recipe.finetune_distils else None)
 
 
 def finetune_phase(stage: Stage, example_inputs: Any, train_loader: Iterable, test_loader: Iterable | None,

@@ -244,8 +244,7 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
     recipe = build_recipe(args)
     if done == "pruned":
         stage = ckpt.load_stage(arch)
-        kd = recipe.distillation(model, finetune=True)  # the baseline, as it was, when fine-tuning distils
-        stage.teacher = copy.deepcopy(model).eval() if kd is not None else None
+        stage.teacher = copy.deepcopy(model).eval() if recipe.finetune_distils else None  # the baseline, as it was
     else:
         train_loader, test_loader = _phase(args, train, test, 1)
         wg = build_wgates(args, model, example)
