@@ -6,7 +6,11 @@ every FLOPs budget, seed and method: a copy of the baseline is pruned (the metho
 counts against the total step budget), its achieved FLOPs are checked to be within ±2 % of the
 budget, BN statistics are re-calibrated and top-1 measured, the model is fine-tuned with a constant
 learning rate and top-1 (after BN re-calibration) is recorded at each total budget (1, 3, 10 epochs'
-worth by default), and its CPU latency is measured (1 thread, CPU clock, median).
+worth by default), and its CPU latency is measured (1 thread, CPU clock, median). Beside every test
+figure the run records the validation top-1 of the same calibrated network (``val_top1_pruned``,
+``val_top1``; nothing is drawn from a random generator for it, so the test figures are those a run
+without it gives), from which the report's second reading picks each method's checkpoint on
+validation within each budget.
 
 Every run is one JSON line in ``<out>/runs.jsonl``, written as soon as it finishes; a re-run skips
 the runs already there (same protocol), so an interrupted sweep resumes. ``python -m
@@ -60,6 +64,7 @@ from .protocol import (
     distillation,
     finetune_curve,
     make_data,
+    selection_top1,
     steps_per_epoch,
 )
 
@@ -210,12 +215,18 @@ def run_one(state: ModelState, method: str, budget: float, seed: int, setup: Set
         "steps_used": pruned.steps_used, "prune_seconds": round(seconds, 2),
         "baseline_sha256": state.info["weights_sha256"],
     }
+    chosen_on_val = p.evaluate_on == "test"  # validation figures beside the test ones, to choose a checkpoint
     if method != "scratch":
         record["top1_pruned_raw"] = evaluate(model, data.test())
         record["top1_pruned"] = calibrated_top1(model, data, seed, p)
+        if chosen_on_val:
+            record["val_top1_pruned"] = selection_top1(model, data)
     lr = p.baseline_lr if method == "scratch" else None
+    val: dict[str, float | None] | None = {} if chosen_on_val else None
     record["top1"] = finetune_curve(model, data, seed, p, pruned.steps_used, lr=lr, progress=setup.progress,
-                                    teacher=state.base)
+                                    teacher=state.base, val=val)
+    if val is not None:
+        record["val_top1"] = val
     record["latency_ms"] = latency_ms(model, p)
     record["latency_ratio"] = record["latency_ms"] / state.latency_ms
     record["info"] = pruned.info

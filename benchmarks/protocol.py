@@ -27,7 +27,8 @@ from wgates_plugin.app.data import load_digits, load_fashion_mnist, loaders
 from wgates_plugin.app.training import Distillation, evaluate, fit, recalibrate_bn, train_steps
 from wgates_plugin.errors import ConfigError
 
-__all__ = ["Protocol", "Data", "Augmented", "make_data", "baseline", "checkpoints", "finetune_curve", "steps_per_epoch"]
+__all__ = ["Protocol", "Data", "Augmented", "make_data", "baseline", "checkpoints", "finetune_curve", "steps_per_epoch",
+           "selection_top1"]
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,16 @@ def calibrated_top1(model: nn.Module, data: Data, seed: int, protocol: Protocol)
     return evaluate(model, data.test())
 
 
+def selection_top1(model: nn.Module, data: Data) -> float | None:
+    """Validation top-1 of ``model`` as it stands, for choosing a checkpoint on validation.
+
+    Called right after :func:`calibrated_top1`, it reads the same BN calibration and draws nothing from
+    any random generator, so recording it leaves every later training step, and the test figures,
+    unchanged. None when the evaluation split is the validation split itself (``evaluate_on='val'``).
+    """
+    return None if data.evaluate_on == "val" else evaluate(model, data.val())
+
+
 def checkpoints(protocol: Protocol, steps_used: int) -> dict[str, int | None]:
     """Fine-tuning steps at each total budget (``None``: the pruning step alone exceeded it)."""
     spe = steps_per_epoch(protocol)
@@ -257,9 +268,14 @@ def _label(epochs: float) -> str:
 
 def finetune_curve(model: nn.Module, data: Data, seed: int, protocol: Protocol, steps_used: int,
                    lr: float | None = None, progress: bool = False,
-                   teacher: nn.Module | None = None) -> dict[str, float | None]:
+                   teacher: nn.Module | None = None,
+                   val: dict[str, float | None] | None = None) -> dict[str, float | None]:
     """Fine-tune ``model`` (constant lr) and record calibrated top-1 at every total step budget
     (distilling from ``teacher`` when ``protocol.distill`` is set).
+
+    Args:
+        val: when given, filled with the validation top-1 at the same checkpoints and the same keys
+            (:func:`selection_top1`), so a checkpoint can be chosen on validation afterwards.
 
     Returns:
         ``{budget in epochs (str): top-1, or None when ``steps_used`` alone exceeds that budget}``.
@@ -268,12 +284,16 @@ def finetune_curve(model: nn.Module, data: Data, seed: int, protocol: Protocol, 
     wanted = sorted({s for s in marks.values() if s is not None})
     opt = torch.optim.SGD(model.parameters(), lr=protocol.finetune_lr if lr is None else lr,
                           momentum=protocol.momentum, weight_decay=protocol.weight_decay)
-    stream, done, top1 = _Stream(data.train(seed)), 0, {}
+    stream, done, top1, val_top1 = _Stream(data.train(seed)), 0, {}, {}
     kd = distillation(protocol, teacher)
     for target in wanted:
         train_steps(model, stream, opt, target - done, progress=progress, desc="finetune", distill=kd)
         done = target
         top1[target] = calibrated_top1(model, data, seed, protocol)
+        if val is not None:
+            val_top1[target] = selection_top1(model, data)
+    if val is not None:
+        val.update({label: (None if s is None else val_top1[s]) for label, s in marks.items()})
     return {label: (None if s is None else top1[s]) for label, s in marks.items()}
 
 

@@ -100,7 +100,7 @@ def markdown(models: dict[str, dict], runs: list[dict]) -> str:
         for budget in sorted({b for (m, b) in groups if m == name}, reverse=True):
             by_method = groups[(name, budget)]
             lines += [f"**{name}, {budget:.0%} FLOPs**", ""] + table(info, by_method, epochs) + [""]
-        lines += summary(name, groups, epochs) + [""]
+        lines += summary(name, groups, epochs) + [""] + chosen_summary(name, groups, epochs)
     return "\n".join(lines)
 
 
@@ -125,12 +125,15 @@ def summary(name: str, groups: dict[tuple[str, float], dict[str, list[dict]]], e
     return rows
 
 
-def paired(ours: list[dict], rival: list[dict], epoch: str | None) -> str:
+def paired(ours: list[dict], rival: list[dict], epoch: str | None, on_val: bool = False) -> str:
     """The per-seed differences ``ours - rival`` at ``epoch`` (None: right after pruning + BN) and the verdict.
 
+    With ``on_val``, each run is read at its checkpoint chosen on validation within ``epoch`` (:func:`chosen`).
     A seed is paired only where both runs started from the same baseline (equal ``baseline_sha256``,
     where both recorded it)."""
     def value(r: dict) -> float | None:
+        if on_val:
+            return None if epoch is None else chosen(r, epoch)[0]
         return r.get("top1_pruned") if epoch is None else r["top1"].get(epoch)
 
     def same_baseline(r: dict, t: dict) -> bool:  # runs recorded before baselines were identified pair as before
@@ -144,6 +147,55 @@ def paired(ours: list[dict], rival: list[dict], epoch: str | None) -> str:
     if not diffs:
         return "—"
     return verdict(diffs)
+
+
+def chosen(r: dict, epoch: str) -> tuple[float | None, str | None]:
+    """``(test top-1, checkpoint)`` of the run's checkpoint with the best *validation* top-1 among those
+    a run stopped at ``epoch`` epochs could return: right after pruning + BN (``"pruned"``) and every
+    fine-tuning checkpoint up to ``epoch``; on a tie the earliest (the fewest steps). ``(None, None)``
+    where the run recorded no validation figures or the pruning alone exceeded ``epoch``."""
+    val = r.get("val_top1")
+    if val is None or r["top1"].get(epoch) is None:
+        return None, None
+    options = [(v, float(e), e) for e, v in val.items() if v is not None and float(e) <= float(epoch)]
+    if r.get("val_top1_pruned") is not None:
+        options.append((r["val_top1_pruned"], -1.0, "pruned"))
+    best = max(options, key=lambda o: (o[0], -o[1]))[2]  # the best validation top-1, then the earliest
+    return (r["top1_pruned"] if best == "pruned" else r["top1"][best]), best
+
+
+def chosen_summary(name: str, groups: dict[tuple[str, float], dict[str, list[dict]]], epochs: list[str]) -> list[str]:
+    """The second reading, where every run recorded validation figures: each method returns, within each
+    training budget, its checkpoint with the best validation top-1 (early stopping on validation, the
+    same rule for every method), and W-Gates is paired against every other method on those."""
+    budgets = sorted({b for (m, b) in groups if m == name and all(
+        "val_top1" in r for rs in groups[(m, b)].values() for r in rs)}, reverse=True)
+    if not budgets:
+        return []
+    rows = [f"**{name}: every method's checkpoint chosen on validation within each budget** (right after pruning "
+            "+ BN or any fine-tuning checkpoint up to the budget, the best validation top-1; test top-1, mean ± "
+            "std, with how often each checkpoint was chosen; then W-Gates minus each rival, paired per seed)", ""]
+    head = "| {} | " + " | ".join(f"@ {e} ep" for e in epochs) + " |\n|" + "---|" * (len(epochs) + 1)
+    for budget in budgets:
+        by_method = groups[(name, budget)]
+        rows += [f"{budget:.0%} FLOPs:", "", head.format("method")]
+        rows += [f"| {LABELS[m]} | " + " | ".join(_chosen_cell(by_method[m], e) for e in epochs) + " |"
+                 for m in sorted(by_method, key=lambda m: list(LABELS).index(m))] + [""]
+        for ours in (m for m in OURS if m in by_method):
+            rows += [f"{LABELS[ours]} minus each rival, {budget:.0%} FLOPs, checkpoints chosen on validation:", "",
+                     head.format("rival")]
+            rows += [f"| {LABELS[rival]} | " + " | ".join(
+                paired(by_method[ours], by_method[rival], e, on_val=True) for e in epochs) + " |"
+                for rival in by_method if rival not in OURS] + [""]
+    return rows
+
+
+def _chosen_cell(runs: list[dict], epoch: str) -> str:
+    """Mean ± std of the chosen checkpoints' test top-1, and how often each checkpoint was chosen."""
+    picks = [chosen(r, epoch) for r in runs]
+    names = [k for _, k in picks if k]
+    counts = ", ".join(f"{k if k == 'pruned' else k + ' ep'} ×{names.count(k)}" for k in dict.fromkeys(names))
+    return _pm([v for v, _ in picks]) + (f" ({counts})" if counts else "")
 
 
 def verdict(diffs: list[float]) -> str:

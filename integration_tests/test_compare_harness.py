@@ -36,7 +36,9 @@ def test_every_method_lands_on_the_budget_with_a_full_record(smoke):
         assert abs(r["flops_ratio"] / 0.5 - 1) <= setup.protocol.tolerance, r["method"]
         assert set(r["top1"]) == {"0.5", "1"}
         assert 0 < r["params_ratio"] < 1 and r["latency_ms"] > 0 and r["prune_seconds"] >= 0
-        for value in list(r["top1"].values()) + [r.get("top1_pruned", 0.5)]:
+        assert set(r["val_top1"]) == set(r["top1"])  # validation figures at every checkpoint, to choose one
+        assert ("val_top1_pruned" in r) == ("top1_pruned" in r)
+        for value in [*r["top1"].values(), *r["val_top1"].values(), r.get("top1_pruned", 0.5)]:
             assert value is None or 0 <= value <= 1
 
 
@@ -69,6 +71,7 @@ def test_report_writes_tables_and_plots(smoke):
         assert report.LABELS[method] in text
     assert "W-Gates against every other method, paired per seed" in text and "W-Gates FLOPs, 50% FLOPs:" in text
     assert "| uniform width | " in text and "(1 seed: no verdict)" in text  # the smoke run has one seed
+    assert "every method's checkpoint chosen on validation within each budget" in text
     for png in ("acc_vs_flops_resnet20.png", "kept_channels_resnet20.png", "gate_training_resnet20.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

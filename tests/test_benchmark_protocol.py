@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.protocol import Augmented, Protocol, make_data
+from benchmarks.protocol import Augmented, Protocol, finetune_curve, make_data
 from tests.test_fashion_mnist import small_set, write_split
+from wgates_plugin.app.training import evaluate
 from wgates_plugin.errors import ConfigError
 
 
@@ -59,3 +60,24 @@ def test_digits_stay_for_smoke_runs():
     assert (len(data.train_set), len(data.test_set)) == (256, 64)
     with pytest.raises(ConfigError, match=r"dataset='cifar' is not one of 'fashion-mnist', 'digits'"):
         Protocol(dataset="cifar")
+
+
+def _small_cnn(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_recording_validation_figures_leaves_training_and_test_figures_unchanged(fashion_root, seed):
+    p = Protocol(data_root=str(fashion_root), size=28, train_size=20, val_size=10, batch=4, bn_batches=2,
+                 budget_epochs=(0.4, 1.0, 2.0))
+    data = make_data(p)
+    plain, recorded = _small_cnn(seed), _small_cnn(seed)
+    val: dict = {}
+    curve = finetune_curve(plain, data, seed, p, steps_used=3)
+    assert finetune_curve(recorded, data, seed, p, steps_used=3, val=val) == curve  # the same test figures
+    for a, b in zip(plain.state_dict().values(), recorded.state_dict().values()):
+        assert torch.equal(a, b)  # and the same weights and BN statistics
+    assert set(val) == set(curve) and val["0.4"] is None and curve["0.4"] is None  # pruning alone exceeded 0.4
+    assert val["2"] == evaluate(recorded, data.val())  # the last checkpoint, read on the validation split

@@ -44,3 +44,36 @@ def test_table_shows_mean_and_std_and_a_dash_for_missing_budgets():
     rows = report.table({}, {"l1": runs}, ["1", "3"])
     assert rows[2].startswith("| L1 (NNI) | 50.0 ± 0.0 % |")
     assert "| 91.0 ± 1.4 | — |" in rows[2]
+
+
+def _checkpoints(pruned: tuple[float, float], **curve: tuple[float | None, float | None]) -> dict:
+    """One run: (test, validation) top-1 right after pruning and at each budget (keys "1", "3", ...)."""
+    return {"seed": 0, "top1_pruned": pruned[0], "val_top1_pruned": pruned[1],
+            "top1": {e[1:]: t for e, (t, _) in curve.items()}, "val_top1": {e[1:]: v for e, (_, v) in curve.items()}}
+
+
+def test_the_checkpoint_is_chosen_on_validation_within_the_budget():
+    r = _checkpoints((0.90, 0.91), e1=(0.95, 0.89), e3=(0.80, 0.92))
+    assert report.chosen(r, "1") == (0.90, "pruned")  # validation prefers the pruned network to epoch 1's
+    assert report.chosen(r, "3") == (0.80, "3")  # a later checkpoint is open at 3 epochs: its *test* figure
+    tie = _checkpoints((0.90, 0.91), e1=(0.95, 0.91))
+    assert report.chosen(tie, "1") == (0.90, "pruned")  # equal on validation: the earliest, the fewest steps
+    exceeded = _checkpoints((0.90, 0.91), e1=(None, None), e3=(0.93, 0.90))
+    assert report.chosen(exceeded, "1") == (None, None)  # pruning alone exceeded 1 epoch
+    assert report.chosen(exceeded, "3") == (0.90, "pruned")
+    assert report.chosen({"top1": {"1": 0.9}}, "1") == (None, None)  # no validation figures recorded
+
+
+def test_verdicts_on_chosen_checkpoints_are_paired_per_seed():
+    ours = [dict(_checkpoints((0.90, 0.91), e1=(0.88, 0.89)), seed=s) for s in range(3)]
+    rival = [dict(_checkpoints((0.70, 0.71), e1=(0.89, 0.90)), seed=s) for s in range(3)]
+    assert report.paired(ours, rival, "1").startswith("**loses** -1.00")  # at the 1-epoch checkpoint
+    assert report.paired(ours, rival, "1", on_val=True).startswith("**wins** +1.00")  # each its chosen one
+    for r in ours + rival:
+        r.update(method="wgates" if r in ours else "l1", flops_ratio=0.5, params_ratio=0.5, latency_ms=1.0,
+                 prune_seconds=0.1, steps_used=0, info={})
+    text = "\n".join(report.chosen_summary("resnet20", {("resnet20", 0.5): {"wgates": ours, "l1": rival}}, ["1"]))
+    assert "| W-Gates FLOPs | 90.0 ± 0.0 (pruned ×3) |" in text and "| L1 (NNI) | 89.0 ± 0.0 (1 ep ×3) |" in text
+    assert "| L1 (NNI) | **wins** +1.00 (+1.00 / +1.00 / +1.00) |" in text
+    del rival[0]["val_top1"]  # a run without validation figures: no second reading for that budget
+    assert report.chosen_summary("resnet20", {("resnet20", 0.5): {"wgates": ours, "l1": rival}}, ["1"]) == []
