@@ -64,7 +64,6 @@ from .protocol import (
     distillation,
     finetune_curve,
     make_data,
-    selection_top1,
     steps_per_epoch,
 )
 
@@ -220,7 +219,7 @@ def run_one(state: ModelState, method: str, budget: float, seed: int, setup: Set
         record["top1_pruned_raw"] = evaluate(model, data.test())
         record["top1_pruned"] = calibrated_top1(model, data, seed, p)
         if chosen_on_val:
-            record["val_top1_pruned"] = selection_top1(model, data)
+            record["val_top1_pruned"] = evaluate(model, data.val())  # the same calibrated network
     lr = p.baseline_lr if method == "scratch" else None
     val: dict[str, float | None] | None = {} if chosen_on_val else None
     record["top1"] = finetune_curve(model, data, seed, p, pruned.steps_used, lr=lr, progress=setup.progress,

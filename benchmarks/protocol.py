@@ -27,8 +27,7 @@ from wgates_plugin.app.data import load_digits, load_fashion_mnist, loaders
 from wgates_plugin.app.training import Distillation, evaluate, fit, recalibrate_bn, train_steps
 from wgates_plugin.errors import ConfigError
 
-__all__ = ["Protocol", "Data", "Augmented", "make_data", "baseline", "checkpoints", "finetune_curve", "steps_per_epoch",
-           "selection_top1"]
+__all__ = ["Protocol", "Data", "Augmented", "make_data", "baseline", "checkpoints", "finetune_curve", "steps_per_epoch"]
 
 
 @dataclass(frozen=True)
@@ -242,16 +241,6 @@ def calibrated_top1(model: nn.Module, data: Data, seed: int, protocol: Protocol)
     return evaluate(model, data.test())
 
 
-def selection_top1(model: nn.Module, data: Data) -> float | None:
-    """Validation top-1 of ``model`` as it stands, for choosing a checkpoint on validation.
-
-    Called right after :func:`calibrated_top1`, it reads the same BN calibration and draws nothing from
-    any random generator, so recording it leaves every later training step, and the test figures,
-    unchanged. None when the evaluation split is the validation split itself (``evaluate_on='val'``).
-    """
-    return None if data.evaluate_on == "val" else evaluate(model, data.val())
-
-
 def checkpoints(protocol: Protocol, steps_used: int) -> dict[str, int | None]:
     """Fine-tuning steps at each total budget (``None``: the pruning step alone exceeded it)."""
     spe = steps_per_epoch(protocol)
@@ -274,8 +263,9 @@ def finetune_curve(model: nn.Module, data: Data, seed: int, protocol: Protocol, 
     (distilling from ``teacher`` when ``protocol.distill`` is set).
 
     Args:
-        val: when given, filled with the validation top-1 at the same checkpoints and the same keys
-            (:func:`selection_top1`), so a checkpoint can be chosen on validation afterwards.
+        val: when given, filled with the validation top-1 at the same checkpoints and the same keys, so a
+            checkpoint can be chosen on validation afterwards. It reads the same BN calibration and draws
+            nothing from any random generator: the training and the returned figures are unchanged.
 
     Returns:
         ``{budget in epochs (str): top-1, or None when ``steps_used`` alone exceeds that budget}``.
@@ -291,10 +281,14 @@ def finetune_curve(model: nn.Module, data: Data, seed: int, protocol: Protocol, 
         done = target
         top1[target] = calibrated_top1(model, data, seed, protocol)
         if val is not None:
-            val_top1[target] = selection_top1(model, data)
+            val_top1[target] = evaluate(model, data.val())  # the same calibrated network
+
+    def by_label(at_step: dict[int, float]) -> dict[str, float | None]:
+        return {label: (None if s is None else at_step[s]) for label, s in marks.items()}
+
     if val is not None:
-        val.update({label: (None if s is None else val_top1[s]) for label, s in marks.items()})
-    return {label: (None if s is None else top1[s]) for label, s in marks.items()}
+        val.update(by_label(val_top1))
+    return by_label(top1)
 
 
 def distillation(protocol: Protocol, teacher: nn.Module | None) -> Distillation | None:
