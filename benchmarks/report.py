@@ -1,5 +1,9 @@
 """Tables and plots from a comparison's ``runs.jsonl``: ``python -m benchmarks.report <out dir>``.
 
+``--with <dir> ...`` pools more seeds from other comparisons run under the same protocol (for instance
+seeds 3-4 re-run on another machine): their runs join the (model, budget) points ``<out dir>`` holds;
+a seed is still paired only where both runs started from the same baseline.
+
 Writes ``<out>/results.md`` (also printed) and PNG plots next to it:
 ``acc_vs_flops_<model>.png`` (top-1 against achieved FLOPs, one panel per training budget),
 ``kept_channels_<model>.png`` (W-Gates' kept channels per layer, as the paper's Fig. 6/7) and
@@ -8,9 +12,9 @@ Writes ``<out>/results.md`` (also printed) and PNG plots next to it:
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,10 +26,19 @@ LABELS = {"uniform": "uniform width", "random": "random channels", "l1": "L1 (NN
           "wgates_open": "W-Gates FLOPs (open start)", "wgates_latency": "W-Gates latency",
           "wgates_kd": "W-Gates FLOPs, distilling while pruning", "scratch": "scratch (W-Gates arch.)"}
 OURS = ("wgates", "wgates_open", "wgates_latency", "wgates_kd")
+DEFAULT = "wgates_kd"  # the library's defaults: also paired against the other W-Gates variants
+
+
+def rivals_of(ours: str, by_method: dict[str, list[dict]]) -> list[str]:
+    """The methods ``ours`` is paired against: every other method, and for the library default
+    (:data:`DEFAULT`) the other W-Gates variants too (the old defaults side by side with the new)."""
+    return [m for m in by_method if m != ours and (m not in OURS or ours == DEFAULT)]
 
 
 def load(path: Path) -> tuple[dict[str, dict], list[dict]]:
     """``(models, runs)`` of the newest protocol in ``path`` (earlier protocols are ignored)."""
+    if not path.is_file():
+        raise SystemExit(f"{path} does not exist: give a directory a comparison wrote its runs.jsonl into")
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not lines:
         raise SystemExit(f"{path} holds no record")
@@ -33,6 +46,25 @@ def load(path: Path) -> tuple[dict[str, dict], list[dict]]:
     models = {r["model"]: r for r in lines if r["kind"] == "model" and r["protocol_key"] == key}
     runs = [r for r in lines if r["kind"] == "run" and r["protocol_key"] == key]
     return models, runs
+
+
+def pool(runs: list[dict], models: dict[str, dict], key: str, path: Path) -> list[dict]:
+    """``runs`` plus the runs of ``path`` (another comparison's ``runs.jsonl``) recorded under the protocol
+    ``key``, at the (model, budget) points ``runs`` already holds. A run both hold (same model, budget,
+    method and seed) is an error: which of the two a table should show is not for the report to guess."""
+    points = {(r["model"], r["budget"]) for r in runs}
+    _, theirs = load(path)
+    extra = [r for r in theirs if r["protocol_key"] == key and (r["model"], r["budget"]) in points
+             and r["model"] in models]
+    if not extra:
+        raise SystemExit(f"{path} holds no run of protocol {key} at the points of this report "
+                         f"({', '.join(f'{m} {b:.0%}' for m, b in sorted(points))})")
+    ident = {(r["model"], r["budget"], r["method"], r["seed"]) for r in runs}
+    clash = sorted({(r["model"], r["budget"], r["method"], r["seed"]) for r in extra} & ident)
+    if clash:
+        raise SystemExit(f"{path} repeats runs this report already holds (model, budget, method, seed): {clash[:5]}"
+                         f"{' ...' if len(clash) > 5 else ''}; pool comparisons that ran different seeds")
+    return runs + extra
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -97,11 +129,24 @@ def markdown(models: dict[str, dict], runs: list[dict]) -> str:
                   f"Baseline: top-1 {100 * base['top1']:.1f} %, {info['macs'] / 1e6:.1f} M MACs, "
                   f"{info['params'] / 1e6:.3f} M params, {info['latency_ms']:.2f} ms "
                   f"(batch {info['environment']['protocol']['latency_batch']}, 1 thread, CPU clock).", ""]
+        lines += baselines_note([r for r in runs if r["model"] == name])
         for budget in sorted({b for (m, b) in groups if m == name}, reverse=True):
             by_method = groups[(name, budget)]
             lines += [f"**{name}, {budget:.0%} FLOPs**", ""] + table(info, by_method, epochs) + [""]
         lines += summary(name, groups, epochs) + [""] + chosen_summary(name, groups, epochs)
     return "\n".join(lines)
+
+
+def baselines_note(runs: list[dict]) -> list[str]:
+    """Where a model's runs started from more than one baseline (seeds pooled from comparisons run on
+    different machines), which seeds each digest covers; nothing where they share one."""
+    seeds: dict[str, set[int]] = defaultdict(set)
+    for r in runs:
+        seeds[(r.get("baseline_sha256") or "not recorded")[:16]].add(r["seed"])
+    if len(seeds) < 2:
+        return []
+    listed = "; ".join(f"{d}: seeds {', '.join(map(str, sorted(s)))}" for d, s in sorted(seeds.items()))
+    return [f"Runs from more than one baseline (digest: seeds; a seed is paired only on one baseline): {listed}.", ""]
 
 
 def summary(name: str, groups: dict[tuple[str, float], dict[str, list[dict]]], epochs: list[str]) -> list[str]:
@@ -116,9 +161,7 @@ def summary(name: str, groups: dict[tuple[str, float], dict[str, list[dict]]], e
                 continue
             rows += [f"{LABELS[ours]}, {budget:.0%} FLOPs:", "", "| rival | right after pruning + BN | " + " | ".join(
                 f"@ {e} epochs" for e in epochs) + " |", "|" + "---|" * (len(epochs) + 2)]
-            for rival in by_method:
-                if rival in OURS:
-                    continue
+            for rival in rivals_of(ours, by_method):
                 cells = [paired(by_method[ours], by_method[rival], e) for e in [None, *epochs]]
                 rows.append(f"| {LABELS[rival]} | " + " | ".join(cells) + " |")
             rows.append("")
@@ -186,7 +229,7 @@ def chosen_summary(name: str, groups: dict[tuple[str, float], dict[str, list[dic
                      head.format("rival")]
             rows += [f"| {LABELS[rival]} | " + " | ".join(
                 paired(by_method[ours], by_method[rival], e, on_val=True) for e in epochs) + " |"
-                for rival in by_method if rival not in OURS] + [""]
+                for rival in rivals_of(ours, by_method)] + [""]
     return rows
 
 
@@ -329,12 +372,17 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: python -m benchmarks.report <directory holding runs.jsonl>", file=sys.stderr)
-        return 2
-    out = Path(args[0])
-    models, runs = load(out / "runs.jsonl")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="directory holding a comparison's runs.jsonl; results.md goes there")
+    parser.add_argument("--with", dest="extra", type=Path, nargs="+", default=[], metavar="DIR",
+                        help="more comparisons (same protocol, other seeds) whose runs join this one's points")
+    args = parser.parse_args(argv)
+    models, runs = load(args.out / "runs.jsonl")
+    if args.extra and not runs:
+        raise SystemExit(f"{args.out / 'runs.jsonl'} holds no run to pool more seeds with")
+    for other in args.extra:
+        runs = pool(runs, models, runs[0]["protocol_key"], other / "runs.jsonl")
+    out = args.out
     text = markdown(models, runs)
     (out / "results.md").write_text(text + "\n")
     for name in models:
@@ -346,4 +394,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

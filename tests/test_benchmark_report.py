@@ -77,3 +77,58 @@ def test_verdicts_on_chosen_checkpoints_are_paired_per_seed():
     assert "| L1 (NNI) | **wins** +1.00 (+1.00 / +1.00 / +1.00) |" in text
     del rival[0]["val_top1"]  # a run without validation figures: no second reading for that budget
     assert report.chosen_summary("resnet20", {("resnet20", 0.5): {"wgates": ours, "l1": rival}}, ["1"]) == []
+
+
+def test_the_library_default_is_paired_against_the_other_wgates_variants_too():
+    by_method = {"wgates": _runs("wgates", [0.9] * 3), "wgates_kd": _runs("wgates_kd", [0.92] * 3),
+                 "l1": _runs("l1", [0.8] * 3)}
+    assert report.rivals_of("wgates_kd", by_method) == ["wgates", "l1"]  # the old default side by side
+    assert report.rivals_of("wgates", by_method) == ["l1"]  # other variants are paired with rivals only
+    text = "\n".join(report.summary("resnet20", {("resnet20", 0.5): {m: [dict(r, budget=0.5) for r in rs]
+                                                                     for m, rs in by_method.items()}}, ["1"]))
+    assert "| W-Gates FLOPs | — | **wins** +2.00 (+2.00 / +2.00 / +2.00) |" in text
+
+
+def _record(method: str, seed: int, top1: float, digest: str, key: str = "k1") -> dict:
+    return {"kind": "run", "protocol_key": key, "model": "resnet20", "method": method, "budget": 0.5,
+            "seed": seed, "top1": {"1": top1}, "top1_pruned": top1, "baseline_sha256": digest,
+            "flops_ratio": 0.5, "params_ratio": 0.5, "latency_ms": 1.0, "prune_seconds": 0.1, "steps_used": 0,
+            "info": {"kept": {"conv": [4, 8]}}}
+
+
+def _comparison(path, runs: list[dict], key: str = "k1") -> None:
+    import json
+
+    path.mkdir()
+    model = {"kind": "model", "protocol_key": key, "model": "resnet20", "macs": 4e7, "params": 2.7e5,
+             "latency_ms": 10.0, "baseline": {"top1": 0.91}, "environment": {"protocol": {"latency_batch": 32}}}
+    (path / "runs.jsonl").write_text("\n".join(json.dumps(r) for r in [model, *runs]) + "\n")
+
+
+def test_seeds_from_another_comparison_are_pooled_and_paired_on_their_own_baseline(tmp_path):
+    _comparison(tmp_path / "a", [_record(m, s, acc, "first") for s in (0, 1, 2)
+                                 for m, acc in (("wgates_kd", 0.92), ("l1", 0.90))])
+    _comparison(tmp_path / "b", [_record(m, s, acc, "second") for s in (3, 4)
+                                 for m, acc in (("wgates_kd", 0.93), ("l1", 0.90))])
+    assert report.main([str(tmp_path / "a"), "--with", str(tmp_path / "b")]) == 0
+    text = (tmp_path / "a" / "results.md").read_text()
+    assert "**wins** +2.40 (+2.00 / +2.00 / +2.00 / +3.00 / +3.00)" in text  # five seeds, each on one baseline
+    assert "first: seeds 0, 1, 2; second: seeds 3, 4" in text
+
+
+def test_pooling_refuses_repeated_runs_and_comparisons_with_nothing_to_add(tmp_path):
+    _comparison(tmp_path / "a", [_record("l1", 0, 0.9, "first")])
+    _comparison(tmp_path / "b", [_record("l1", 0, 0.8, "second")])
+    with pytest.raises(SystemExit, match=r"repeats runs this report already holds .*\('resnet20', 0.5, 'l1', 0\)"):
+        report.main([str(tmp_path / "a"), "--with", str(tmp_path / "b")])
+    _comparison(tmp_path / "c", [_record("l1", 1, 0.8, "second", key="k2")], key="k2")  # another protocol
+    with pytest.raises(SystemExit, match="holds no run of protocol k1 at the points of this report"):
+        report.main([str(tmp_path / "a"), "--with", str(tmp_path / "c")])
+    with pytest.raises(SystemExit, match="does not exist: give a directory a comparison wrote"):
+        report.main([str(tmp_path / "missing")])
+
+
+def test_the_command_line_explains_itself(capsys):
+    with pytest.raises(SystemExit) as done:
+        report.main(["--help"])
+    assert done.value.code == 0 and "--with DIR" in capsys.readouterr().out
