@@ -6,7 +6,8 @@ a seed is still paired only where both runs started from the same baseline.
 
 Writes ``<out>/results.md`` (also printed) and PNG plots next to it:
 ``acc_vs_flops_<model>.png`` (top-1 against achieved FLOPs, one panel per training budget),
-``kept_channels_<model>.png`` (W-Gates' kept channels per layer, as the paper's Fig. 6/7) and
+``kept_channels_<model>.png`` (W-Gates' kept channels per layer, as the paper's Fig. 6/7),
+``widths_<model>.png`` (every method's kept channels per layer, mean over seeds) and
 ``gate_training_<model>.png`` (live FLOPs / predicted latency and top-1 during gate training, Fig. 5).
 """
 
@@ -133,7 +134,8 @@ def markdown(models: dict[str, dict], runs: list[dict]) -> str:
         for budget in sorted({b for (m, b) in groups if m == name}, reverse=True):
             by_method = groups[(name, budget)]
             lines += [f"**{name}, {budget:.0%} FLOPs**", ""] + table(info, by_method, epochs) + [""]
-        lines += summary(name, groups, epochs) + [""] + chosen_summary(name, groups, epochs)
+        lines += widths_table(name, groups) + summary(name, groups, epochs)
+        lines += [""] + chosen_summary(name, groups, epochs)
     return "\n".join(lines)
 
 
@@ -147,6 +149,40 @@ def baselines_note(runs: list[dict]) -> list[str]:
         return []
     listed = "; ".join(f"{d}: seeds {', '.join(map(str, sorted(s)))}" for d, s in sorted(seeds.items()))
     return [f"Runs from more than one baseline (digest: seeds; a seed is paired only on one baseline): {listed}.", ""]
+
+
+def kept_widths(runs: list[dict]) -> tuple[dict[str, float], dict[str, int]]:
+    """``(mean kept channels per gated layer over the runs, full width per layer where recorded)``.
+    Score-based methods record a layer's kept count; the gated ones ``[kept, full]``."""
+    kept: dict[str, list[int]] = defaultdict(list)
+    full: dict[str, int] = {}
+    for r in runs:
+        for layer, k in r["info"].get("kept", {}).items():
+            if isinstance(k, list):
+                k, full[layer] = k
+            kept[layer].append(k)
+    return {layer: statistics.fmean(ks) for layer, ks in kept.items()}, full
+
+
+def widths_table(name: str, groups: dict[tuple[str, float], dict[str, list[dict]]]) -> list[str]:
+    """The widths each method chose: kept channels per stage (the gated layers summed by the first part
+    of their name, ``layer1``, ``layer2`` ...), mean over seeds, with the stage's full width."""
+    rows = [f"**{name}: the widths each method chose** (kept channels of the gated layers, summed per stage, "
+            f"mean over seeds; per layer: `widths_{name}.png`)", ""]
+    for budget in sorted({b for (m, b) in groups if m == name}, reverse=True):
+        by_method = groups[(name, budget)]
+        widths = {m: kept_widths(rs) for m, rs in by_method.items()}
+        full = {layer: w for _, f in widths.values() for layer, w in f.items()}
+        stages = list(dict.fromkeys(layer.split(".")[0] for _, (k, _) in widths.items() for layer in k))
+        if not stages:
+            continue
+        def total(layers: dict[str, float], stage: str) -> float:
+            return sum(v for layer, v in layers.items() if layer.split(".")[0] == stage)
+        head = [f"{st} (of {total(full, st):.0f})" if full else st for st in stages]
+        rows += [f"{budget:.0%} FLOPs:", "", "| method | " + " | ".join(head) + " |", "|" + "---|" * (len(head) + 1)]
+        rows += [f"| {LABELS[m]} | " + " | ".join(f"{total(widths[m][0], st):.1f}" for st in stages) + " |"
+                 for m in sorted(by_method, key=lambda m: list(LABELS).index(m)) if widths[m][0]] + [""]
+    return rows
 
 
 def summary(name: str, groups: dict[tuple[str, float], dict[str, list[dict]]], epochs: list[str]) -> list[str]:
@@ -336,6 +372,31 @@ def plot_kept(name: str, runs: list[dict], out: Path) -> Path | None:
     return _save(fig, out / f"kept_channels_{name}.png")
 
 
+def plot_widths(name: str, runs: list[dict], out: Path) -> Path | None:
+    """Kept channels per gated layer, mean over seeds, every method, one panel per budget."""
+    mine = [r for r in runs if r["model"] == name and r["info"].get("kept")]
+    if not mine:
+        return None
+    plt = _plt()
+    budgets = sorted({r["budget"] for r in mine}, reverse=True)
+    fig, axes = plt.subplots(len(budgets), 1, figsize=(11, 2.8 * len(budgets)), squeeze=False)
+    for ax, budget in zip(axes[:, 0], budgets):
+        here = [r for r in mine if r["budget"] == budget]
+        _, full = kept_widths(here)
+        layers = list(dict.fromkeys(layer for r in here for layer in r["info"]["kept"]))
+        pos = list(range(len(layers)))
+        if full:
+            ax.bar(pos, [full.get(layer, 0) for layer in layers], color="0.9", label="original")
+        for method in [m for m in LABELS if any(r["method"] == m for r in here)]:
+            kept, _ = kept_widths([r for r in here if r["method"] == method])
+            ax.plot(pos, [kept.get(layer, float("nan")) for layer in layers], marker="o" if method in OURS else ".",
+                    lw=2.2 if method in OURS else 1, color=_color(method), label=LABELS[method])
+        ax.set_xticks(pos, layers, rotation=90, fontsize=6)
+        ax.set(title=f"{name}, {budget:.0%} FLOPs: kept channels per gated layer, mean over seeds", ylabel="channels")
+        ax.legend(fontsize=6, ncol=2, loc="upper left")
+    return _save(fig, out / f"widths_{name}.png")
+
+
 def plot_training(name: str, runs: list[dict], out: Path) -> Path | None:
     """Live FLOPs / predicted-latency ratio and calibrated top-1 while the gates train (seed with a trace)."""
     traced = [r for r in runs if r["model"] == name and r["method"] in OURS
@@ -388,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in models:
         plot_accuracy(name, models, runs, out)
         plot_kept(name, runs, out)
+        plot_widths(name, runs, out)
         plot_training(name, runs, out)
     print(text)
     return 0

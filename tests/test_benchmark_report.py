@@ -132,3 +132,19 @@ def test_the_command_line_explains_itself(capsys):
     with pytest.raises(SystemExit) as done:
         report.main(["--help"])
     assert done.value.code == 0 and "--with DIR" in capsys.readouterr().out
+
+
+def test_the_widths_each_method_chose_are_summed_per_stage_and_averaged_over_seeds():
+    def run(method: str, seed: int, kept: dict) -> dict:
+        return {"method": method, "seed": seed, "budget": 0.5, "info": {"kept": kept}}
+
+    groups = {("resnet20", 0.5): {
+        "l1": [run("l1", 0, {"layer1.0.conv1": 4, "layer1.1.conv1": 2, "layer2.0.conv1": 8})],  # counts only
+        "wgates": [run("wgates", s, {"layer1.0.conv1": [k, 8], "layer1.1.conv1": [1, 8], "layer2.0.conv1": [10, 16]})
+                   for s, k in ((0, 3), (1, 6))]}}  # gated methods record [kept, full]
+    assert report.kept_widths(groups[("resnet20", 0.5)]["wgates"]) == (
+        {"layer1.0.conv1": 4.5, "layer1.1.conv1": 1.0, "layer2.0.conv1": 10.0},
+        {"layer1.0.conv1": 8, "layer1.1.conv1": 8, "layer2.0.conv1": 16})
+    text = "\n".join(report.widths_table("resnet20", groups))
+    assert "| method | layer1 (of 16) | layer2 (of 16) |" in text
+    assert "| L1 (NNI) | 6.0 | 8.0 |" in text and "| W-Gates FLOPs | 5.5 | 10.0 |" in text
