@@ -182,7 +182,7 @@ def widths_table(name: str, groups: dict[tuple[str, float], dict[str, list[dict]
         rows += [f"{budget:.0%} FLOPs:", "", "| method | " + " | ".join(head) + " |", "|" + "---|" * (len(head) + 1)]
         rows += [f"| {LABELS[m]} | " + " | ".join(f"{total(widths[m][0], st):.1f}" for st in stages) + " |"
                  for m in sorted(by_method, key=lambda m: list(LABELS).index(m)) if widths[m][0]] + [""]
-    return rows
+    return rows if len(rows) > 2 else []  # no run recorded its widths: no heading either
 
 
 def summary(name: str, groups: dict[tuple[str, float], dict[str, list[dict]]], epochs: list[str]) -> list[str]:

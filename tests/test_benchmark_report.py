@@ -148,3 +148,4 @@ def test_the_widths_each_method_chose_are_summed_per_stage_and_averaged_over_see
     text = "\n".join(report.widths_table("resnet20", groups))
     assert "| method | layer1 (of 16) | layer2 (of 16) |" in text
     assert "| L1 (NNI) | 6.0 | 8.0 |" in text and "| W-Gates FLOPs | 5.5 | 10.0 |" in text
+    assert report.widths_table("resnet20", {("resnet20", 0.5): {"l1": [run("l1", 0, {})]}}) == []
