@@ -244,20 +244,29 @@ def chosen(r: dict, epoch: str) -> tuple[float | None, str | None]:
 
 
 def chosen_summary(name: str, groups: dict[tuple[str, float], dict[str, list[dict]]], epochs: list[str]) -> list[str]:
-    """The second reading, where every run recorded validation figures: each method returns, within each
-    training budget, its checkpoint with the best validation top-1 (early stopping on validation, the
-    same rule for every method), and W-Gates is paired against every other method on those."""
-    budgets = sorted({b for (m, b) in groups if m == name and all(
-        "val_top1" in r for rs in groups[(m, b)].values() for r in rs)}, reverse=True)
-    if not budgets:
+    """The second reading, on the seeds whose runs all recorded validation figures: each method returns,
+    within each training budget, its checkpoint with the best validation top-1 (early stopping on
+    validation, the same rule for every method), and W-Gates is paired against every other method on
+    those. Seeds with a run that recorded none (runs from before validation was tracked) are left out,
+    and the heading says which seeds the reading covers."""
+    covered = {}
+    for (m, b), by_method in groups.items():
+        seeds = {r["seed"] for rs in by_method.values() for r in rs}
+        bare = {r["seed"] for rs in by_method.values() for r in rs if "val_top1" not in r}
+        if m == name and seeds - bare:
+            covered[b] = (sorted(seeds - bare), bool(bare))
+    if not covered:
         return []
     rows = [f"**{name}: every method's checkpoint chosen on validation within each budget** (right after pruning "
             "+ BN or any fine-tuning checkpoint up to the budget, the best validation top-1; test top-1, mean ± "
             "std, with how often each checkpoint was chosen; then W-Gates minus each rival, paired per seed)", ""]
     head = "| {} | " + " | ".join(f"@ {e} ep" for e in epochs) + " |\n|" + "---|" * (len(epochs) + 1)
-    for budget in budgets:
-        by_method = groups[(name, budget)]
-        rows += [f"{budget:.0%} FLOPs:", "", head.format("method")]
+    for budget in sorted(covered, reverse=True):
+        seeds, partial = covered[budget]
+        by_method = {m: [r for r in rs if r["seed"] in seeds] for m, rs in groups[(name, budget)].items()}
+        by_method = {m: rs for m, rs in by_method.items() if rs}
+        note = f" (seeds {', '.join(map(str, seeds))}: the others recorded no validation figures)" if partial else ""
+        rows += [f"{budget:.0%} FLOPs{note}:", "", head.format("method")]
         rows += [f"| {LABELS[m]} | " + " | ".join(_chosen_cell(by_method[m], e) for e in epochs) + " |"
                  for m in sorted(by_method, key=lambda m: list(LABELS).index(m))] + [""]
         for ours in (m for m in OURS if m in by_method):

@@ -75,7 +75,13 @@ def test_verdicts_on_chosen_checkpoints_are_paired_per_seed():
     text = "\n".join(report.chosen_summary("resnet20", {("resnet20", 0.5): {"wgates": ours, "l1": rival}}, ["1"]))
     assert "| W-Gates FLOPs | 90.0 ± 0.0 (pruned ×3) |" in text and "| L1 (NNI) | 89.0 ± 0.0 (1 ep ×3) |" in text
     assert "| L1 (NNI) | **wins** +1.00 (+1.00 / +1.00 / +1.00) |" in text
-    del rival[0]["val_top1"]  # a run without validation figures: no second reading for that budget
+    del rival[0]["val_top1"]  # seed 0 recorded no validation figures: the reading covers seeds 1 and 2
+    text = "\n".join(report.chosen_summary("resnet20", {("resnet20", 0.5): {"wgates": ours, "l1": rival}}, ["1"]))
+    assert "50% FLOPs (seeds 1, 2: the others recorded no validation figures):" in text
+    assert "| W-Gates FLOPs | 90.0 ± 0.0 (pruned ×2) |" in text
+    assert "| L1 (NNI) | +1.00 / +1.00 (2 seeds: no verdict) |" in text
+    for r in ours:
+        del r["val_top1"]  # no seed has validation figures for every method: no second reading at all
     assert report.chosen_summary("resnet20", {("resnet20", 0.5): {"wgates": ours, "l1": rival}}, ["1"]) == []
 
 
