@@ -49,14 +49,13 @@ def load(path: Path) -> tuple[dict[str, dict], list[dict]]:
     return models, runs
 
 
-def pool(runs: list[dict], models: dict[str, dict], key: str, path: Path) -> list[dict]:
+def pool(runs: list[dict], key: str, path: Path) -> list[dict]:
     """``runs`` plus the runs of ``path`` (another comparison's ``runs.jsonl``) recorded under the protocol
     ``key``, at the (model, budget) points ``runs`` already holds. A run both hold (same model, budget,
     method and seed) is an error: which of the two a table should show is not for the report to guess."""
     points = {(r["model"], r["budget"]) for r in runs}
     _, theirs = load(path)
-    extra = [r for r in theirs if r["protocol_key"] == key and (r["model"], r["budget"]) in points
-             and r["model"] in models]
+    extra = [r for r in theirs if r["protocol_key"] == key and (r["model"], r["budget"]) in points]
     if not extra:
         raise SystemExit(f"{path} holds no run of protocol {key} at the points of this report "
                          f"({', '.join(f'{m} {b:.0%}' for m, b in sorted(points))})")
@@ -173,16 +172,23 @@ def widths_table(name: str, groups: dict[tuple[str, float], dict[str, list[dict]
         by_method = groups[(name, budget)]
         widths = {m: kept_widths(rs) for m, rs in by_method.items()}
         full = {layer: w for _, f in widths.values() for layer, w in f.items()}
-        stages = list(dict.fromkeys(layer.split(".")[0] for _, (k, _) in widths.items() for layer in k))
+        stages = list(dict.fromkeys(_stage(layer) for _, (k, _) in widths.items() for layer in k))
         if not stages:
             continue
-        def total(layers: dict[str, float], stage: str) -> float:
-            return sum(v for layer, v in layers.items() if layer.split(".")[0] == stage)
-        head = [f"{st} (of {total(full, st):.0f})" if full else st for st in stages]
+        head = [f"{st} (of {_stage_total(full, st):.0f})" if full else st for st in stages]
         rows += [f"{budget:.0%} FLOPs:", "", "| method | " + " | ".join(head) + " |", "|" + "---|" * (len(head) + 1)]
-        rows += [f"| {LABELS[m]} | " + " | ".join(f"{total(widths[m][0], st):.1f}" for st in stages) + " |"
+        rows += [f"| {LABELS[m]} | " + " | ".join(f"{_stage_total(widths[m][0], st):.1f}" for st in stages) + " |"
                  for m in sorted(by_method, key=lambda m: list(LABELS).index(m)) if widths[m][0]] + [""]
     return rows if len(rows) > 2 else []  # no run recorded its widths: no heading either
+
+
+def _stage(layer: str) -> str:
+    """A gated layer's stage: the first part of its name (``layer2.1.conv1`` -> ``layer2``)."""
+    return layer.split(".")[0]
+
+
+def _stage_total(widths: dict[str, float], stage: str) -> float:
+    return sum(v for layer, v in widths.items() if _stage(layer) == stage)
 
 
 def summary(name: str, groups: dict[tuple[str, float], dict[str, list[dict]]], epochs: list[str]) -> list[str]:
@@ -251,9 +257,11 @@ def chosen_summary(name: str, groups: dict[tuple[str, float], dict[str, list[dic
     and the heading says which seeds the reading covers."""
     covered = {}
     for (m, b), by_method in groups.items():
+        if m != name:
+            continue
         seeds = {r["seed"] for rs in by_method.values() for r in rs}
         bare = {r["seed"] for rs in by_method.values() for r in rs if "val_top1" not in r}
-        if m == name and seeds - bare:
+        if seeds - bare:
             covered[b] = (sorted(seeds - bare), bool(bare))
     if not covered:
         return []
@@ -451,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.extra and not runs:
         raise SystemExit(f"{args.out / 'runs.jsonl'} holds no run to pool more seeds with")
     for other in args.extra:
-        runs = pool(runs, models, runs[0]["protocol_key"], other / "runs.jsonl")
+        runs = pool(runs, runs[0]["protocol_key"], other / "runs.jsonl")
     out = args.out
     text = markdown(models, runs)
     (out / "results.md").write_text(text + "\n")
