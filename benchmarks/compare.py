@@ -22,8 +22,9 @@ Methods: ``uniform`` (same ratio everywhere, first channels), ``random``, ``l1``
 (the defaults before the validation screen: every gate open, gate lr 1e-2), ``wgates_latency`` (LPNet
 latency mode, frozen at the same FLOPs), ``wgates_kd`` (the library's defaults: ``wgates`` with distillation
 from the unpruned model in W-Gates' own gate training and settling, ``self_distill`` at the library's
-``DISTILL``, 0.5; fine-tuning stays cross-entropy as for every method) and ``scratch`` (the W-Gates
-architecture re-initialized and trained for the whole budget).
+``DISTILL``, 0.5; fine-tuning stays cross-entropy as for every method), ``wgates_vote`` (``wgates_kd`` freezing
+the channels open most often over the last quarter of the gate steps, ``freeze_votes=0.25``) and ``scratch``
+(the W-Gates architecture re-initialized and trained for the whole budget).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ from .protocol import (
 )
 
 ALL_METHODS = ("uniform", "random", "l1", "fpgm", "slim", "taylor", "depgraph", "gate_decorator", "wgates",
-               "wgates_open", "wgates_latency", "wgates_kd", "scratch")
+               "wgates_open", "wgates_latency", "wgates_kd", "wgates_vote", "scratch")
 PRESETS: dict[str, dict[str, Any]] = {
     # The full sweep: hours on 2 cores.
     "full": {"models": ("resnet20", "resnet56", "vgg16_bn", "resnet18"), "budgets": (0.5, 0.25, 0.12),
@@ -167,6 +168,9 @@ def method_fn(method: str, state: ModelState, setup: Setup, data: Data, seed: in
     if method == "wgates_kd":  # the library's defaults: distilling from the unpruned model in W-Gates' own steps
         return functools.partial(learned.wgates, gate_lr=p.gate_lr, self_distill=DISTILL, trace_eval=trace,
                                  eval_every=4, **sgd)
+    if method == "wgates_vote":  # the library's defaults, frozen on the masks of the last quarter by vote
+        return functools.partial(learned.wgates, gate_lr=p.gate_lr, self_distill=DISTILL, freeze_votes=0.25,
+                                 trace_eval=trace, eval_every=4, **sgd)
     if method == "wgates_latency":
         return functools.partial(learned.wgates, gate_lr=p.gate_lr, predictor=state.predictor, trace_eval=trace,
                                  eval_every=4, **sgd)

@@ -42,7 +42,7 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
            freeze_stable: int = 0, freeze_flips: float = 0.0, cost_model: Any = None,
            weight_schedule: str = Recipe.weight_schedule,
            settle: float = Recipe.settle, weight_anneal: float = Recipe.weight_anneal, self_distill: float = 0.0,
-           **options: Any) -> Pruned:
+           freeze_votes: float = Recipe.freeze_votes, **options: Any) -> Pruned:
     """W-Gates in target mode: gates and weights trained jointly for ``ctx.steps``, then frozen on budget.
 
     FLOPs mode (``predictor=None``) lands the FLOPs budget exactly. Latency mode trains against an
@@ -58,6 +58,8 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
         weight_anneal: ``Recipe.weight_anneal`` (the share of the gate steps a cosine schedule decays over).
         settle: ``Recipe.settle``: the share of ``ctx.steps`` that trains the exported network at its frozen
             widths (cosine lr to 0) before it is handed back; those steps are charged too.
+        freeze_votes: ``Recipe.freeze_votes`` (the share of the last gate steps whose masks the freeze keeps by
+            vote).
         self_distill: share of knowledge distillation from the unpruned model (a copy taken before the
             gates attach) in the loss of W-Gates' own steps only, gate training and settling: the
             network it hands back has learned from the unpruned one, and the harness's fine-tuning
@@ -90,7 +92,7 @@ def wgates(ctx: PruneContext, gate_lr: float, weight_lr: float, momentum: float,
     recipe = Recipe(gate_steps=ctx.steps, gate_lr=gate_lr, weight_lr=weight_lr, weight_schedule=weight_schedule,
                     momentum=momentum, settle=settle, weight_anneal=weight_anneal,
                     weight_decay=weight_decay, freeze_stable=freeze_stable,
-                    freeze_flips=freeze_flips, distill=kd.weight if kd else 0.0,
+                    freeze_flips=freeze_flips, freeze_votes=freeze_votes, distill=kd.weight if kd else 0.0,
                     temperature=kd.temperature if kd else Recipe.temperature)
     trace = train_wgates(model, wg, ctx, recipe, trace_eval, eval_every, teacher=kd.teacher if kd else None)
     gated, timed = _timed_eval(trace_eval, model, "top1_before_freeze")

@@ -25,8 +25,9 @@ LABELS = {"uniform": "uniform width", "random": "random channels", "l1": "L1 (NN
           "slim": "Network Slimming", "taylor": "Taylor (NNI)", "depgraph": "DepGraph GroupNorm",
           "gate_decorator": "Gate Decorator", "wgates": "W-Gates FLOPs",
           "wgates_open": "W-Gates FLOPs (open start)", "wgates_latency": "W-Gates latency",
-          "wgates_kd": "W-Gates FLOPs, distilling while pruning", "scratch": "scratch (W-Gates arch.)"}
-OURS = ("wgates", "wgates_open", "wgates_latency", "wgates_kd")
+          "wgates_kd": "W-Gates FLOPs, distilling while pruning",
+          "wgates_vote": "W-Gates FLOPs, distilling, frozen by vote", "scratch": "scratch (W-Gates arch.)"}
+OURS = ("wgates", "wgates_open", "wgates_latency", "wgates_kd", "wgates_vote")
 DEFAULT = "wgates_kd"  # the library's defaults: also paired against the other W-Gates variants
 
 
@@ -449,17 +450,45 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def validation_pairs(runs: list[dict], pairs: list[tuple[str, ...]]) -> str:
+    """Markdown, per model: for each pair ``(a, b)`` of methods, ``a - b`` per seed on the validation figures
+    (right after pruning + BN, and along the fine-tuning curve), on the runs that recorded them; a seed is
+    paired only on one baseline (:func:`benchmarks.recipe.paired_report`, the recipe screen's reading)."""
+    from .recipe import paired_report  # the recipe screen imports this module
+
+    known = {r["method"] for r in runs}
+    for pair in pairs:
+        for method in pair:
+            if method not in known:
+                raise SystemExit(f"--val-pair {' '.join(pair)}: no run of {method!r} here (the runs hold "
+                                 f"{', '.join(sorted(known))})")
+    key = runs[0]["protocol_key"]
+    out = []
+    for model in sorted({r["model"] for r in runs}):
+        rows = [{"variant": r["method"], "protocol_key": key, "budget": r["budget"], "seed": r["seed"],
+                 "val_pruned": r["val_top1_pruned"], "val": r["val_top1"], "baseline_sha256": r.get("baseline_sha256")}
+                for r in runs if r["model"] == model and "val_top1" in r]
+        out += [f"### {model}", "", paired_report(rows, list(pairs), {0.0: key})]  # type: ignore[arg-type]
+    return "\n".join(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="directory holding a comparison's runs.jsonl; results.md goes there")
     parser.add_argument("--with", dest="extra", type=Path, nargs="+", default=[], metavar="DIR",
                         help="more comparisons (same protocol, other seeds) whose runs join this one's points")
+    parser.add_argument("--val-pair", nargs=2, action="append", metavar=("A", "B"),
+                        help="print method A minus method B per seed on the validation figures the runs recorded "
+                             "(the reading a knob is chosen on), for each model, instead of writing the report")
     args = parser.parse_args(argv)
     models, runs = load(args.out / "runs.jsonl")
     if args.extra and not runs:
         raise SystemExit(f"{args.out / 'runs.jsonl'} holds no run to pool more seeds with")
     for other in args.extra:
         runs = pool(runs, runs[0]["protocol_key"], other / "runs.jsonl")
+    if args.val_pair:
+        print(validation_pairs(runs, [tuple(p) for p in args.val_pair]))
+        return 0
     out = args.out
     text = markdown(models, runs)
     (out / "results.md").write_text(text + "\n")

@@ -155,3 +155,24 @@ def test_the_widths_each_method_chose_are_summed_per_stage_and_averaged_over_see
     assert "| method | layer1 (of 16) | layer2 (of 16) |" in text
     assert "| L1 (NNI) | 6.0 | 8.0 |" in text and "| W-Gates FLOPs | 5.5 | 10.0 |" in text
     assert report.widths_table("resnet20", {("resnet20", 0.5): {"l1": [run("l1", 0, {})]}}) == []
+
+
+def test_two_methods_are_paired_on_the_validation_figures_alone(tmp_path, capsys):
+    def run(method: str, seed: int, val: float, test: float, digest: str = "d") -> dict:
+        r = _record(method, seed, test, digest)
+        r.update(val_top1_pruned=val - 0.01, val_top1={"1": val})
+        return r
+
+    runs = [run("wgates_vote", s, 0.90 + 0.01 * s, 0.5) for s in (0, 1, 2)]
+    runs += [run("wgates_kd", s, 0.89 + 0.01 * s, 0.99) for s in (0, 1, 2)]  # better on test: not read
+    runs.append(run("wgates_kd", 3, 0.80, 0.99, digest="other"))  # unpaired: no vote run, other baseline
+    runs.append(_record("wgates_vote", 4, 0.99, "d"))  # recorded no validation figures: left out
+    _comparison(tmp_path / "a", runs)
+    assert report.main([str(tmp_path / "a"), "--val-pair", "wgates_vote", "wgates_kd"]) == 0
+    text = capsys.readouterr().out
+    assert "| 50% | right after pruning + BN | 90.0 | 89.0 | **wins** +1.00 (+1.00 / +1.00 / +1.00) |" in text
+    assert "| 50% | @ 1 epochs | 91.0 | 90.0 | **wins** +1.00" in text
+    assert not (tmp_path / "a" / "results.md").exists()  # a reading, not the report
+    with pytest.raises(SystemExit, match=r"--val-pair wgates_vote taylor: no run of 'taylor' here \(the runs hold "
+                                         r"wgates_kd, wgates_vote\)"):
+        report.main([str(tmp_path / "a"), "--val-pair", "wgates_vote", "taylor"])

@@ -164,3 +164,7 @@ def test_settle_and_weight_anneal_reach_the_recipe_and_bad_shares_are_refused():
         build_recipe(parser.parse_args([*base, "--settle", "1"]))
     with pytest.raises(ConfigError, match=r"weight_anneal=0\.0 must be in \(0, 1\]"):
         build_recipe(parser.parse_args([*base, "--weight-anneal", "0"]))
+    assert default.freeze_votes == Recipe().freeze_votes
+    assert build_recipe(parser.parse_args([*base, "--freeze-votes", "0.25"])).freeze_votes == 0.25
+    with pytest.raises(ConfigError, match=r"freeze_votes=-0\.5 must be in \[0, 1\]"):
+        build_recipe(parser.parse_args([*base, "--freeze-votes", "-0.5"]))

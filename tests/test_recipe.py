@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 from wgates_plugin import WGates, WGatesConfig
 from wgates_plugin.app.training import Recipe, train_gates
+from wgates_plugin.budget import land
 from wgates_plugin.errors import ConfigError
 from wgates_plugin.gates import Producer, WeightGate
 
@@ -120,3 +123,99 @@ def test_weight_anneal_and_freeze_flips_without_the_lever_they_shape_are_refused
         Recipe(freeze_flips=0.02)
     assert Recipe(weight_schedule="cosine", weight_anneal=0.25).weight_anneal == 0.25
     assert Recipe(freeze_stable=8, freeze_flips=0.02).freeze_flips == 0.02
+
+
+def _units(wg: WGates) -> list[torch.Tensor]:
+    return [g.hard().view(g.tie, g.units)[0].clone() for g in wg.gates]
+
+
+def test_top_k_mask_breaks_ties_by_the_second_key_then_by_index():
+    from wgates_plugin.gates import top_k_mask
+
+    votes = torch.tensor([3.0, 1.0, 3.0, 1.0, 0.0, 1.0])
+    scores = torch.tensor([0.0, -0.1, 0.2, 0.3, 0.9, 0.3])
+    assert top_k_mask(votes, 4, tiebreak=scores).tolist() == [1, 0, 1, 1, 0, 1]  # 1-vote tie: 3 and 5 (0.3) over 1
+    assert top_k_mask(votes, 3, tiebreak=scores).tolist() == [1, 0, 1, 1, 0, 0]  # 0.3 == 0.3: the lower index
+    assert top_k_mask(votes, 3).tolist() == [1, 1, 1, 0, 0, 0]  # no second key: the lower index
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_freeze_keeps_the_units_open_most_often_at_their_mean_count(seed):
+    """Masks A (three votes) and B (one) of equal counts: the freeze keeps A, whatever the last step's mask was."""
+    torch.manual_seed(seed)
+    wg = WGates(small_cnn(), torch.randn(2, 3, 8, 8), target=0.5, warm_start=True)
+    a = _units(wg)
+    b = [m.flip(0) for m in a]  # another mask of the same counts
+    for masks in (a, a, b, a, b):  # the last step's mask is B
+        for gate, m in zip(wg.gates, masks):
+            gate.freeze(m)
+        wg.record_votes()
+    wg.unfreeze()
+    assert wg.votes == 5
+    assert any(not torch.equal(x, y) for x, y in zip(a, b))
+    wg.freeze(project=False)  # no landing: the mean counts as they are
+    # votes 3 A + 2 B: the |A| most voted units are those of A (5 votes in both masks, 3 in A alone, 2 in B alone)
+    assert all(torch.equal(k, m) for k, m in zip(_units(wg), a))
+    wg.unfreeze()
+    wg.freeze()  # landed on the target from the voted counts
+    landed = land([int(m.sum()) for m in a], wg.unit_bounds(), wg.budgets)
+    assert [int(g.hard().sum()) // g.tie for g in wg.gates] == landed
+    assert wg.cost_ratio() <= 0.5 * (1 + wg.config.tolerance)
+
+
+def test_the_vote_count_is_the_rounded_mean_and_clearing_forgets_it():
+    torch.manual_seed(0)
+    wg = WGates(small_cnn(), torch.randn(2, 3, 8, 8), target=0.5, warm_start=True)
+    gate = wg.gates[0]
+    full, none = torch.ones(gate.units), torch.zeros(gate.units)
+    none[0] = 1  # the bounds keep one unit at least
+    for m in (full, full, none):  # mean count (2 * 16 + 1) / 3 = 11
+        gate.freeze(m)
+        wg.record_votes()
+    gate.unfreeze()
+    wg.freeze(project=False)
+    assert int(gate.hard().sum()) // gate.tie == round((2 * gate.units + 1) / 3)
+    wg.unfreeze()
+    wg.clear_votes()
+    assert wg.votes == 0
+    wg.freeze(project=False)  # the current masks again
+    assert torch.equal(gate.hard(), gate.frozen) and int(gate.hard().sum()) == gate.kept_units() * gate.tie
+
+
+def test_the_tally_survives_a_state_dict_and_a_wrong_one_is_refused():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    model = small_cnn()
+    wg = WGates(model, x, target=0.5, warm_start=True)
+    a = _units(wg)
+    for masks in (a, [m.flip(0) for m in a], a):
+        for gate, m in zip(wg.gates, masks):
+            gate.freeze(m)
+        wg.record_votes()
+    wg.unfreeze()
+    state = wg.state_dict()
+    twin = WGates(copy.deepcopy(model), x, target=0.5, warm_start=True)
+    twin.load_state_dict(state)
+    assert twin.votes == 3
+    wg.freeze()
+    twin.freeze()
+    assert all(torch.equal(p.frozen, q.frozen) for p, q in zip(wg.gates, twin.gates))
+    state["_extra_state"]["votes"][0] = [1.0, 2.0]
+    with pytest.raises(ConfigError, match=r"saved vote tallies have \[2, "):
+        twin.load_state_dict(state)
+
+
+@pytest.mark.parametrize(("share", "voted"), [(0.0, 0), (0.25, 2), (0.5, 4), (1.0, 8)])
+def test_gate_training_tallies_the_masks_of_its_last_share_of_steps(share, voted):
+    torch.manual_seed(0)
+    model = small_cnn()
+    wg = WGates(model, torch.randn(2, 3, 8, 8), target=0.5, warm_start=True)
+    wg.record_votes()  # an earlier tally: forgotten by a training that votes, kept by one that does not
+    loader = [(torch.randn(4, 3, 8, 8), torch.randint(0, 4, (4,))) for _ in range(3)]
+    train_gates(model, wg, loader, Recipe(gate_steps=8, freeze_votes=share), progress=False)
+    assert wg.votes == (voted or 1)
+
+
+def test_a_freeze_votes_share_outside_0_1_is_refused():
+    with pytest.raises(ConfigError, match=r"freeze_votes=1\.5 must be in \[0, 1\]"):
+        Recipe(freeze_votes=1.5)

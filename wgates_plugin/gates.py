@@ -238,10 +238,12 @@ class WeightGate(nn.Module):
         """Units (``tie`` channels each) that freezing now would keep."""
         return int(self.hard().sum()) // self.tie
 
-    def freeze_top(self, k: int) -> None:
-        """Freeze keeping the ``k`` best-scored units."""
+    def freeze_top(self, k: int, votes: torch.Tensor | None = None) -> None:
+        """Freeze keeping the ``k`` best-scored units; with ``votes`` (one count per unit), the ``k`` most
+        voted, ties broken by score."""
         with torch.no_grad():
-            self.freeze(top_k_mask(self.unit_scores(), k))
+            scores = self.unit_scores()
+            self.freeze(top_k_mask(scores, k) if votes is None else top_k_mask(votes.to(scores), k, tiebreak=scores))
 
     def unfreeze(self) -> None:
         self.frozen = self.fc.new_ones(0)
@@ -263,10 +265,15 @@ def bounded_mask(scores: torch.Tensor, gate: torch.Tensor, low: int, high: int) 
     return top_k_mask(scores, min(max(kept, low), high))
 
 
-def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """1 on the ``k`` highest scores (ties broken by lower index), 0 elsewhere."""
+def top_k_mask(scores: torch.Tensor, k: int, tiebreak: torch.Tensor | None = None) -> torch.Tensor:
+    """1 on the ``k`` highest scores, 0 elsewhere; ties broken by the higher ``tiebreak`` (when given), then
+    by the lower index."""
     mask = torch.zeros_like(scores)
-    order = torch.argsort(scores, descending=True, stable=True)
+    if tiebreak is None:
+        order = torch.argsort(scores, descending=True, stable=True)
+    else:  # sorting by the second key first, then stably by the first, orders by (scores, tiebreak)
+        second = torch.argsort(tiebreak, descending=True, stable=True)
+        order = second[torch.argsort(scores[second], descending=True, stable=True)]
     mask[order[:k]] = 1
     return mask
 

@@ -96,6 +96,8 @@ class WGates(ChannelGating):
             if cfg.ramp_steps:
                 self.multiplier.target = 1.0
         self.steps = 0  # update_multiplier() calls: the training steps taken
+        self._votes: list[torch.Tensor] = []  # per gate and unit, the record_votes() calls that found it open
+        self._voted = 0
         self._current: list[torch.Tensor] | None = None
         self.attach()
 
@@ -182,6 +184,30 @@ class WGates(ChannelGating):
             for gate in self.gates:
                 gate.sigmoid_k = k
 
+    def record_votes(self) -> None:
+        """Tally every group's keep mask as it is now: one vote per open unit.
+
+        Called once per training step over the last steps of gate training (``Recipe.freeze_votes``), it
+        makes :meth:`freeze` keep, in every group, the units open most often since the first vote, at the
+        mean of their counts: the mask the weights were trained under, not the last step's draw of a mask
+        whose units at the threshold keep flipping. :meth:`clear_votes` forgets the tally.
+        """
+        masks = [g.hard().view(g.tie, g.units)[0] for g in self.gates]
+        if not self._votes:
+            self._votes = [torch.zeros_like(m) for m in masks]
+        for tally, mask in zip(self._votes, masks):
+            tally += mask
+        self._voted += 1
+
+    def clear_votes(self) -> None:
+        """Forget the tally of :meth:`record_votes`: :meth:`freeze` uses the current masks again."""
+        self._votes, self._voted = [], 0
+
+    @property
+    def votes(self) -> int:
+        """How many masks :meth:`record_votes` has tallied since the last :meth:`clear_votes`."""
+        return self._voted
+
     def stats(self) -> dict[str, Any]:
         """Live statistics for logging: cost and FLOPs ratios, multiplier, kept channels."""
         return {**super().stats(), "multiplier": self.multiplier.value}
@@ -189,6 +215,9 @@ class WGates(ChannelGating):
     # ------------------------------------------------------------------ end of training
     def freeze(self, project: bool | None = None, budgets: Sequence[Budget] | None = None) -> None:
         """Fix the gates; first land exactly on the budgets (:func:`~wgates_plugin.budget.land`).
+
+        The counts landed from are the current masks', or with a tally (:meth:`record_votes`) the mean
+        counts over the tallied steps; each group keeps its best-scored units, or the most voted ones.
 
         Args:
             project: land on :attr:`budgets` (default: when there are any), or on the config's
@@ -205,14 +234,18 @@ class WGates(ChannelGating):
                 if self.config.target is None:
                     raise BudgetError("freeze(project=True) needs a target")
                 budgets = [Budget.fraction(self.efficiency, self.config.target)]
-        units = [g.kept_units() for g in self.gates]
+        votes: list[torch.Tensor | None] = list(self._votes) if self._voted else [None] * len(self.gates)
+        if self._voted:
+            units = [round(float(tally.sum()) / self._voted) for tally in self._votes]
+        else:
+            units = [g.kept_units() for g in self.gates]
         bounds = self.unit_bounds()
         if budgets:
             units = land(units, bounds, budgets)
         else:  # no budget to land on: the learned counts, at hardware-friendly widths when round_to asks
             units = [b.snap(u) for u, b in zip(units, bounds)]
-        for gate, k in zip(self.gates, units):
-            gate.freeze_top(k)
+        for gate, k, tally in zip(self.gates, units, votes):
+            gate.freeze_top(k, tally)
         self._current = None
 
     def unfreeze(self) -> None:
@@ -226,8 +259,16 @@ class WGates(ChannelGating):
 
     # ------------------------------------------------------------------ state
     def _extra_state(self) -> dict[str, Any]:
-        return {"multiplier": self.multiplier.value}
+        return {"multiplier": self.multiplier.value, "voted": self._voted,
+                "votes": [tally.tolist() for tally in self._votes]}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self.multiplier.value = float(state["multiplier"])
+        votes = state.get("votes", [])  # states saved before votes were tallied have none
+        if votes and [len(v) for v in votes] != [g.units for g in self.gates]:
+            raise ConfigError(f"saved vote tallies have {[len(v) for v in votes][:4]}... units, these gates "
+                              f"{[g.units for g in self.gates][:4]}...")
+        device = self.gates[0].fc.device
+        self._votes = [torch.tensor(v, dtype=self.gates[0].fc.dtype, device=device) for v in votes]
+        self._voted = int(state.get("voted", 0)) if votes else 0
         self._current = None

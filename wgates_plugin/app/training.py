@@ -269,6 +269,11 @@ class Recipe:
         freeze_flips: with ``freeze_stable``, the share of the gated channels that may differ from the
             mask the stable stretch began with (0: none may change). The masks of a channel at the
             threshold keep flipping while the weights train, so an exact rule may never fire.
+        freeze_votes: share of the gate-training steps, at their end, whose keep masks are tallied
+            (:meth:`~wgates_plugin.WGates.record_votes`): the freeze then keeps, in every group, the channels
+            open most often over them, at their mean count, landed on the budget, instead of the last step's
+            mask (0: the last step's). The channels at the threshold keep flipping until the last step, so the
+            last mask is one draw of them; the tally is the mask the weights trained under.
         settle: share of ``gate_steps`` spent after the freeze, inside the pruning phase: the exported
             network is trained at its frozen widths with the weights' lr decaying (cosine) from
             ``weight_lr`` to 0, so the network the pruning phase hands back sits in a minimum for its
@@ -301,6 +306,7 @@ class Recipe:
     log_every: int = 10
     freeze_stable: int = 0
     freeze_flips: float = 0.0
+    freeze_votes: float = 0.0
     settle: float = 0.0
     distill: float = DISTILL
     temperature: float = TEMPERATURE
@@ -318,6 +324,7 @@ class Recipe:
             raise ConfigError(f"weight_schedule={self.weight_schedule!r} is not one of "
                               f"{', '.join(map(repr, WEIGHT_SCHEDULES))}")
         check_number("freeze_flips", self.freeze_flips, "[0, 1)", what="", type_error=ConfigError)
+        check_number("freeze_votes", self.freeze_votes, "[0, 1]", what="", type_error=ConfigError)
         check_number("weight_anneal", self.weight_anneal, "(0, 1]", what="", type_error=ConfigError)
         check_number("settle", self.settle, "[0, 1)", what="", type_error=ConfigError)
         if self.weight_anneal != 1.0 and self.weight_schedule != "cosine":
@@ -395,7 +402,9 @@ def train_gates(model: nn.Module, wg: WGates, loader: Iterable, recipe: Recipe, 
     target-mode multiplier step (``wg.update_multiplier()``), then
     ``on_step(step, {"loss": ..., "extra": ...})`` if given. With ``recipe.freeze_stable``, training
     ends once the cost is within the target and the masks were stable that long (``wg.steps`` counts
-    the steps taken). With ``recipe.distill`` and a ``teacher``, the task loss distills from it.
+    the steps taken). With ``recipe.freeze_votes``, the keep masks of the last steps are tallied
+    (:meth:`~wgates_plugin.WGates.record_votes`, an earlier tally forgotten) for the freeze that follows.
+    With ``recipe.distill`` and a ``teacher``, the task loss distills from it.
 
     Returns:
         The live trace, one record every ``recipe.log_every`` steps: step, loss, FLOPs and cost
@@ -407,6 +416,9 @@ def train_gates(model: nn.Module, wg: WGates, loader: Iterable, recipe: Recipe, 
     trace: list[dict] = []
     stable = {"mask": None, "steps": 0}
     steps = recipe.split()[0]
+    voting = round(recipe.freeze_votes * steps)  # the last steps whose masks the freeze keeps by vote
+    if voting:
+        wg.clear_votes()
 
     def settled() -> bool:  # within the target, and within freeze_flips of the mask the stable stretch began with
         mask = torch.cat(wg.keep_masks())
@@ -422,6 +434,8 @@ def train_gates(model: nn.Module, wg: WGates, loader: Iterable, recipe: Recipe, 
 
     def log(step: int, stats: dict[str, float]) -> dict[str, str]:
         wg.update_multiplier()
+        if voting and step >= steps - voting:
+            wg.record_votes()
         if on_step is not None:
             on_step(step, stats)
         live = {"flops": wg.flops_ratio(), "cost": wg.cost_ratio()}

@@ -101,6 +101,10 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settle", type=float, default=r.settle, metavar="SHARE",
                         help="share of --steps spent after the freeze training the exported network at its widths "
                              f"(cosine lr from --weight-lr to 0), in [0, 1) (default {r.settle:g})")
+    parser.add_argument("--freeze-votes", type=float, default=r.freeze_votes, metavar="SHARE",
+                        help="share of the gate steps, at their end, whose keep masks are tallied: the freeze keeps "
+                             "the channels open most often over them, at their mean count, in [0, 1] "
+                             f"(default {r.freeze_votes:g}: the last step's mask)")
     parser.add_argument("--finetune-lr", type=float, default=r.finetune_lr,
                         help=f"initial SGD lr of fine-tuning, cosine decay (default {r.finetune_lr})")
     parser.add_argument("--distill", type=float, default=r.distill, metavar="WEIGHT",
@@ -147,7 +151,8 @@ def build_wgates(args: argparse.Namespace, model: nn.Module, example_inputs: tor
 def build_recipe(args: argparse.Namespace) -> Any:
     return Recipe(gate_steps=args.steps, finetune_steps=args.finetune_steps, gate_lr=args.gate_lr,
                   weight_lr=args.weight_lr, weight_schedule=args.weight_schedule,
-                  weight_anneal=args.weight_anneal, settle=args.settle, finetune_lr=args.finetune_lr,
+                  weight_anneal=args.weight_anneal, settle=args.settle, freeze_votes=args.freeze_votes,
+                  finetune_lr=args.finetune_lr,
                   bn_batches=args.bn_batches,
                   distill=args.distill, temperature=args.temperature, distill_finetune=args.distill_finetune)
 
