@@ -212,7 +212,14 @@ def summary(name: str, groups: dict[tuple[str, float], dict[str, list[dict]]], e
 
 
 def paired(ours: list[dict], rival: list[dict], epoch: str | None, on_val: bool = False) -> str:
-    """The per-seed differences ``ours - rival`` at ``epoch`` (None: right after pruning + BN) and the verdict.
+    """The per-seed differences ``ours - rival`` at ``epoch`` (None: right after pruning + BN) and the verdict
+    (:func:`paired_diffs`; "—" where no seed pairs)."""
+    diffs = paired_diffs(ours, rival, epoch, on_val)
+    return verdict(diffs) if diffs else "—"
+
+
+def paired_diffs(ours: list[dict], rival: list[dict], epoch: str | None, on_val: bool = False) -> list[float]:
+    """The per-seed differences ``ours - rival`` in points at ``epoch`` (None: right after pruning + BN), by seed.
 
     With ``on_val``, each run is read at its checkpoint chosen on validation within ``epoch`` (:func:`chosen`).
     A seed is paired only where both runs started from the same baseline (equal ``baseline_sha256``,
@@ -227,12 +234,53 @@ def paired(ours: list[dict], rival: list[dict], epoch: str | None, on_val: bool 
         return a is None or b is None or a == b
 
     theirs = {r["seed"]: r for r in rival}
-    diffs = [100 * (value(r) - value(theirs[r["seed"]])) for r in sorted(ours, key=lambda r: r["seed"])  # type: ignore[operator]
-             if value(r) is not None and r["seed"] in theirs and value(theirs[r["seed"]]) is not None
-             and same_baseline(r, theirs[r["seed"]])]
-    if not diffs:
-        return "—"
-    return verdict(diffs)
+    return [100 * (value(r) - value(theirs[r["seed"]])) for r in sorted(ours, key=lambda r: r["seed"])  # type: ignore[operator]
+            if value(r) is not None and r["seed"] in theirs and value(theirs[r["seed"]]) is not None
+            and same_baseline(r, theirs[r["seed"]])]
+
+
+def seeds_needed(diffs: list[float], limit: int = 1000) -> int | None:
+    """The fewest seeds at which paired differences with this mean and spread would be a win (:func:`verdict`'s
+    t-test, p < 0.05): the smallest ``n`` with ``t(0.975, n - 1) * sd / sqrt(n) < mean``. None where the mean is
+    not above 0 (no number of seeds makes it a win), or where ``limit`` seeds would not; the mean and spread are
+    the observed ones, so it reads how far a tie is from a win, not a promise."""
+    if len(diffs) < 2:
+        raise ValueError(f"seeds_needed needs 2 differences or more to estimate a spread, got {len(diffs)}")
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    if mean <= 0:
+        return None
+    if sd == 0:
+        return 3  # verdict()'s least
+    from scipy import stats
+
+    return next((n for n in range(3, limit + 1) if stats.t.ppf(0.975, n - 1) * sd / n ** 0.5 < mean), None)
+
+
+def power_table(runs: list[dict], ours: str = DEFAULT) -> str:
+    """Markdown, per model: ``ours`` minus each rival at every budget and point, the mean and spread of the
+    per-seed differences, the seeds paired, and :func:`seeds_needed` (how far each reading is from a win)."""
+    points = grouped(runs)
+    out = []
+    for model in sorted({m for m, _ in points}):
+        out += [f"### {model}", "", "| FLOPs | point | rival | mean ± sd | seeds | seeds a win would need |",
+                "|---|---|---|---|---|---|"]
+        for budget in sorted((b for m, b in points if m == model), reverse=True):
+            by_method = points[(model, budget)]
+            if ours not in by_method:
+                continue
+            rivals = sorted((m for m in rivals_of(ours, by_method) if m != "scratch"), key=list(LABELS).index)
+            for epoch in [None, *epochs_of(by_method[ours])]:
+                for rival in rivals:
+                    diffs = paired_diffs(by_method[ours], by_method[rival], epoch)
+                    if len(diffs) < 2:
+                        continue
+                    need = seeds_needed(diffs)
+                    shown = "—" if need is None else "reached" if need <= len(diffs) else str(need)
+                    point = "pruned + BN" if epoch is None else f"@ {epoch} ep"
+                    out.append(f"| {budget:.0%} | {point} | {LABELS[rival]} | {statistics.fmean(diffs):+.2f} ± "
+                               f"{statistics.stdev(diffs):.2f} | {len(diffs)} | {shown} |")
+        out.append("")
+    return "\n".join(out)
 
 
 def chosen(r: dict, epoch: str) -> tuple[float | None, str | None]:
@@ -480,6 +528,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--val-pair", nargs=2, action="append", metavar=("A", "B"),
                         help="print method A minus method B per seed on the validation figures the runs recorded "
                              "(the reading a knob is chosen on), for each model, instead of writing the report")
+    parser.add_argument("--power", action="store_true",
+                        help=f"print, for the library default ({DEFAULT}) against each rival at every point, the mean "
+                             "and spread of the per-seed differences and the seeds a win would need at them, "
+                             "instead of writing the report")
     args = parser.parse_args(argv)
     models, runs = load(args.out / "runs.jsonl")
     if args.extra and not runs:
@@ -488,6 +540,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = pool(runs, runs[0]["protocol_key"], other / "runs.jsonl")
     if args.val_pair:
         print(validation_pairs(runs, [tuple(p) for p in args.val_pair]))
+        return 0
+    if args.power:
+        print(power_table(runs))
         return 0
     out = args.out
     text = markdown(models, runs)

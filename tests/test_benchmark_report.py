@@ -176,3 +176,36 @@ def test_two_methods_are_paired_on_the_validation_figures_alone(tmp_path, capsys
     with pytest.raises(SystemExit, match=r"--val-pair wgates_vote taylor: no run of 'taylor' here \(the runs hold "
                                          r"wgates_kd, wgates_vote\)"):
         report.main([str(tmp_path / "a"), "--val-pair", "wgates_vote", "taylor"])
+
+
+@pytest.mark.parametrize("diffs", [[0.5, -0.5, 1.0], [0.46, 1.2, -0.3, 0.1, 0.8], [2.0, 1.9, 2.1]])
+def test_seeds_needed_is_the_fewest_at_which_the_t_test_calls_a_win(diffs):
+    import statistics
+
+    from scipy import stats
+
+    n = report.seeds_needed(diffs)
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    assert n is not None and n >= 3
+    assert stats.t.ppf(0.975, n - 1) * sd / n ** 0.5 < mean
+    assert n == 3 or stats.t.ppf(0.975, n - 2) * sd / (n - 1) ** 0.5 >= mean  # one seed fewer would not do
+    reached = report.verdict(diffs).startswith("**wins**")
+    assert reached == (n <= len(diffs))  # the same test verdict() applies
+
+
+def test_seeds_needed_is_none_without_a_lead_and_refuses_a_single_seed():
+    assert report.seeds_needed([-0.2, 0.1, 0.05]) is None  # mean -0.02: no number of seeds makes it a win
+    assert report.seeds_needed([0.01, -1.0, 1.0], limit=50) is None  # a lead too small for 50 seeds
+    assert report.seeds_needed([0.3, 0.3]) == 3
+    with pytest.raises(ValueError, match="needs 2 differences or more to estimate a spread, got 1"):
+        report.seeds_needed([0.5])
+
+
+def test_the_power_reading_lists_every_rival_at_every_point(tmp_path, capsys):
+    runs = [_record(m, s, acc + 0.001 * s * (m == "l1"), "d") for s in (0, 1, 2)
+            for m, acc in (("wgates_kd", 0.92), ("l1", 0.90), ("wgates", 0.93))]
+    _comparison(tmp_path / "a", runs)
+    assert report.main([str(tmp_path / "a"), "--power"]) == 0
+    text = capsys.readouterr().out
+    assert "| 50% | @ 1 ep | L1 (NNI) | +1.90 ± 0.10 | 3 | reached |" in text
+    assert "| 50% | pruned + BN | W-Gates FLOPs | -1.00 ± 0.00 | 3 | — |" in text
