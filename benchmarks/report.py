@@ -256,9 +256,13 @@ def seeds_needed(diffs: list[float], limit: int = 1000) -> int | None:
     return next((n for n in range(3, limit + 1) if stats.t.ppf(0.975, n - 1) * sd / n ** 0.5 < mean), None)
 
 
+SEEDS_LIMIT = 1000  # the most seeds power_table() counts up to
+
+
 def power_table(runs: list[dict], ours: str = DEFAULT) -> str:
     """Markdown, per model: ``ours`` minus each rival at every budget and point, the mean and spread of the
-    per-seed differences, the seeds paired, and :func:`seeds_needed` (how far each reading is from a win)."""
+    per-seed differences, the seeds paired, and :func:`seeds_needed` (how far each reading is from a win;
+    "—": no lead). The "scratch" baseline (the W-Gates architecture re-trained) is not a rival here."""
     points = grouped(runs)
     out = []
     for model in sorted({m for m, _ in points}):
@@ -274,8 +278,9 @@ def power_table(runs: list[dict], ours: str = DEFAULT) -> str:
                     diffs = paired_diffs(by_method[ours], by_method[rival], epoch)
                     if len(diffs) < 2:
                         continue
-                    need = seeds_needed(diffs)
-                    shown = "—" if need is None else "reached" if need <= len(diffs) else str(need)
+                    need = seeds_needed(diffs, limit=SEEDS_LIMIT)
+                    shown = ("—" if statistics.fmean(diffs) <= 0 else f"> {SEEDS_LIMIT}" if need is None
+                             else "reached" if need <= len(diffs) else str(need))
                     point = "pruned + BN" if epoch is None else f"@ {epoch} ep"
                     out.append(f"| {budget:.0%} | {point} | {LABELS[rival]} | {statistics.fmean(diffs):+.2f} ± "
                                f"{statistics.stdev(diffs):.2f} | {len(diffs)} | {shown} |")
@@ -514,7 +519,8 @@ def validation_pairs(runs: list[dict], pairs: list[tuple[str, ...]]) -> str:
     out = []
     for model in sorted({r["model"] for r in runs}):
         rows = [{"variant": r["method"], "protocol_key": key, "budget": r["budget"], "seed": r["seed"],
-                 "val_pruned": r["val_top1_pruned"], "val": r["val_top1"], "baseline_sha256": r.get("baseline_sha256")}
+                 "val_pruned": r.get("val_top1_pruned"), "val": r["val_top1"],
+                 "baseline_sha256": r.get("baseline_sha256")}
                 for r in runs if r["model"] == model and "val_top1" in r]
         out += [f"### {model}", "", paired_report(rows, list(pairs), {0.0: key})]  # type: ignore[arg-type]
     return "\n".join(out)
@@ -525,10 +531,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="directory holding a comparison's runs.jsonl; results.md goes there")
     parser.add_argument("--with", dest="extra", type=Path, nargs="+", default=[], metavar="DIR",
                         help="more comparisons (same protocol, other seeds) whose runs join this one's points")
-    parser.add_argument("--val-pair", nargs=2, action="append", metavar=("A", "B"),
+    reading = parser.add_mutually_exclusive_group()
+    reading.add_argument("--val-pair", nargs=2, action="append", metavar=("A", "B"),
                         help="print method A minus method B per seed on the validation figures the runs recorded "
                              "(the reading a knob is chosen on), for each model, instead of writing the report")
-    parser.add_argument("--power", action="store_true",
+    reading.add_argument("--power", action="store_true",
                         help=f"print, for the library default ({DEFAULT}) against each rival at every point, the mean "
                              "and spread of the per-seed differences and the seeds a win would need at them, "
                              "instead of writing the report")

@@ -139,26 +139,31 @@ def test_top_k_mask_breaks_ties_by_the_second_key_then_by_index():
     assert top_k_mask(votes, 3).tolist() == [1, 1, 1, 0, 0, 0]  # no second key: the lower index
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_freeze_keeps_the_units_open_most_often_at_their_mean_count(seed):
-    """Masks A (three votes) and B (one) of equal counts: the freeze keeps A, whatever the last step's mask was."""
-    torch.manual_seed(seed)
-    wg = WGates(small_cnn(), torch.randn(2, 3, 8, 8), target=0.5, warm_start=True)
-    a = _units(wg)
-    b = [m.flip(0) for m in a]  # another mask of the same counts
-    for masks in (a, a, b, a, b):  # the last step's mask is B
+def _vote(wg: WGates, *rounds: list[torch.Tensor]) -> None:
+    """One record_votes() per round, with every gate held at that round's unit mask; the gates open after."""
+    for masks in rounds:
         for gate, m in zip(wg.gates, masks):
-            gate.freeze(m)
+            gate.freeze(m.repeat(gate.tie))
         wg.record_votes()
     wg.unfreeze()
-    assert wg.votes == 5
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_freeze_keeps_the_units_open_most_often_at_their_mean_count(seed):
+    """Masks B (three votes) and A (two) of equal counts, A the live one: the freeze keeps B."""
+    torch.manual_seed(seed)
+    wg = WGates(small_cnn(), torch.randn(2, 3, 8, 8), target=0.5, warm_start=True)
+    a = _units(wg)  # the live masks (the warm start's)
+    b = [m.flip(0) for m in a]  # another mask of the same counts
     assert any(not torch.equal(x, y) for x, y in zip(a, b))
+    _vote(wg, b, b, a, b, a)
+    assert wg.votes == 5
     wg.freeze(project=False)  # no landing: the mean counts as they are
-    # votes 3 A + 2 B: the |A| most voted units are those of A (5 votes in both masks, 3 in A alone, 2 in B alone)
-    assert all(torch.equal(k, m) for k, m in zip(_units(wg), a))
+    # votes 3 B + 2 A: the |B| most voted units are those of B (5 votes in both masks, 3 in B alone, 2 in A alone)
+    assert all(torch.equal(k, m) for k, m in zip(_units(wg), b))
     wg.unfreeze()
     wg.freeze()  # landed on the target from the voted counts
-    landed = land([int(m.sum()) for m in a], wg.unit_bounds(), wg.budgets)
+    landed = land([int(m.sum()) for m in b], wg.unit_bounds(), wg.budgets)
     assert [int(g.hard().sum()) // g.tie for g in wg.gates] == landed
     assert wg.cost_ratio() <= 0.5 * (1 + wg.config.tolerance)
 
@@ -166,20 +171,21 @@ def test_freeze_keeps_the_units_open_most_often_at_their_mean_count(seed):
 def test_the_vote_count_is_the_rounded_mean_and_clearing_forgets_it():
     torch.manual_seed(0)
     wg = WGates(small_cnn(), torch.randn(2, 3, 8, 8), target=0.5, warm_start=True)
-    gate = wg.gates[0]
-    full, none = torch.ones(gate.units), torch.zeros(gate.units)
-    none[0] = 1  # the bounds keep one unit at least
-    for m in (full, full, none):  # mean count (2 * 16 + 1) / 3 = 11
-        gate.freeze(m)
-        wg.record_votes()
-    gate.unfreeze()
+    live = [g.kept_units() for g in wg.gates]
+    full = [torch.ones(g.units) for g in wg.gates]
+    one = [torch.zeros(g.units) for g in wg.gates]
+    for m in one:
+        m[0] = 1  # the bounds keep one unit at least
+    _vote(wg, full, one, one)
+    expected = [round((g.units + 2) / 3) for g in wg.gates]  # the mean of one full mask and two single units
+    assert expected != live
     wg.freeze(project=False)
-    assert int(gate.hard().sum()) // gate.tie == round((2 * gate.units + 1) / 3)
+    assert [g.kept_units() for g in wg.gates] == expected
     wg.unfreeze()
     wg.clear_votes()
     assert wg.votes == 0
-    wg.freeze(project=False)  # the current masks again
-    assert torch.equal(gate.hard(), gate.frozen) and int(gate.hard().sum()) == gate.kept_units() * gate.tie
+    wg.freeze(project=False)  # the live masks again
+    assert [g.kept_units() for g in wg.gates] == live
 
 
 def test_the_tally_survives_a_state_dict_and_a_wrong_one_is_refused():
@@ -188,32 +194,50 @@ def test_the_tally_survives_a_state_dict_and_a_wrong_one_is_refused():
     model = small_cnn()
     wg = WGates(model, x, target=0.5, warm_start=True)
     a = _units(wg)
-    for masks in (a, [m.flip(0) for m in a], a):
-        for gate, m in zip(wg.gates, masks):
-            gate.freeze(m)
-        wg.record_votes()
-    wg.unfreeze()
+    b = [m.flip(0) for m in a]
+    _vote(wg, b, a, b)
     state = wg.state_dict()
-    twin = WGates(copy.deepcopy(model), x, target=0.5, warm_start=True)
+    twin = WGates(copy.deepcopy(model), x, target=0.5, warm_start=True)  # live masks A, like wg's
     twin.load_state_dict(state)
-    assert twin.votes == 3
-    wg.freeze()
-    twin.freeze()
-    assert all(torch.equal(p.frozen, q.frozen) for p, q in zip(wg.gates, twin.gates))
-    state["_extra_state"]["votes"][0] = [1.0, 2.0]
+    assert twin.votes == 3 and twin.get_extra_state()["votes"] == wg.get_extra_state()["votes"]
+    twin.freeze(project=False)
+    assert all(torch.equal(k, m) for k, m in zip(_units(twin), b))  # the loaded tally, not the live masks
+    state["_extra_state"]["votes"][0] = [1, 2]
     with pytest.raises(ConfigError, match=r"saved vote tallies have \[2, "):
         twin.load_state_dict(state)
 
 
-@pytest.mark.parametrize(("share", "voted"), [(0.0, 0), (0.25, 2), (0.5, 4), (1.0, 8)])
+def test_the_tally_counts_exactly_in_a_low_precision_model():
+    torch.manual_seed(0)
+    model = small_cnn().to(torch.bfloat16)  # bf16 holds the integers up to 256 only
+    wg = WGates(model, torch.randn(2, 3, 8, 8, dtype=torch.bfloat16), target=0.5, warm_start=True)
+    a = _units(wg)
+    b = [m.flip(0) for m in a]
+    _vote(wg, *([a] * 300 + [b] * 299))
+    votes = wg.get_extra_state()["votes"]
+    for tally, x, y in zip(votes, a, b):
+        assert tally == (300 * x.long() + 299 * y.long()).tolist()  # exact counts (599 is not a bf16 number)
+    wg.freeze(project=False)
+    assert all(torch.equal(k.float(), m.float()) for k, m in zip(_units(wg), a))  # 300 beats 299
+
+
+@pytest.mark.parametrize(("share", "voted"), [(0.0, 0), (0.01, 1), (0.25, 2), (0.5, 4), (1.0, 8)])
 def test_gate_training_tallies_the_masks_of_its_last_share_of_steps(share, voted):
     torch.manual_seed(0)
     model = small_cnn()
     wg = WGates(model, torch.randn(2, 3, 8, 8), target=0.5, warm_start=True)
-    wg.record_votes()  # an earlier tally: forgotten by a training that votes, kept by one that does not
+    wg.record_votes()  # an earlier tally: forgotten, the freeze reads this training's masks only
     loader = [(torch.randn(4, 3, 8, 8), torch.randint(0, 4, (4,))) for _ in range(3)]
-    train_gates(model, wg, loader, Recipe(gate_steps=8, freeze_votes=share), progress=False)
-    assert wg.votes == (voted or 1)
+    seen: list[int] = []
+    train_gates(model, wg, loader, Recipe(gate_steps=8, freeze_votes=share), progress=False,
+                on_step=lambda step, stats: seen.append(wg.votes))
+    assert seen == [0] * (8 - voted) + list(range(1, voted + 1))  # the last `voted` steps, one vote each
+
+
+def test_voting_and_the_early_freeze_are_exclusive():
+    with pytest.raises(ConfigError, match=r"freeze_votes=0\.25 tallies the last gate steps and freeze_stable=3 may "
+                                          r"end gate training before them: set one of them"):
+        Recipe(freeze_votes=0.25, freeze_stable=3)
 
 
 def test_a_freeze_votes_share_outside_0_1_is_refused():

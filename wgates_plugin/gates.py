@@ -243,7 +243,10 @@ class WeightGate(nn.Module):
         voted, ties broken by score."""
         with torch.no_grad():
             scores = self.unit_scores()
-            self.freeze(top_k_mask(scores, k) if votes is None else top_k_mask(votes.to(scores), k, tiebreak=scores))
+            if votes is None:
+                self.freeze(top_k_mask(scores, k))
+            else:  # counts compared exactly (float64), whatever the gates' dtype
+                self.freeze(top_k_mask(votes.to(device=scores.device, dtype=torch.float64), k, tiebreak=scores))
 
     def unfreeze(self) -> None:
         self.frozen = self.fc.new_ones(0)

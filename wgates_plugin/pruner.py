@@ -193,10 +193,10 @@ class WGates(ChannelGating):
         whose units at the threshold keep flipping. :meth:`clear_votes` forgets the tally.
         """
         masks = [g.hard().view(g.tie, g.units)[0] for g in self.gates]
-        if not self._votes:
-            self._votes = [torch.zeros_like(m) for m in masks]
-        for tally, mask in zip(self._votes, masks):
-            tally += mask
+        if not self._votes:  # integer counts: exact in any model dtype (bf16 stops counting at 256)
+            self._votes = [torch.zeros(m.shape, dtype=torch.int64, device=m.device) for m in masks]
+        for i, mask in enumerate(masks):
+            self._votes[i] = self._votes[i].to(mask.device) + mask.to(device=mask.device, dtype=torch.int64)
         self._voted += 1
 
     def clear_votes(self) -> None:
@@ -266,9 +266,9 @@ class WGates(ChannelGating):
         self.multiplier.value = float(state["multiplier"])
         votes = state.get("votes", [])  # states saved before votes were tallied have none
         if votes and [len(v) for v in votes] != [g.units for g in self.gates]:
-            raise ConfigError(f"saved vote tallies have {[len(v) for v in votes][:4]}... units, these gates "
-                              f"{[g.units for g in self.gates][:4]}...")
+            raise ConfigError(f"saved vote tallies have {[len(v) for v in votes]} units per gate, these gates "
+                              f"{[g.units for g in self.gates]}")
         device = self.gates[0].fc.device
-        self._votes = [torch.tensor(v, dtype=self.gates[0].fc.dtype, device=device) for v in votes]
+        self._votes = [torch.tensor(v, dtype=torch.int64, device=device) for v in votes]
         self._voted = int(state.get("voted", 0)) if votes else 0
         self._current = None

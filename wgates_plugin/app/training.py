@@ -273,7 +273,9 @@ class Recipe:
             (:meth:`~wgates_plugin.WGates.record_votes`): the freeze then keeps, in every group, the channels
             open most often over them, at their mean count, landed on the budget, instead of the last step's
             mask (0: the last step's). The channels at the threshold keep flipping until the last step, so the
-            last mask is one draw of them; the tally is the mask the weights trained under.
+            last mask is one draw of them; the tally is the mask the weights trained under most often. A share
+            above 0 tallies one step at least; exclusive with ``freeze_stable``, whose early end would cut the
+            tally short.
         settle: share of ``gate_steps`` spent after the freeze, inside the pruning phase: the exported
             network is trained at its frozen widths with the weights' lr decaying (cosine) from
             ``weight_lr`` to 0, so the network the pruning phase hands back sits in a minimum for its
@@ -330,6 +332,9 @@ class Recipe:
         if self.weight_anneal != 1.0 and self.weight_schedule != "cosine":
             raise ConfigError(f"weight_anneal={self.weight_anneal!r} shapes the cosine weight schedule: it needs "
                               f"weight_schedule='cosine', not {self.weight_schedule!r}")
+        if self.freeze_votes and self.freeze_stable:
+            raise ConfigError(f"freeze_votes={self.freeze_votes!r} tallies the last gate steps and freeze_stable="
+                              f"{self.freeze_stable!r} may end gate training before them: set one of them")
         if self.freeze_flips and not self.freeze_stable:
             raise ConfigError(f"freeze_flips={self.freeze_flips!r} loosens the early freeze: it needs freeze_stable "
                               ">= 1 (0 turns the early freeze off)")
@@ -402,8 +407,8 @@ def train_gates(model: nn.Module, wg: WGates, loader: Iterable, recipe: Recipe, 
     target-mode multiplier step (``wg.update_multiplier()``), then
     ``on_step(step, {"loss": ..., "extra": ...})`` if given. With ``recipe.freeze_stable``, training
     ends once the cost is within the target and the masks were stable that long (``wg.steps`` counts
-    the steps taken). With ``recipe.freeze_votes``, the keep masks of the last steps are tallied
-    (:meth:`~wgates_plugin.WGates.record_votes`, an earlier tally forgotten) for the freeze that follows.
+    the steps taken). An earlier tally of ``wg`` (:meth:`~wgates_plugin.WGates.record_votes`) is forgotten;
+    with ``recipe.freeze_votes``, the keep masks of the last steps are tallied for the freeze that follows.
     With ``recipe.distill`` and a ``teacher``, the task loss distills from it.
 
     Returns:
@@ -416,9 +421,9 @@ def train_gates(model: nn.Module, wg: WGates, loader: Iterable, recipe: Recipe, 
     trace: list[dict] = []
     stable = {"mask": None, "steps": 0}
     steps = recipe.split()[0]
-    voting = round(recipe.freeze_votes * steps)  # the last steps whose masks the freeze keeps by vote
-    if voting:
-        wg.clear_votes()
+    # the last steps whose masks the freeze keeps by vote (one at least where a share is asked for)
+    voting = min(steps, max(1, round(recipe.freeze_votes * steps))) if recipe.freeze_votes else 0
+    wg.clear_votes()  # the freeze that follows reads this training's masks only
 
     def settled() -> bool:  # within the target, and within freeze_flips of the mask the stable stretch began with
         mask = torch.cat(wg.keep_masks())
