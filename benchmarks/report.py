@@ -239,7 +239,10 @@ def paired_diffs(ours: list[dict], rival: list[dict], epoch: str | None, on_val:
             and same_baseline(r, theirs[r["seed"]])]
 
 
-def seeds_needed(diffs: list[float], limit: int = 1000) -> int | None:
+SEEDS_LIMIT = 1000  # the most seeds seeds_needed() counts up to by default
+
+
+def seeds_needed(diffs: list[float], limit: int = SEEDS_LIMIT) -> int | None:
     """The fewest seeds at which paired differences with this mean and spread would be a win (:func:`verdict`'s
     t-test, p < 0.05): the smallest ``n`` with ``t(0.975, n - 1) * sd / sqrt(n) < mean``. None where the mean is
     not above 0 (no number of seeds makes it a win), or where ``limit`` seeds would not; the mean and spread are
@@ -254,9 +257,6 @@ def seeds_needed(diffs: list[float], limit: int = 1000) -> int | None:
     from scipy import stats
 
     return next((n for n in range(3, limit + 1) if stats.t.ppf(0.975, n - 1) * sd / n ** 0.5 < mean), None)
-
-
-SEEDS_LIMIT = 1000  # the most seeds power_table() counts up to
 
 
 def power_table(runs: list[dict], ours: str = DEFAULT) -> str:
@@ -278,11 +278,11 @@ def power_table(runs: list[dict], ours: str = DEFAULT) -> str:
                     diffs = paired_diffs(by_method[ours], by_method[rival], epoch)
                     if len(diffs) < 2:
                         continue
-                    need = seeds_needed(diffs, limit=SEEDS_LIMIT)
-                    shown = ("—" if statistics.fmean(diffs) <= 0 else f"> {SEEDS_LIMIT}" if need is None
+                    mean, need = statistics.fmean(diffs), seeds_needed(diffs)
+                    shown = ("—" if mean <= 0 else f"> {SEEDS_LIMIT}" if need is None
                              else "reached" if need <= len(diffs) else str(need))
                     point = "pruned + BN" if epoch is None else f"@ {epoch} ep"
-                    out.append(f"| {budget:.0%} | {point} | {LABELS[rival]} | {statistics.fmean(diffs):+.2f} ± "
+                    out.append(f"| {budget:.0%} | {point} | {LABELS[rival]} | {mean:+.2f} ± "
                                f"{statistics.stdev(diffs):.2f} | {len(diffs)} | {shown} |")
         out.append("")
     return "\n".join(out)

@@ -234,10 +234,12 @@ class WGates(ChannelGating):
                 if self.config.target is None:
                     raise BudgetError("freeze(project=True) needs a target")
                 budgets = [Budget.fraction(self.efficiency, self.config.target)]
-        votes: list[torch.Tensor | None] = list(self._votes) if self._voted else [None] * len(self.gates)
-        if self._voted:
+        votes: list[torch.Tensor | None]
+        if self._voted:  # the mean voted counts, the most voted units
+            votes = list(self._votes)
             units = [round(float(tally.sum()) / self._voted) for tally in self._votes]
-        else:
+        else:  # the live counts, the best-scored units
+            votes = [None] * len(self.gates)
             units = [g.kept_units() for g in self.gates]
         bounds = self.unit_bounds()
         if budgets:
