@@ -69,6 +69,9 @@ class Protocol:
             NNI's Taylor and Gate Decorator's Tick-Tock train through their own loops and do not use it.
         prune_shortcuts: every method prunes the residual-coupled groups too (one shared choice per
             coupled group; what torch-pruning users get by default), not only the paper's plain groups.
+        tune_lr: constant SGD learning rate of the fine-tuning phase alone, for every method (None:
+            ``finetune_lr``, which the pruning-time training of the weights uses too). A knob screened
+            on validation; set, it enters the protocol key.
     """
 
     dataset: str = "fashion-mnist"
@@ -96,6 +99,7 @@ class Protocol:
     distill: float = 0.0
     temperature: float = 4.0
     prune_shortcuts: bool = False
+    tune_lr: float | None = None
 
     def __post_init__(self) -> None:
         if self.dataset not in ("fashion-mnist", "digits"):
@@ -106,6 +110,8 @@ class Protocol:
             raise ConfigError(f"budget_epochs={self.budget_epochs!r} must be positive numbers")
         if self.prune_epochs < 0:
             raise ConfigError(f"prune_epochs={self.prune_epochs!r} must be >= 0")
+        if self.tune_lr is not None and not self.tune_lr > 0:
+            raise ConfigError(f"tune_lr={self.tune_lr!r} must be a positive learning rate, or None for finetune_lr")
         object.__setattr__(self, "budget_epochs", tuple(sorted(float(b) for b in self.budget_epochs)))
 
     def baseline_key(self, model: str) -> str:
@@ -117,13 +123,15 @@ class Protocol:
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
     def asdict(self) -> dict[str, Any]:
-        """The fields (the distillation ones only when it is on: runs recorded before they existed keep
-        their protocol key)."""
+        """The fields (the distillation, shortcut and fine-tuning-lr ones only when set: runs recorded
+        before they existed keep their protocol key)."""
         out = asdict(self)
         if not out["distill"]:
             del out["distill"], out["temperature"]
         if not out["prune_shortcuts"]:
             del out["prune_shortcuts"]
+        if out["tune_lr"] is None:
+            del out["tune_lr"]
         return out
 
 
@@ -259,8 +267,9 @@ def finetune_curve(model: nn.Module, data: Data, seed: int, protocol: Protocol, 
                    lr: float | None = None, progress: bool = False,
                    teacher: nn.Module | None = None,
                    val: dict[str, float | None] | None = None) -> dict[str, float | None]:
-    """Fine-tune ``model`` (constant lr) and record calibrated top-1 at every total step budget
-    (distilling from ``teacher`` when ``protocol.distill`` is set).
+    """Fine-tune ``model`` (constant lr: ``lr``, else the protocol's ``tune_lr``, else its ``finetune_lr``)
+    and record calibrated top-1 at every total step budget (distilling from ``teacher`` when
+    ``protocol.distill`` is set).
 
     Args:
         val: when given, filled with the validation top-1 at the same checkpoints and the same keys, so a
@@ -272,7 +281,9 @@ def finetune_curve(model: nn.Module, data: Data, seed: int, protocol: Protocol, 
     """
     marks = checkpoints(protocol, steps_used)
     wanted = sorted({s for s in marks.values() if s is not None})
-    opt = torch.optim.SGD(model.parameters(), lr=protocol.finetune_lr if lr is None else lr,
+    if lr is None:
+        lr = protocol.finetune_lr if protocol.tune_lr is None else protocol.tune_lr
+    opt = torch.optim.SGD(model.parameters(), lr=lr,
                           momentum=protocol.momentum, weight_decay=protocol.weight_decay)
     stream, done, top1, val_top1 = _Stream(data.train(seed)), 0, {}, {}
     kd = distillation(protocol, teacher)

@@ -101,9 +101,10 @@ def rival_fn(name: str) -> Any:
                                                            steps=ctx.steps if cap is None else min(cap, ctx.steps)))
 
 
-def _screen(budget_epochs: list[float], distill: float, prune_epochs: float = Protocol.prune_epochs) -> Protocol:
+def _screen(budget_epochs: list[float], distill: float, prune_epochs: float = Protocol.prune_epochs,
+            tune_lr: float | None = None) -> Protocol:
     return dataclasses.replace(Protocol(), budget_epochs=tuple(budget_epochs), distill=distill,
-                               prune_epochs=prune_epochs, **SCREEN)
+                               prune_epochs=prune_epochs, tune_lr=tune_lr, **SCREEN)
 
 
 def _side(spec: str) -> tuple[str, float]:
@@ -158,6 +159,38 @@ def paired_report(rows: list[dict], pairs: list[tuple[str, str]], keys: dict[flo
     return "\n".join(out)
 
 
+def lr_choice(rows: list[dict], keys: dict[float, str], variants: list[str]) -> str:
+    """Markdown: each variant's fine-tuning lr chosen on validation, per FLOPs budget and training budget.
+
+    ``keys`` maps a fine-tuning lr to the protocol key its runs were recorded under. A seed counts only
+    where the variant has a run at every lr, all on one baseline, so the means compare the same seeds.
+    The chosen lr has the highest mean validation top-1 at that point; an exact tie goes to the larger lr.
+    """
+    lrs = sorted(keys, reverse=True)
+    head = " | ".join(f"lr {lr:g}" for lr in lrs)
+    out = [f"| variant | FLOPs | point | {head} | seeds | chosen |", "|---|---|---|" + "---|" * len(lrs) + "---|---|"]
+    for name in variants:
+        found: dict[tuple[float, int], dict[float, dict]] = {}
+        for r in rows:
+            lr = next((lr for lr in lrs if keys[lr] == r.get("protocol_key")), None)
+            if r["variant"] == name and lr is not None and r.get("baseline_sha256"):
+                found.setdefault((r["budget"], r["seed"]), {})[lr] = r
+        for budget in sorted({b for b, _ in found}, reverse=True):
+            seeds = sorted(s for (b, s), by_lr in found.items() if b == budget and len(by_lr) == len(lrs)
+                           and len({x["baseline_sha256"] for x in by_lr.values()}) == 1)
+            if not seeds:
+                continue
+            for point in sorted({e for s in seeds for e in found[(budget, s)][lrs[0]]["val"]}, key=float):
+                values = [[found[(budget, s)][lr]["val"].get(point) for s in seeds] for lr in lrs]
+                if any(v is None for vs in values for v in vs):
+                    continue
+                means = [100 * sum(vs) / len(vs) for vs in values]
+                best = max(range(len(lrs)), key=lambda i: (means[i], lrs[i]))
+                cells = " | ".join(f"{m:.2f}" for m in means)
+                out.append(f"| {name} | {budget:.0%} | @ {point} epochs | {cells} | {len(seeds)} | {lrs[best]:g} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="resnet20", choices=MODELS)
@@ -174,20 +207,38 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--distill", type=float, default=0.0,
                     help="knowledge distillation from the baseline for every variant and rival (share of the loss)")
+    ap.add_argument("--tune-lr", type=float, default=None,
+                    help="fine-tuning's constant lr for every variant and rival (default: the protocol's "
+                         "finetune_lr, which pruning-time weight training keeps); a knob chosen on validation")
     ap.add_argument("--report", nargs=2, action="append", metavar=("A", "B"),
                     help="print A minus B paired per seed on one baseline from the recorded runs (no training); "
                          "a side is a variant, or variant@share for its runs with distillation, e.g. l1@0.5")
+    ap.add_argument("--choose-tune-lr", nargs="+", type=float, metavar="LR",
+                    help="print each of --variants' fine-tuning lr chosen on validation among these, from the "
+                         "recorded runs (no training); the protocol's finetune_lr stands for runs without --tune-lr")
     args = ap.parse_args(argv)
+    if args.choose_tune_lr:
+        def key(lr: float) -> str:
+            tune = None if lr == Protocol.finetune_lr else lr
+            return compare.Setup((args.model,), (), (), (), _screen(args.budget_epochs, args.distill, args.prune_epochs,
+                                                                    tune), args.out, args.cache,
+                                 trace_seeds=()).protocol_key()
+
+        rows = [json.loads(line) for line in (args.out / "runs.jsonl").read_text().splitlines() if line.strip()]
+        print(lr_choice([r for r in rows if r["model"] == args.model], {lr: key(lr) for lr in args.choose_tune_lr},
+                        args.variants))
+        return
     if args.report:
         shares = {0.0, args.distill, *(_side(s)[1] for pair in args.report for s in pair)}
-        keys = {share: compare.Setup((args.model,), (), (), (), _screen(args.budget_epochs, share, args.prune_epochs),
+        keys = {share: compare.Setup((args.model,), (), (), (), _screen(args.budget_epochs, share, args.prune_epochs,
+                                                                      args.tune_lr),
                                      args.out,
                                      args.cache, trace_seeds=()).protocol_key() for share in shares}
         rows = [json.loads(line) for line in (args.out / "runs.jsonl").read_text().splitlines() if line.strip()]
         print(paired_report([r for r in rows if r["model"] == args.model], [tuple(p) for p in args.report], keys))
         return
     torch.set_num_threads(args.threads)
-    protocol = _screen(args.budget_epochs, args.distill, args.prune_epochs)
+    protocol = _screen(args.budget_epochs, args.distill, args.prune_epochs, args.tune_lr)
     setup = compare.Setup((args.model,), tuple(args.budgets), tuple(args.seeds), tuple(args.variants), protocol,
                           args.out, args.cache, trace_seeds=())
     data = make_data(protocol)
@@ -218,6 +269,8 @@ def main(argv: list[str] | None = None) -> None:
                        "val_pruned_raw": record.get("top1_pruned_raw"), "val_pruned": record.get("top1_pruned"),
                        "val": record["top1"], "seconds": round(time.perf_counter() - start, 1),
                        "distill": args.distill, "baseline_sha256": record["baseline_sha256"]}
+                if args.tune_lr is not None:
+                    row["tune_lr"] = args.tune_lr
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 with runs.open("a") as f:
                     f.write(json.dumps(row) + "\n")

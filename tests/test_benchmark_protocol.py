@@ -81,3 +81,27 @@ def test_recording_validation_figures_leaves_training_and_test_figures_unchanged
         assert torch.equal(a, b)  # and the same weights and BN statistics
     assert set(val) == set(curve) and val["0.4"] is None and curve["0.4"] is None  # pruning alone exceeded 0.4
     assert val["2"] == evaluate(recorded, data.val())  # the last checkpoint, read on the validation split
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_the_fine_tuning_lr_knob_drives_fine_tuning_alone_and_enters_the_key_only_when_set(fashion_root, seed):
+    base = Protocol(data_root=str(fashion_root), size=28, train_size=20, val_size=10, batch=4, bn_batches=2,
+                    budget_epochs=(1.0, 2.0))
+    tuned = Protocol(**{**base.__dict__, "tune_lr": 0.003})
+    assert "tune_lr" not in base.asdict()  # runs recorded before the knob keep their protocol key
+    assert tuned.asdict()["tune_lr"] == 0.003 and tuned.finetune_lr == base.finetune_lr
+    data = make_data(base)
+    by_protocol, by_argument, by_default = _small_cnn(seed), _small_cnn(seed), _small_cnn(seed)
+    curve = finetune_curve(by_protocol, data, seed, tuned, steps_used=1)
+    assert finetune_curve(by_argument, data, seed, base, steps_used=1, lr=0.003) == curve
+    finetune_curve(by_default, data, seed, base, steps_used=1)
+    first = [k for k, v in by_protocol.state_dict().items() if v.is_floating_point()][0]
+    for a, b in zip(by_protocol.state_dict().values(), by_argument.state_dict().values()):
+        assert torch.equal(a, b)  # the knob is exactly an lr of 0.003 for fine-tuning
+    assert not torch.equal(by_protocol.state_dict()[first], by_default.state_dict()[first])  # not finetune_lr's
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.01, float("nan")])
+def test_a_fine_tuning_lr_that_is_not_positive_is_refused(bad):
+    with pytest.raises(ConfigError, match=r"tune_lr=.* must be a positive learning rate, or None for finetune_lr"):
+        Protocol(tune_lr=bad)

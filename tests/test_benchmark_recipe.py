@@ -42,3 +42,16 @@ def test_a_seed_whose_two_runs_started_from_different_baselines_is_not_paired():
 def test_a_bad_side_names_the_value(spec, message):
     with pytest.raises(ConfigError, match=message):
         recipe.paired_report([_row("l1", 0, 0.5, {"1": 0.9})], [(spec, "l1")], KEYS)
+
+
+def test_the_fine_tuning_lr_is_chosen_per_point_on_the_seeds_every_lr_has():
+    keys = {0.01: "plain", 0.003: "lr3"}
+    rows = [_row("l1", s, 0.5, {"1": 0.88, "3": 0.91}) for s in range(2)]
+    rows += [_row("l1", s, 0.5, {"1": 0.89, "3": 0.90}, key="lr3") for s in range(2)]
+    rows.append(_row("l1", 2, 0.5, {"1": 0.99, "3": 0.99}, key="lr3"))  # no run at 0.01: left out
+    rows += [_row("uniform", 0, 0.5, {"1": 0.80}), _row("uniform", 0, 0.5, {"1": 0.80}, key="lr3")]  # a tie
+    rows.append(_row("uniform", 1, 0.5, {"1": 0.95}, key="lr3", baseline="b"))  # no partner on baseline b
+    text = recipe.lr_choice(rows, keys, ["l1", "uniform"])
+    assert "| l1 | 25% | @ 1 epochs | 88.00 | 89.00 | 2 | 0.003 |" in text
+    assert "| l1 | 25% | @ 3 epochs | 91.00 | 90.00 | 2 | 0.01 |" in text
+    assert "| uniform | 25% | @ 1 epochs | 80.00 | 80.00 | 1 | 0.01 |" in text  # a tie keeps the larger lr
