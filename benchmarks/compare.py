@@ -334,6 +334,8 @@ def parse(argv: Sequence[str] | None) -> Setup:
                     help="every method prunes the residual-coupled groups too (default: the paper's plain groups)")
     ap.add_argument("--distill", type=float, help="knowledge distillation from the baseline for every method, its "
                                                   "share of the loss in [0, 1] (default 0: off)")
+    ap.add_argument("--tune-lr", type=float, help="fine-tuning's constant lr for every method (default: the "
+                                                  "protocol's finetune_lr, which pruning-time weight training keeps)")
     ap.add_argument("--lpnet-samples", type=int, help="networks measured to train the latency predictor")
     ap.add_argument("--trace-seeds", nargs="*", type=int, default=[0],
                     help="seeds whose W-Gates runs record the gated top-1 along gate training (default 0; "
@@ -345,7 +347,8 @@ def parse(argv: Sequence[str] | None) -> Setup:
         torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
     overrides = {k: v for k, v in (("budget_epochs", args.budget_epochs), ("prune_epochs", args.prune_epochs),
-                                   ("distill", args.distill), ("prune_shortcuts", args.prune_shortcuts))
+                                   ("distill", args.distill), ("prune_shortcuts", args.prune_shortcuts),
+                                   ("tune_lr", args.tune_lr))
                  if v is not None}
     protocol = replace(Protocol(), **{**preset["protocol"], **overrides})
     for budget in args.budgets or ():

@@ -105,3 +105,12 @@ def test_the_fine_tuning_lr_knob_drives_fine_tuning_alone_and_enters_the_key_onl
 def test_a_fine_tuning_lr_that_is_not_positive_is_refused(bad):
     with pytest.raises(ConfigError, match=r"tune_lr=.* must be a positive learning rate, or None for finetune_lr"):
         Protocol(tune_lr=bad)
+
+
+def test_the_comparison_cli_sets_the_fine_tuning_lr_for_every_method():
+    from benchmarks import compare
+
+    assert compare.parse(["--preset", "fashion"]).protocol.tune_lr is None
+    setup = compare.parse(["--preset", "fashion", "--tune-lr", "0.003"])
+    assert setup.protocol.tune_lr == 0.003 and setup.protocol.finetune_lr == Protocol.finetune_lr
+    assert setup.protocol_key() != compare.parse(["--preset", "fashion"]).protocol_key()
