@@ -167,12 +167,13 @@ def lr_choice(rows: list[dict], keys: dict[float, str], variants: list[str]) -> 
     The chosen lr has the highest mean validation top-1 at that point; an exact tie goes to the larger lr.
     """
     lrs = sorted(keys, reverse=True)
+    lr_of = {key: lr for lr, key in keys.items()}
     head = " | ".join(f"lr {lr:g}" for lr in lrs)
     out = [f"| variant | FLOPs | point | {head} | seeds | chosen |", "|---|---|---|" + "---|" * len(lrs) + "---|---|"]
     for name in variants:
         found: dict[tuple[float, int], dict[float, dict]] = {}
         for r in rows:
-            lr = next((lr for lr in lrs if keys[lr] == r.get("protocol_key")), None)
+            lr = lr_of.get(r.get("protocol_key"))
             if r["variant"] == name and lr is not None and r.get("baseline_sha256"):
                 found.setdefault((r["budget"], r["seed"]), {})[lr] = r
         for budget in sorted({b for b, _ in found}, reverse=True):
@@ -217,25 +218,25 @@ def main(argv: list[str] | None = None) -> None:
                     help="print each of --variants' fine-tuning lr chosen on validation among these, from the "
                          "recorded runs (no training); the protocol's finetune_lr stands for runs without --tune-lr")
     args = ap.parse_args(argv)
-    if args.choose_tune_lr:
-        def key(lr: float) -> str:
-            tune = None if lr == Protocol.finetune_lr else lr
-            return compare.Setup((args.model,), (), (), (), _screen(args.budget_epochs, args.distill, args.prune_epochs,
-                                                                    tune), args.out, args.cache,
-                                 trace_seeds=()).protocol_key()
 
+    def key(distill: float, tune_lr: float | None) -> str:
+        """The protocol key of this screen's runs with that distillation share and fine-tuning lr."""
+        protocol = _screen(args.budget_epochs, distill, args.prune_epochs, tune_lr)
+        return compare.Setup((args.model,), (), (), (), protocol, args.out, args.cache, trace_seeds=()).protocol_key()
+
+    def recorded() -> list[dict]:
         rows = [json.loads(line) for line in (args.out / "runs.jsonl").read_text().splitlines() if line.strip()]
-        print(lr_choice([r for r in rows if r["model"] == args.model], {lr: key(lr) for lr in args.choose_tune_lr},
-                        args.variants))
+        return [r for r in rows if r["model"] == args.model]
+
+    if args.choose_tune_lr:
+        # the protocol's own finetune_lr is what runs recorded without --tune-lr fine-tuned at
+        keys = {lr: key(args.distill, None if lr == Protocol.finetune_lr else lr) for lr in args.choose_tune_lr}
+        print(lr_choice(recorded(), keys, args.variants))
         return
     if args.report:
         shares = {0.0, args.distill, *(_side(s)[1] for pair in args.report for s in pair)}
-        keys = {share: compare.Setup((args.model,), (), (), (), _screen(args.budget_epochs, share, args.prune_epochs,
-                                                                      args.tune_lr),
-                                     args.out,
-                                     args.cache, trace_seeds=()).protocol_key() for share in shares}
-        rows = [json.loads(line) for line in (args.out / "runs.jsonl").read_text().splitlines() if line.strip()]
-        print(paired_report([r for r in rows if r["model"] == args.model], [tuple(p) for p in args.report], keys))
+        print(paired_report(recorded(), [tuple(p) for p in args.report],
+                            {share: key(share, args.tune_lr) for share in shares}))
         return
     torch.set_num_threads(args.threads)
     protocol = _screen(args.budget_epochs, args.distill, args.prune_epochs, args.tune_lr)

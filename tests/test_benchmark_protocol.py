@@ -3,6 +3,8 @@ seeded augmentation for every method, and the digits for smoke runs."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -87,7 +89,7 @@ def test_recording_validation_figures_leaves_training_and_test_figures_unchanged
 def test_the_fine_tuning_lr_knob_drives_fine_tuning_alone_and_enters_the_key_only_when_set(fashion_root, seed):
     base = Protocol(data_root=str(fashion_root), size=28, train_size=20, val_size=10, batch=4, bn_batches=2,
                     budget_epochs=(1.0, 2.0))
-    tuned = Protocol(**{**base.__dict__, "tune_lr": 0.003})
+    tuned = dataclasses.replace(base, tune_lr=0.003)
     assert "tune_lr" not in base.asdict()  # runs recorded before the knob keep their protocol key
     assert tuned.asdict()["tune_lr"] == 0.003 and tuned.finetune_lr == base.finetune_lr
     data = make_data(base)
