@@ -123,15 +123,15 @@ class Protocol:
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
     def asdict(self) -> dict[str, Any]:
-        """The fields (the distillation, shortcut and fine-tuning-lr ones only when set: runs recorded
-        before they existed keep their protocol key)."""
+        """The fields (the distillation, shortcut and fine-tuning-lr ones only when set, the last only when
+        it differs from ``finetune_lr``: runs recorded before they existed keep their protocol key)."""
         out = asdict(self)
         if not out["distill"]:
             del out["distill"], out["temperature"]
         if not out["prune_shortcuts"]:
             del out["prune_shortcuts"]
-        if out["tune_lr"] is None:
-            del out["tune_lr"]
+        if out["tune_lr"] is None or out["tune_lr"] == out["finetune_lr"]:
+            del out["tune_lr"]  # fine-tunes exactly as without it, so it is the same protocol
         return out
 
 

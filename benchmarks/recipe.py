@@ -229,8 +229,8 @@ def main(argv: list[str] | None = None) -> None:
         return [r for r in rows if r["model"] == args.model]
 
     if args.choose_tune_lr:
-        # the protocol's own finetune_lr is what runs recorded without --tune-lr fine-tuned at
-        keys = {lr: key(args.distill, None if lr == Protocol.finetune_lr else lr) for lr in args.choose_tune_lr}
+        # the protocol's own finetune_lr keys as runs recorded without --tune-lr (Protocol.asdict)
+        keys = {lr: key(args.distill, lr) for lr in args.choose_tune_lr}
         print(lr_choice(recorded(), keys, args.variants))
         return
     if args.report:

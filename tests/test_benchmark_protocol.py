@@ -91,6 +91,8 @@ def test_the_fine_tuning_lr_knob_drives_fine_tuning_alone_and_enters_the_key_onl
                     budget_epochs=(1.0, 2.0))
     tuned = dataclasses.replace(base, tune_lr=0.003)
     assert "tune_lr" not in base.asdict()  # runs recorded before the knob keep their protocol key
+    same = dataclasses.replace(base, tune_lr=base.finetune_lr)  # fine-tunes exactly as without it
+    assert same.asdict() == base.asdict()
     assert tuned.asdict()["tune_lr"] == 0.003 and tuned.finetune_lr == base.finetune_lr
     data = make_data(base)
     by_protocol, by_argument, by_default = _small_cnn(seed), _small_cnn(seed), _small_cnn(seed)
