@@ -18,11 +18,12 @@ benchmarks.report <out>`` turns the file into tables and plots.
 
 Methods: ``uniform`` (same ratio everywhere, first channels), ``random``, ``l1`` and ``fpgm`` (NNI),
 ``slim`` (Network Slimming), ``taylor`` (NNI), ``depgraph`` (torch-pruning GroupNormPruner),
-``gate_decorator``, ``wgates`` (FLOPs mode: warm start, gate lr 1e-3, no distillation), ``wgates_open``
-(the defaults before the validation screen: every gate open, gate lr 1e-2), ``wgates_latency`` (LPNet
-latency mode, frozen at the same FLOPs), ``wgates_kd`` (the library's defaults: ``wgates`` with distillation
-from the unpruned model in W-Gates' own gate training and settling, ``self_distill`` at the library's
-``DISTILL``, 0.5; fine-tuning stays cross-entropy as for every method), ``wgates_vote`` (``wgates_kd`` freezing
+``gate_decorator``, ``wgates`` (the library's defaults, FLOPs mode: warm start, gate lr 1e-3, no
+distillation), ``wgates_open`` (the defaults before the validation screen: every gate open, gate lr 1e-2),
+``wgates_latency`` (LPNet latency mode, frozen at the same FLOPs), ``wgates_kd`` (``wgates`` with
+distillation from the unpruned model in W-Gates' own gate training and settling, ``self_distill`` at
+``DISTILL``, 0.5; fine-tuning stays cross-entropy as for every method; the library's default until the
+distillation screen at fine-tuning lr 0.003 in benchmarks/RESULTS.md), ``wgates_vote`` (``wgates_kd`` freezing
 the channels open most often over the last quarter of the gate steps, ``freeze_votes=0.25``) and ``scratch``
 (the W-Gates architecture re-initialized and trained for the whole budget).
 """

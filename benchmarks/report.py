@@ -28,7 +28,7 @@ LABELS = {"uniform": "uniform width", "random": "random channels", "l1": "L1 (NN
           "wgates_kd": "W-Gates FLOPs, distilling while pruning",
           "wgates_vote": "W-Gates FLOPs, distilling, frozen by vote", "scratch": "scratch (W-Gates arch.)"}
 OURS = ("wgates", "wgates_open", "wgates_latency", "wgates_kd", "wgates_vote")
-DEFAULT = "wgates_kd"  # the library's defaults: also paired against the other W-Gates variants
+DEFAULT = "wgates"  # the library's defaults: also paired against the other W-Gates variants
 
 
 def rivals_of(ours: str, by_method: dict[str, list[dict]]) -> list[str]:

@@ -86,13 +86,13 @@ def test_verdicts_on_chosen_checkpoints_are_paired_per_seed():
 
 
 def test_the_library_default_is_paired_against_the_other_wgates_variants_too():
-    by_method = {"wgates": _runs("wgates", [0.9] * 3), "wgates_kd": _runs("wgates_kd", [0.92] * 3),
+    by_method = {"wgates": _runs("wgates", [0.92] * 3), "wgates_kd": _runs("wgates_kd", [0.9] * 3),
                  "l1": _runs("l1", [0.8] * 3)}
-    assert report.rivals_of("wgates_kd", by_method) == ["wgates", "l1"]  # the old default side by side
-    assert report.rivals_of("wgates", by_method) == ["l1"]  # other variants are paired with rivals only
+    assert report.rivals_of("wgates", by_method) == ["wgates_kd", "l1"]  # the other variants side by side
+    assert report.rivals_of("wgates_kd", by_method) == ["l1"]  # other variants are paired with rivals only
     text = "\n".join(report.summary("resnet20", {("resnet20", 0.5): {m: [dict(r, budget=0.5) for r in rs]
                                                                      for m, rs in by_method.items()}}, ["1"]))
-    assert "| W-Gates FLOPs | — | **wins** +2.00 (+2.00 / +2.00 / +2.00) |" in text
+    assert "| W-Gates FLOPs, distilling while pruning | — | **wins** +2.00 (+2.00 / +2.00 / +2.00) |" in text
 
 
 def _record(method: str, seed: int, top1: float, digest: str, key: str = "k1") -> dict:
@@ -113,9 +113,9 @@ def _comparison(path, runs: list[dict], key: str = "k1") -> None:
 
 def test_seeds_from_another_comparison_are_pooled_and_paired_on_their_own_baseline(tmp_path):
     _comparison(tmp_path / "a", [_record(m, s, acc, "first") for s in (0, 1, 2)
-                                 for m, acc in (("wgates_kd", 0.92), ("l1", 0.90))])
+                                 for m, acc in (("wgates", 0.92), ("l1", 0.90))])
     _comparison(tmp_path / "b", [_record(m, s, acc, "second") for s in (3, 4)
-                                 for m, acc in (("wgates_kd", 0.93), ("l1", 0.90))])
+                                 for m, acc in (("wgates", 0.93), ("l1", 0.90))])
     assert report.main([str(tmp_path / "a"), "--with", str(tmp_path / "b")]) == 0
     text = (tmp_path / "a" / "results.md").read_text()
     assert "**wins** +2.40 (+2.00 / +2.00 / +2.00 / +3.00 / +3.00)" in text  # five seeds, each on one baseline
@@ -203,9 +203,9 @@ def test_seeds_needed_is_none_without_a_lead_and_refuses_a_single_seed():
 
 def test_the_power_reading_lists_every_rival_at_every_point(tmp_path, capsys):
     runs = [_record(m, s, acc + 0.001 * s * (m == "l1"), "d") for s in (0, 1, 2)
-            for m, acc in (("wgates_kd", 0.92), ("l1", 0.90), ("wgates", 0.93))]
+            for m, acc in (("wgates", 0.92), ("l1", 0.90), ("wgates_kd", 0.93))]
     _comparison(tmp_path / "a", runs)
     assert report.main([str(tmp_path / "a"), "--power"]) == 0
     text = capsys.readouterr().out
     assert "| 50% | @ 1 ep | L1 (NNI) | +1.90 ± 0.10 | 3 | reached |" in text
-    assert "| 50% | pruned + BN | W-Gates FLOPs | -1.00 ± 0.00 | 3 | — |" in text
+    assert "| 50% | pruned + BN | W-Gates FLOPs, distilling while pruning | -1.00 ± 0.00 | 3 | — |" in text

@@ -132,6 +132,9 @@ def test_distill_finetune_reaches_the_recipe_from_the_cli_and_must_be_a_bool():
     parser = build_parser()
     base = ["prune", "--model", "resnet18", "--out", "x", "--distill", "0.5"]
     assert build_recipe(parser.parse_args(base)).distill_finetune is Recipe().distill_finetune
+    default = build_recipe(parser.parse_args(base[:-2]))  # no --distill: off, as chosen on validation
+    assert default.distill == Recipe().distill == 0.0 and default.distillation(nn.Linear(2, 2)) is None
+    assert build_recipe(parser.parse_args(base)).distill == 0.5
     assert build_recipe(parser.parse_args([*base, "--no-distill-finetune"])).distill_finetune is False
     assert build_recipe(parser.parse_args([*base, "--distill-finetune"])).distill_finetune is True
     with pytest.raises(ConfigError, match=r"distill_finetune='no' must be True or False"):

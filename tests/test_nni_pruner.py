@@ -459,7 +459,7 @@ def test_no_teacher_without_an_evaluator_and_none_for_one_column_heads():
     assert pruner._kd is None  # no evaluator: compress() cannot run, no copy is kept
     head = nn.Sequential(*list(cnn())[:-1], nn.Linear(24, 1))  # one output column: a binary or regression head
     opt = nni.trace(torch.optim.SGD)(head.parameters(), lr=0.01)
-    pruner = WGatesPruner(head, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], training_steps=1,
+    pruner = WGatesPruner(head, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], training_steps=1, distill="auto",
                           evaluator=TorchEvaluator(make_training_func(), opt, training_step, dummy_input=X))
     assert pruner.distill == 0.0 and pruner._kd is None
 
@@ -475,15 +475,35 @@ def test_bad_distillation_options_are_refused(options, match):
                      training_steps=2, **options)
 
 
+def test_distill_is_off_by_default_and_keeps_no_teacher():
+    """The default (chosen on validation): the user's loss unchanged, no copy of the model kept, the gate-training
+    steps identical to an explicit ``distill=0``."""
+    def run(**options):
+        torch.manual_seed(0)
+        model = cnn()
+        opt = nni.trace(torch.optim.SGD)(model.parameters(), lr=0.01)
+        pruner = WGatesPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], training_steps=3,
+                              evaluator=TorchEvaluator(make_training_func(), opt, training_step, dummy_input=X),
+                              **options)
+        assert pruner.distill == 0.0 and pruner._kd is None
+        pruner.compress()
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    default, off = run(), run(distill=0)
+    assert default.keys() == off.keys() and all(torch.equal(default[k], off[k]) for k in default)
+
+
 def test_distill_auto_distils_class_logits_and_leaves_other_outputs_alone():
-    """The default: the share chosen on validation where the model returns ``(batch, classes)`` logits on the dummy
-    input, no distillation (and no teacher copy) where it returns anything else; either way compress() runs."""
+    """``"auto"``: the share chosen when distillation was screened where the model returns ``(batch, classes)``
+    logits on the dummy input, no distillation (and no teacher copy) where it returns anything else; either way
+    compress() runs."""
     from wgates_plugin.distill import DISTILL
     for build, share in [(cnn, DISTILL), (DictOut, 0.0)]:
         model = build()
         step = training_step if build is cnn else (lambda b, m: F.cross_entropy(m(b[0])["logits"], b[1]))
         opt = nni.trace(torch.optim.SGD)(model.parameters(), lr=0.01)
         pruner = WGatesPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], training_steps=2,
+                              distill="auto",
                               evaluator=TorchEvaluator(make_training_func(), opt, step, dummy_input=X))
         assert pruner.distill == share and (pruner._kd is not None) == bool(share)
         pruner.compress()
