@@ -11,14 +11,15 @@ from torch import nn
 from .errors import ConfigError
 from .utils import check_number, kept_modes
 
-__all__ = ["Distillation", "DISTILL", "TEMPERATURE", "is_logits"]
+__all__ = ["Distillation", "DISTILL", "DEFAULT_DISTILL", "TEMPERATURE", "is_logits"]
 
 # W-Gates' pruning-phase distillation when it is on (WGatesPruner(distill="auto"), the harness's wgates_kd): its
 # share of the loss and its temperature, chosen on Fashion-MNIST's validation split (benchmarks/RESULTS.md,
-# "Distillation in W-Gates' own steps only"). It is off by default (Recipe and WGatesPruner: distill=0), as the
-# later screen at fine-tuning lr 0.003 chose ("The distillation screen at lr 0.003"); the temperature is the
-# default of every distillation.
+# "Distillation in W-Gates' own steps only"); the temperature is the default of every distillation.
 DISTILL, TEMPERATURE = 0.5, 4.0
+# The default share of the CLI's Recipe and of WGatesPruner: off, as the later screen at fine-tuning lr 0.003
+# chose (benchmarks/RESULTS.md, "The distillation screen at lr 0.003").
+DEFAULT_DISTILL = 0.0
 
 
 def is_logits(outputs: Any) -> bool:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..distill import TEMPERATURE, Distillation
+from ..distill import DEFAULT_DISTILL, TEMPERATURE, Distillation
 from ..efficiency import Timing, count_macs, measure_ms
 from ..efficiency.latency import MeasuredLatency
 from ..errors import ConfigError
@@ -311,7 +311,7 @@ class Recipe:
     freeze_flips: float = 0.0
     freeze_votes: float = 0.0
     settle: float = 0.0
-    distill: float = 0.0
+    distill: float = DEFAULT_DISTILL
     temperature: float = TEMPERATURE
     distill_finetune: bool = False
     latency_tolerance: float = 0.03

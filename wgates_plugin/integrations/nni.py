@@ -34,7 +34,7 @@ from torch import nn
 from ..budget import Budget
 from ..config import BudgetMode, WGatesConfig
 from ..core import GateHook
-from ..distill import DISTILL, TEMPERATURE, Distillation, is_logits
+from ..distill import DEFAULT_DISTILL, DISTILL, TEMPERATURE, Distillation, is_logits
 from ..errors import ConfigError
 from ..gates import Producer
 from ..pruner import WGates
@@ -112,7 +112,7 @@ class WGatesPruner(GatingPruner):
     def _check_options(self, target: float | None, options: dict[str, Any]) -> dict[str, Any]:
         gate_lr = options.pop("gate_lr", 1e-3)
         check_number("gate_lr", gate_lr, "> 0", type_error=ConfigError)
-        distill, temperature = options.pop("distill", 0.0), options.pop("temperature", TEMPERATURE)
+        distill, temperature = options.pop("distill", DEFAULT_DISTILL), options.pop("temperature", TEMPERATURE)
         if distill != "auto":
             check_number("distill", distill, "[0, 1]", what="", type_error=ConfigError)
         check_number("temperature", temperature, "> 0", type_error=ConfigError)
