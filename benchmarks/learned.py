@@ -219,7 +219,8 @@ def gate_decorator(ctx: PruneContext, prune_shortcuts: bool = False, **schedule:
     """Gate Decorator (GBN + Taylor importance + Tick-Tock) within ``ctx.steps`` training steps."""
     torch.manual_seed(ctx.seed)
     gd = GateDecorator(ctx.model, ctx.example, target=ctx.budget, prune_shortcuts=prune_shortcuts)
-    trace = gd.run(ctx.train_loader, TickTock(**schedule), max_steps=ctx.steps)
+    # the weights train at the rivals' pruning-time lr (``ctx.hyper.lr``) unless the schedule sets its own
+    trace = gd.run(ctx.train_loader, TickTock(**{"weight_lr": ctx.hyper.lr, **schedule}), max_steps=ctx.steps)
     pruned = gd.export()
     info = {"kept": {k: list(v) for k, v in gd.kept().items()}, "rounds": len(trace.rounds),
             "prunes": _jsonable([asdict(p) for p in trace.prunes])}

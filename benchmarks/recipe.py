@@ -67,6 +67,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the gating epoch (312 steps of the subset), so freezing changes (almost) nothing
     "wg_warm_lr1e-3_anneal": {"warm_start": True, "gate_lr": 1e-3, "activation": "sigmoid", "sigmoid_k": 4.0,
                               "anneal_steps": 312},
+    # the weights train at lr 0.003 while the gates train (the protocol's pruning-time lr is 0.01)
+    "wg_warm_lr1e-3_wlr3e-3": {"warm_start": True, "gate_lr": 1e-3, "weight_lr": 3e-3},
 }
 
 # name -> (rival method, MethodDefaults overrides, cap on its pruning-time steps or None): the rivals'
@@ -76,6 +78,8 @@ RIVALS: dict[str, tuple[str, dict[str, float], int | None]] = {
     **{f"depgraph_{reg}": ("depgraph", {"depgraph_reg": float(reg)}, None) for reg in ("1e-3", "3e-3", "1e-2", "3e-2")},
     "slim_h": ("slim", {}, 156), "slim_1e-1_h": ("slim", {"slim_reg": 0.1}, 156),
     "depgraph_h": ("depgraph", {}, 156), "depgraph_1e-2_h": ("depgraph", {"depgraph_reg": 0.01}, 156),
+    # the weights' lr of the pruning-time training at 0.003 instead of 0.01, for every method that trains
+    **{f"{m}_lr3e-3": (m, {"lr": 3e-3}, None) for m in ("slim", "taylor", "depgraph", "gate_decorator")},
 }
 
 
@@ -97,8 +101,9 @@ def variant_fn(name: str, protocol: Protocol) -> Any:
 def rival_fn(name: str) -> Any:
     """A rival with some of its ``MethodDefaults`` changed (e.g. Slimming's L1 strength)."""
     method, overrides, cap = RIVALS[name]
-    return lambda ctx: METHODS[method](dataclasses.replace(ctx, hyper=dataclasses.replace(ctx.hyper, **overrides),
-                                                           steps=ctx.steps if cap is None else min(cap, ctx.steps)))
+    prune = learned.gate_decorator if method == "gate_decorator" else METHODS[method]
+    return lambda ctx: prune(dataclasses.replace(ctx, hyper=dataclasses.replace(ctx.hyper, **overrides),
+                                                 steps=ctx.steps if cap is None else min(cap, ctx.steps)))
 
 
 def _screen(budget_epochs: list[float], distill: float, prune_epochs: float = Protocol.prune_epochs,

@@ -439,3 +439,29 @@ def test_wgates_self_distill_rejects_bad_shares_and_the_protocols_distillation(r
     with pytest.raises(ConfigError, match=r"self_distill=0\.5 distils in W-Gates' own steps only; the protocol "
                                           r"already distils in every method's training \(distill=0\.5\)"):
         learned.wgates(both, self_distill=0.5, **args)
+
+
+def test_gate_decorator_trains_its_weights_at_the_rivals_pruning_time_lr(resnet20):
+    """Gate Decorator's Tick-Tock trains the weights at ``ctx.hyper.lr``, the lr every rival's pruning-time
+    training uses, so one override screens it for all of them (``benchmarks.recipe``'s ``*_lr3e-3``): the run
+    at ``hyper.lr=0.003`` is the one with the schedule's ``weight_lr=0.003``, and not the default's."""
+    from benchmarks import learned, recipe
+
+    def run(**kwargs):
+        hyper = kwargs.pop("hyper", MethodDefaults())
+        ctx = context(resnet20, 0.5, steps=24, loader=batches(4), hyper=hyper)
+        torch.manual_seed(0)
+        return recipe.rival_fn("gate_decorator_lr3e-3")(ctx) if kwargs.pop("rival", False) \
+            else learned.gate_decorator(ctx, **kwargs)
+
+    def state(out):
+        return out.model.state_dict()
+
+    def same(a, b) -> bool:
+        sa, sb = state(a), state(b)
+        return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+    slow = run(hyper=MethodDefaults(lr=3e-3))
+    assert same(slow, run(weight_lr=3e-3)) and same(slow, run(rival=True))
+    assert not same(slow, run())
+    assert same(run(), run(weight_lr=MethodDefaults().lr))
