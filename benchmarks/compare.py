@@ -16,15 +16,19 @@ Every run is one JSON line in ``<out>/runs.jsonl``, written as soon as it finish
 the runs already there (same protocol), so an interrupted sweep resumes. ``python -m
 benchmarks.report <out>`` turns the file into tables and plots.
 
-Methods: ``uniform`` (same ratio everywhere, first channels), ``random``, ``l1`` and ``fpgm`` (NNI),
-``slim`` (Network Slimming), ``taylor`` (NNI), ``depgraph`` (torch-pruning GroupNormPruner),
-``gate_decorator``, ``wgates`` (the library's defaults, FLOPs mode: warm start, gate lr 1e-3, no
-distillation), ``wgates_open`` (the defaults before the validation screen: every gate open, gate lr 1e-2),
-``wgates_latency`` (LPNet latency mode, frozen at the same FLOPs), ``wgates_kd`` (``wgates`` with
-distillation from the unpruned model in W-Gates' own gate training and settling, ``self_distill`` at
-``DISTILL``, 0.5; fine-tuning stays cross-entropy as for every method; the library's default until the
-distillation screen at fine-tuning lr 0.003 in benchmarks/RESULTS.md), ``wgates_vote`` (``wgates_kd`` freezing
-the channels open most often over the last quarter of the gate steps, ``freeze_votes=0.25``) and ``scratch``
+Methods: ``uniform`` (same ratio everywhere, first channels), ``random``, ``l1`` and ``fpgm`` (NNI), ``slim``
+(Network Slimming), ``taylor`` (NNI), ``taylor_wlr`` (the same, its weights at ``TAYLOR_LR``, 0.003, while it
+accumulates importance, as chosen on validation), ``depgraph`` (torch-pruning GroupNormPruner),
+``gate_decorator``, ``wgates_wlr`` (the library's defaults, FLOPs mode: warm start, gate lr 1e-3, no
+distillation, the weights at ``Recipe.weight_lr``, 0.003, while the gates train), ``wgates`` (the same with
+the weights at the protocol's pruning-time lr, ``finetune_lr``, 0.01, as every rival that trains while
+pruning: the library's default until the pruning-time lr screen in benchmarks/RESULTS.md), ``wgates_open``
+(the defaults before the validation screen: every gate open, gate lr 1e-2), ``wgates_latency`` (LPNet latency
+mode, frozen at the same FLOPs), ``wgates_kd`` (``wgates`` with distillation from the unpruned model in
+W-Gates' own gate training and settling, ``self_distill`` at ``DISTILL``, 0.5; fine-tuning stays cross-entropy
+as for every method; the library's default until the distillation screen at fine-tuning lr 0.003 in
+benchmarks/RESULTS.md), ``wgates_vote`` (``wgates_kd`` freezing the channels open most often over the last
+quarter of the gate steps, ``freeze_votes=0.25``) and ``scratch``
 (the W-Gates architecture re-initialized and trained for the whole budget).
 """
 
@@ -48,7 +52,7 @@ import torch
 from torch import nn
 
 from wgates_plugin import count_macs
-from wgates_plugin.app.training import count_params, evaluate
+from wgates_plugin.app.training import Recipe, count_params, evaluate
 from wgates_plugin.distill import DISTILL
 from wgates_plugin.efficiency import Timing, measure_ms
 from wgates_plugin.errors import ConfigError
@@ -69,8 +73,12 @@ from .protocol import (
     steps_per_epoch,
 )
 
-ALL_METHODS = ("uniform", "random", "l1", "fpgm", "slim", "taylor", "depgraph", "gate_decorator", "wgates",
-               "wgates_open", "wgates_latency", "wgates_kd", "wgates_vote", "scratch")
+ALL_METHODS = ("uniform", "random", "l1", "fpgm", "slim", "taylor", "taylor_wlr", "depgraph", "gate_decorator",
+               "wgates_wlr",
+               "wgates", "wgates_open", "wgates_latency", "wgates_kd", "wgates_vote", "scratch")
+# Taylor's pruning-time weights' lr chosen on validation against MethodDefaults.lr (0.01): ahead at 4 of 4
+# fine-tuned points (benchmarks/RESULTS.md, "The pruning-time lr"); the other rivals kept 0.01.
+TAYLOR_LR = 3e-3
 PRESETS: dict[str, dict[str, Any]] = {
     # The full sweep: hours on 2 cores.
     "full": {"models": ("resnet20", "resnet56", "vgg16_bn", "resnet18"), "budgets": (0.5, 0.25, 0.12),
@@ -164,6 +172,9 @@ def method_fn(method: str, state: ModelState, setup: Setup, data: Data, seed: in
     trace = learned.gated_top1(data, seed, p.bn_batches) if seed in setup.trace_seeds else None
     if method == "wgates":
         return functools.partial(learned.wgates, gate_lr=p.gate_lr, trace_eval=trace, eval_every=4, **sgd)
+    if method == "wgates_wlr":  # the library's defaults: the weights train at Recipe.weight_lr while the gates do
+        return functools.partial(learned.wgates, gate_lr=p.gate_lr, trace_eval=trace, eval_every=4,
+                                 **{**sgd, "weight_lr": Recipe.weight_lr})
     if method == "wgates_open":  # the defaults before the validation screen: every gate open, gate lr 1e-2
         return functools.partial(learned.wgates, gate_lr=1e-2, warm_start=False, trace_eval=trace, eval_every=4, **sgd)
     if method == "wgates_kd":  # the library's defaults: distilling from the unpruned model in W-Gates' own steps
@@ -177,6 +188,8 @@ def method_fn(method: str, state: ModelState, setup: Setup, data: Data, seed: in
                                  eval_every=4, **sgd)
     if method == "gate_decorator":
         return functools.partial(learned.gate_decorator, prune_shortcuts=p.prune_shortcuts)
+    if method == "taylor_wlr":  # Taylor's pruning-time lr as chosen on validation (RESULTS, "The pruning-time lr")
+        return lambda ctx: METHODS["taylor"](replace(ctx, hyper=replace(ctx.hyper, lr=TAYLOR_LR)))
     if method == "scratch":
         return lambda ctx: _scratch(state, setup, plans, ctx)
     return METHODS[method]

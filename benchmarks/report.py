@@ -22,13 +22,15 @@ from pathlib import Path
 from typing import Any
 
 LABELS = {"uniform": "uniform width", "random": "random channels", "l1": "L1 (NNI)", "fpgm": "FPGM (NNI)",
-          "slim": "Network Slimming", "taylor": "Taylor (NNI)", "depgraph": "DepGraph GroupNorm",
-          "gate_decorator": "Gate Decorator", "wgates": "W-Gates FLOPs",
+          "slim": "Network Slimming", "taylor": "Taylor (NNI)", "taylor_wlr": "Taylor (NNI), lr 0.003 while pruning",
+          "depgraph": "DepGraph GroupNorm",
+          "gate_decorator": "Gate Decorator", "wgates_wlr": "W-Gates FLOPs, weights at lr 0.003 while gating",
+          "wgates": "W-Gates FLOPs",
           "wgates_open": "W-Gates FLOPs (open start)", "wgates_latency": "W-Gates latency",
           "wgates_kd": "W-Gates FLOPs, distilling while pruning",
           "wgates_vote": "W-Gates FLOPs, distilling, frozen by vote", "scratch": "scratch (W-Gates arch.)"}
-OURS = ("wgates", "wgates_open", "wgates_latency", "wgates_kd", "wgates_vote")
-DEFAULT = "wgates"  # the library's defaults: also paired against the other W-Gates variants
+OURS = ("wgates_wlr", "wgates", "wgates_open", "wgates_latency", "wgates_kd", "wgates_vote")
+DEFAULT = "wgates_wlr"  # the library's defaults: also paired against the other W-Gates variants
 
 
 def rivals_of(ours: str, by_method: dict[str, list[dict]]) -> list[str]:

@@ -11,6 +11,7 @@ torch-pruning's own global pruning step (slim, depgraph).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import doctest
 import importlib
 import json
@@ -465,3 +466,24 @@ def test_gate_decorator_trains_its_weights_at_the_rivals_pruning_time_lr(resnet2
     assert same(slow, run(weight_lr=3e-3)) and same(slow, run(rival=True))
     assert not same(slow, run())
     assert same(run(), run(weight_lr=MethodDefaults().lr))
+
+
+def test_the_harness_taylor_at_its_chosen_lr_is_taylor_with_that_pruning_time_lr(resnet20):
+    """``taylor_wlr`` (the harness's Taylor at the pruning-time lr chosen on validation) is NNI's Taylor with
+    ``MethodDefaults.lr`` set to ``compare.TAYLOR_LR``: the same network, and not the one at the default lr."""
+    from benchmarks import compare
+
+    def run(fn, lr=None):
+        ctx = context(resnet20, 0.5, steps=STEPS, loader=batches(STEPS))
+        if lr is not None:
+            ctx = dataclasses.replace(ctx, hyper=MethodDefaults(lr=lr))
+        torch.manual_seed(0)
+        return fn(ctx).model.state_dict()
+
+    def same(a, b) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    chosen = run(compare.method_fn("taylor_wlr", None, compare.parse([]), None, 0, {}))
+    assert compare.TAYLOR_LR == 3e-3 != MethodDefaults().lr
+    assert same(chosen, run(METHODS["taylor"], lr=compare.TAYLOR_LR))
+    assert not same(chosen, run(METHODS["taylor"]))

@@ -118,3 +118,25 @@ def test_the_comparison_cli_sets_the_fine_tuning_lr_for_every_method():
     setup = compare.parse(["--preset", "fashion", "--tune-lr", "0.003"])
     assert setup.protocol.tune_lr == 0.003 and setup.protocol.finetune_lr == Protocol.finetune_lr
     assert setup.protocol_key() != compare.parse(["--preset", "fashion"]).protocol_key()
+
+
+def test_the_default_wgates_trains_its_weights_at_the_library_lr_and_the_old_one_at_the_protocols():
+    """``wgates_wlr`` (the library's defaults) trains the weights at ``Recipe.weight_lr`` (0.003, chosen on
+    validation) while the gates train; ``wgates``, the recorded default before that screen, keeps the
+    protocol's pruning-time lr, as every rival does, so the runs recorded under its name keep their meaning."""
+    from benchmarks import compare
+    from wgates_plugin.app.cli import build_parser
+    from wgates_plugin.app.commands.prune import build_recipe
+    from wgates_plugin.app.training import Recipe
+
+    setup = compare.parse(["--preset", "fashion", "--tune-lr", "0.003"])
+    new = compare.method_fn("wgates_wlr", None, setup, None, 0, {})
+    old = compare.method_fn("wgates", None, setup, None, 0, {})
+    assert new.keywords["weight_lr"] == Recipe.weight_lr == 0.003
+    assert old.keywords["weight_lr"] == setup.protocol.finetune_lr == 0.01
+    same = [k for k in new.keywords if k not in ("weight_lr", "trace_eval")]  # trace_eval: a fresh closure each
+    assert new.keywords.keys() == old.keywords.keys() and all(new.keywords[k] == old.keywords[k] for k in same)
+    parser = build_parser()
+    base = ["prune", "--model", "resnet18", "--out", "x"]
+    assert build_recipe(parser.parse_args(base)).weight_lr == 0.003
+    assert build_recipe(parser.parse_args([*base, "--weight-lr", "0.01"])).weight_lr == 0.01

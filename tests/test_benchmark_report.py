@@ -86,9 +86,10 @@ def test_verdicts_on_chosen_checkpoints_are_paired_per_seed():
 
 
 def test_the_library_default_is_paired_against_the_other_wgates_variants_too():
-    by_method = {"wgates": _runs("wgates", [0.92] * 3), "wgates_kd": _runs("wgates_kd", [0.9] * 3),
+    assert report.DEFAULT == "wgates_wlr"
+    by_method = {"wgates_wlr": _runs("wgates_wlr", [0.92] * 3), "wgates_kd": _runs("wgates_kd", [0.9] * 3),
                  "l1": _runs("l1", [0.8] * 3)}
-    assert report.rivals_of("wgates", by_method) == ["wgates_kd", "l1"]  # the other variants side by side
+    assert report.rivals_of("wgates_wlr", by_method) == ["wgates_kd", "l1"]  # the other variants side by side
     assert report.rivals_of("wgates_kd", by_method) == ["l1"]  # other variants are paired with rivals only
     text = "\n".join(report.summary("resnet20", {("resnet20", 0.5): {m: [dict(r, budget=0.5) for r in rs]
                                                                      for m, rs in by_method.items()}}, ["1"]))
@@ -203,7 +204,7 @@ def test_seeds_needed_is_none_without_a_lead_and_refuses_a_single_seed():
 
 def test_the_power_reading_lists_every_rival_at_every_point(tmp_path, capsys):
     runs = [_record(m, s, acc + 0.001 * s * (m == "l1"), "d") for s in (0, 1, 2)
-            for m, acc in (("wgates", 0.92), ("l1", 0.90), ("wgates_kd", 0.93))]
+            for m, acc in (("wgates_wlr", 0.92), ("l1", 0.90), ("wgates_kd", 0.93))]
     _comparison(tmp_path / "a", runs)
     assert report.main([str(tmp_path / "a"), "--power"]) == 0
     text = capsys.readouterr().out
