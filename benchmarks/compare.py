@@ -74,8 +74,7 @@ from .protocol import (
 )
 
 ALL_METHODS = ("uniform", "random", "l1", "fpgm", "slim", "taylor", "taylor_wlr", "depgraph", "gate_decorator",
-               "wgates_wlr",
-               "wgates", "wgates_open", "wgates_latency", "wgates_kd", "wgates_vote", "scratch")
+               "wgates_wlr", "wgates", "wgates_open", "wgates_latency", "wgates_kd", "wgates_vote", "scratch")
 # Taylor's pruning-time weights' lr chosen on validation against MethodDefaults.lr (0.01): ahead at 4 of 4
 # fine-tuned points (benchmarks/RESULTS.md, "The pruning-time lr"); the other rivals kept 0.01.
 TAYLOR_LR = 3e-3

@@ -99,6 +99,12 @@ def steps_for(name: str) -> int:
     return STEPS if name in ("slim", "taylor", "depgraph") else 0
 
 
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Both networks hold exactly the same tensors under the same names."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def widths(model: nn.Module) -> dict[str, int]:
     return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
@@ -420,13 +426,9 @@ def test_wgates_self_distill_learns_from_the_unpruned_model_alone(resnet20, seed
         assert out.steps_used == 3 and out.info["settle_steps"] == 1
         return out
 
-    def same(a, b) -> bool:
-        sa, sb = a.model.state_dict(), b.model.state_dict()
-        return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
     kd, kd_relabelled = run(data, 1.0), run(relabelled, 1.0)
-    assert kd.info["kept"] == kd_relabelled.info["kept"] and same(kd, kd_relabelled)
-    assert not same(run(data, 0.0), run(relabelled, 0.0))
+    assert kd.info["kept"] == kd_relabelled.info["kept"] and same_weights(kd.model, kd_relabelled.model)
+    assert not same_weights(run(data, 0.0).model, run(relabelled, 0.0).model)
     assert abs(count_macs(kd.model, X) / count_macs(resnet20, X) / 0.5 - 1) <= 0.02
 
 
@@ -448,24 +450,18 @@ def test_gate_decorator_trains_its_weights_at_the_rivals_pruning_time_lr(resnet2
     at ``hyper.lr=0.003`` is the one with the schedule's ``weight_lr=0.003``, and not the default's."""
     from benchmarks import learned, recipe
 
-    def run(**kwargs):
+    def run(**kwargs) -> nn.Module:
         hyper = kwargs.pop("hyper", MethodDefaults())
         ctx = context(resnet20, 0.5, steps=24, loader=batches(4), hyper=hyper)
         torch.manual_seed(0)
-        return recipe.rival_fn("gate_decorator_lr3e-3")(ctx) if kwargs.pop("rival", False) \
+        out = recipe.rival_fn("gate_decorator_lr3e-3")(ctx) if kwargs.pop("rival", False) \
             else learned.gate_decorator(ctx, **kwargs)
-
-    def state(out):
-        return out.model.state_dict()
-
-    def same(a, b) -> bool:
-        sa, sb = state(a), state(b)
-        return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+        return out.model
 
     slow = run(hyper=MethodDefaults(lr=3e-3))
-    assert same(slow, run(weight_lr=3e-3)) and same(slow, run(rival=True))
-    assert not same(slow, run())
-    assert same(run(), run(weight_lr=MethodDefaults().lr))
+    assert same_weights(slow, run(weight_lr=3e-3)) and same_weights(slow, run(rival=True))
+    assert not same_weights(slow, run())
+    assert same_weights(run(), run(weight_lr=MethodDefaults().lr))
 
 
 def test_the_harness_taylor_at_its_chosen_lr_is_taylor_with_that_pruning_time_lr(resnet20):
@@ -478,12 +474,9 @@ def test_the_harness_taylor_at_its_chosen_lr_is_taylor_with_that_pruning_time_lr
         if lr is not None:
             ctx = dataclasses.replace(ctx, hyper=MethodDefaults(lr=lr))
         torch.manual_seed(0)
-        return fn(ctx).model.state_dict()
-
-    def same(a, b) -> bool:
-        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        return fn(ctx).model
 
     chosen = run(compare.method_fn("taylor_wlr", None, compare.parse([]), None, 0, {}))
     assert compare.TAYLOR_LR == 3e-3 != MethodDefaults().lr
-    assert same(chosen, run(METHODS["taylor"], lr=compare.TAYLOR_LR))
-    assert not same(chosen, run(METHODS["taylor"]))
+    assert same_weights(chosen, run(METHODS["taylor"], lr=compare.TAYLOR_LR))
+    assert not same_weights(chosen, run(METHODS["taylor"]))
