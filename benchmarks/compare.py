@@ -60,7 +60,7 @@ from wgates_plugin.export import prune_groups
 from wgates_plugin.files import tensors_digest
 
 from . import learned
-from .methods import METHODS, PruneContext, Pruned, prunable_layers
+from .methods import METHODS, PruneContext, Pruned, prunable_layers, with_hyper
 from .models import MODELS, build
 from .protocol import (
     Data,
@@ -188,7 +188,7 @@ def method_fn(method: str, state: ModelState, setup: Setup, data: Data, seed: in
     if method == "gate_decorator":
         return functools.partial(learned.gate_decorator, prune_shortcuts=p.prune_shortcuts)
     if method == "taylor_wlr":  # Taylor's pruning-time lr as chosen on validation (RESULTS, "The pruning-time lr")
-        return lambda ctx: METHODS["taylor"](replace(ctx, hyper=replace(ctx.hyper, lr=TAYLOR_LR)))
+        return with_hyper(METHODS["taylor"], lr=TAYLOR_LR)
     if method == "scratch":
         return lambda ctx: _scratch(state, setup, plans, ctx)
     return METHODS[method]

@@ -51,7 +51,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -149,6 +149,28 @@ class Pruned:
     model: nn.Module
     steps_used: int
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def with_hyper(prune: Callable[[PruneContext], Pruned], max_steps: int | None = None,
+               **overrides: float) -> Callable[[PruneContext], Pruned]:
+    """``prune`` run with some of its :class:`MethodDefaults` changed and, optionally, at most ``max_steps``.
+
+    The harness's methods read their knobs from ``ctx.hyper``; this is how a screen or a named harness
+    method (``taylor_wlr``) gives one of them other knobs without a copy of the method.
+
+    Raises:
+        ConfigError: an override that is not a field of :class:`MethodDefaults` (named in the message).
+    """
+    unknown = sorted(set(overrides) - set(MethodDefaults.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: not a knob of MethodDefaults; allowed: "
+                          f"{', '.join(MethodDefaults.__dataclass_fields__)}")
+
+    def run(ctx: PruneContext) -> Pruned:
+        steps = ctx.steps if max_steps is None else min(max_steps, ctx.steps)
+        return prune(replace(ctx, hyper=replace(ctx.hyper, **overrides), steps=steps))
+
+    return run
 
 
 # ---------------------------------------------------------------------------- the prunable groups

@@ -29,7 +29,7 @@ import torch
 from wgates_plugin.errors import ConfigError
 
 from . import compare, learned, report
-from .methods import METHODS
+from .methods import METHODS, with_hyper
 from .models import MODELS
 from .protocol import Protocol, make_data
 
@@ -101,9 +101,7 @@ def variant_fn(name: str, protocol: Protocol) -> Any:
 def rival_fn(name: str) -> Any:
     """A rival with some of its ``MethodDefaults`` changed (e.g. Slimming's L1 strength)."""
     method, overrides, cap = RIVALS[name]
-    prune = learned.gate_decorator if method == "gate_decorator" else METHODS[method]
-    return lambda ctx: prune(dataclasses.replace(ctx, hyper=dataclasses.replace(ctx.hyper, **overrides),
-                                                 steps=ctx.steps if cap is None else min(cap, ctx.steps)))
+    return with_hyper(learned.gate_decorator if method == "gate_decorator" else METHODS[method], cap, **overrides)
 
 
 def _screen(budget_epochs: list[float], distill: float, prune_epochs: float = Protocol.prune_epochs,

@@ -33,6 +33,7 @@ from benchmarks.methods import (
     _ignored,
     get_method,
     prunable_layers,
+    with_hyper,
 )
 from benchmarks.models import MODELS, BasicBlock, CifarResNet, build, option_b_extra_params
 from wgates_plugin import count_macs
@@ -480,3 +481,20 @@ def test_the_harness_taylor_at_its_chosen_lr_is_taylor_with_that_pruning_time_lr
     assert compare.TAYLOR_LR == 3e-3 != MethodDefaults().lr
     assert same_weights(chosen, run(METHODS["taylor"], lr=compare.TAYLOR_LR))
     assert not same_weights(chosen, run(METHODS["taylor"]))
+
+
+def test_with_hyper_changes_the_knobs_and_caps_the_steps(resnet20):
+    """``with_hyper`` runs the real method with ``MethodDefaults`` fields overridden and at most ``max_steps``:
+    the same network as that method given those knobs and steps directly; an unknown knob is refused by name."""
+    def run(fn, steps, **hyper):
+        ctx = context(resnet20, 0.5, steps=steps, loader=batches(STEPS), hyper=MethodDefaults(**hyper))
+        torch.manual_seed(0)
+        return fn(ctx)
+
+    wrapped = run(with_hyper(METHODS["slim"], 2, lr=3e-3, slim_reg=1e-2), STEPS)
+    direct = run(METHODS["slim"], 2, lr=3e-3, slim_reg=1e-2)
+    assert wrapped.steps_used == direct.steps_used == 2 < STEPS
+    assert same_weights(wrapped.model, direct.model)
+    assert not same_weights(wrapped.model, run(METHODS["slim"], 2).model)  # the knobs reached the method
+    with pytest.raises(ConfigError, match=r"slim_strength: not a knob of MethodDefaults; allowed: lr, momentum"):
+        with_hyper(METHODS["slim"], slim_strength=1e-2)
